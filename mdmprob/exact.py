@@ -1,0 +1,304 @@
+"""The exact engine: variable elimination over a compiled factor graph, batched over sequences.
+
+Every query takes ``tokens: LongTensor[B, n]`` and ``visible: BoolTensor[B, n]``; visible
+tokens enter as indicator log-potentials ``[B, n, V]``, so one compiled graph serves every
+mask pattern in a batch. Elimination follows a min-fill order from :mod:`mdmprob.graph`, so
+the cost is ``B * V^(width+1)`` per variable, never ``V^n``. The per-step kernel is a
+log-space sum-product (max-product for the most likely completion) with Pyro's NaN-safe log;
+all conditionals come from one forward elimination plus its adjoint (autograd of log Z with
+respect to the evidence potentials).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import cache
+
+import torch
+from pyro.ops.special import safe_log
+
+from mdmprob.compile import FactorGraph
+from mdmprob.config import default_device, default_dtype
+from mdmprob.errors import BudgetError, EvidenceError, StructureError
+from mdmprob.graph import elimination_order
+
+DEFAULT_BUDGET = 2**25  # elements of the largest intermediate table (256 MiB in float64)
+
+_Term = tuple[tuple[int, ...], torch.Tensor]  # (variables, table [Bb, card...]) with Bb in {1, B}
+
+
+@dataclass(frozen=True)
+class _Plan:
+    order: tuple[int, ...]
+    cliques: tuple[tuple[int, ...], ...]  # variables of each eliminated variable's bucket
+    largest: int  # entries of the largest clique table, per sequence
+
+
+class ExactEngine:
+    """Exact queries on one factor graph.
+
+    Args:
+        graph: the compiled structure.
+        device, dtype: where and in what precision to compute (defaults from the environment:
+            ``MDMPROB_DEVICE``, ``MDMPROB_DTYPE``; float64 on the CPU).
+        budget: largest intermediate table, in elements (batch included), before a
+            :class:`~mdmprob.errors.BudgetError` is raised instead of allocating it.
+    """
+
+    def __init__(self, graph: FactorGraph, device=None, dtype=None, budget: int = DEFAULT_BUDGET):
+        self.graph = graph
+        self.device = torch.device(device) if device is not None else default_device()
+        self.dtype = dtype if dtype is not None else default_dtype()
+        self.budget = int(budget)
+        self.n = graph.n_tokens
+        self.vocab = graph.cards[0] if graph.n_tokens else 0
+        self._factors: list[_Term] = [
+            (f.variables, f.table.to(self.device, self.dtype).unsqueeze(0)) for f in graph.factors
+        ]
+        self._plan = cache(self._make_plan)
+
+    # ------------------------------------------------------------------ queries
+    def log_prob_visible(self, tokens, visible=None) -> torch.Tensor:
+        """``log p(x_visible)`` per sequence, shape ``[B]`` (``-inf`` for impossible evidence)."""
+        tokens, visible = self.check(tokens, visible)
+        with torch.no_grad():
+            return self._log_z(self._evidence(tokens, visible)) - self.log_normalizer
+
+    @property
+    def log_normalizer(self) -> float:
+        """``log Z`` of the factor product (0 for a normalised Pyro model; not 0 once the model
+        uses ``pyro.factor``). Every probability the engine returns is divided by it."""
+        if not hasattr(self, "_log_norm"):
+            empty = torch.zeros(1, self.n, dtype=torch.long, device=self.device)
+            hidden = torch.zeros(1, self.n, dtype=torch.bool, device=self.device)
+            with torch.no_grad():
+                log_norm = self._log_z(self._evidence(empty, hidden)).item()
+            if not math.isfinite(log_norm):
+                raise StructureError(f"the model's factors have total mass exp({log_norm}); "
+                                     "a structure must put positive, finite mass somewhere")
+            self._log_norm = log_norm
+        return self._log_norm
+
+    def log_prob(self, tokens) -> torch.Tensor:
+        """``log p(x)`` of complete sequences, shape ``[B]``."""
+        return self.log_prob_visible(tokens, None)
+
+    def conditionals(self, tokens, visible=None) -> torch.Tensor:
+        """``log p(x_i = v | x_visible)`` for every position at once, shape ``[B, n, V]``.
+
+        Visible positions come back as their indicator (0 at the token, -inf elsewhere).
+        Where the evidence itself is impossible (``p(x_visible) = 0``) the conditional is
+        undefined; masked positions of such rows are returned uniform.
+        """
+        tokens, visible = self.check(tokens, visible)
+        evidence = self._evidence(tokens, visible).requires_grad_(True)
+        with torch.enable_grad():
+            log_z = self._log_z(evidence)
+            (grad,) = torch.autograd.grad(log_z.sum(), evidence)
+        out = safe_log(grad.detach().clamp(min=0, max=1))
+        out = out - torch.logsumexp(out, -1, keepdim=True).nan_to_num(nan=0.0, neginf=0.0)
+        impossible = (log_z.detach() == -math.inf)[:, None] & ~visible
+        return torch.where(impossible[..., None], out.new_full((), -math.log(self.vocab)), out)
+
+    def block_joint(self, tokens, visible, positions) -> torch.Tensor:
+        """``log p(x_S | x_visible)`` as a table of shape ``[B] + [V] * |S|`` (axes in the order of
+        ``positions``). Positions in S must be masked. Raises BudgetError past the budget."""
+        tokens, visible = self.check(tokens, visible)
+        positions = self._check_positions(positions, visible)
+        size = tokens.shape[0] * self.vocab ** len(positions)
+        if size > self.budget:
+            raise BudgetError(
+                f"the joint table over {len(positions)} positions for {tokens.shape[0]} sequences "
+                f"has {size:.3g} entries, over the budget of {self.budget:.3g}; use the Monte Carlo "
+                "estimators (mdmprob.info.mc_*), fewer sequences per call, or a larger budget"
+            )
+        with torch.no_grad():
+            terms = self._eliminate(self._evidence(tokens, visible), keep=positions)
+            table = _combine(terms, positions, tokens.shape[0], self.device, self.dtype)
+            flat = table.reshape(table.shape[0], -1)
+            log_z = torch.logsumexp(flat, -1, keepdim=True)
+            flat = torch.where(log_z == -math.inf, flat.new_full((), -len(positions) *
+                                                                   math.log(self.vocab)),
+                               flat - log_z)
+        return flat.reshape(table.shape)
+
+    def sample(self, tokens, visible=None, generator: torch.Generator | None = None):
+        """An exact sample of the masked tokens given the visible ones; ``LongTensor[B, n]``
+        with visible tokens unchanged. Rows with impossible evidence are sampled uniformly."""
+        tokens, visible = self.check(tokens, visible)
+        return self._backtrack(tokens, visible, generator=generator)
+
+    def most_likely(self, tokens, visible=None, marginalize_latents: bool = True):
+        """The most likely completion ``argmax_{x_masked} p(x_masked | x_visible)``.
+
+        With ``marginalize_latents=True`` (default) latents are summed out first: exact marginal
+        MAP, whose cost can exceed the budget on long latent chains (a BudgetError says so). With
+        False, the token part of the joint maximiser ``argmax_{x_masked, z} p(x_masked, z | .)``.
+        """
+        tokens, visible = self.check(tokens, visible)
+        return self._backtrack(tokens, visible, maximize=True, latents_first=marginalize_latents)
+
+    # ------------------------------------------------------------------ input checks
+    def check(self, tokens, visible):
+        """Validate and move ``tokens [B, n]`` and ``visible [B, n]`` (None: all visible)."""
+        if not isinstance(tokens, torch.Tensor):
+            tokens = torch.as_tensor(tokens)
+        if tokens.dtype.is_floating_point or tokens.dtype == torch.bool:
+            raise EvidenceError(f"tokens must be an integer tensor, got dtype {tokens.dtype}")
+        if tokens.dim() == 1:
+            tokens = tokens.unsqueeze(0)
+        if tokens.dim() != 2 or tokens.shape[1] != self.n:
+            raise EvidenceError(
+                f"tokens must have shape [B, {self.n}] for this structure, got {tuple(tokens.shape)}"
+            )
+        tokens = tokens.to(self.device, torch.long)
+        if visible is None:
+            visible = torch.ones_like(tokens, dtype=torch.bool)
+        else:
+            visible = torch.as_tensor(visible)
+            if visible.dim() == 1:
+                visible = visible.unsqueeze(0).expand(tokens.shape[0], -1)
+            if visible.shape != tokens.shape:
+                raise EvidenceError(
+                    f"visible mask has shape {tuple(visible.shape)} but tokens have "
+                    f"{tuple(tokens.shape)}; pass a bool mask of the same shape"
+                )
+            visible = visible.to(self.device, torch.bool)
+        bad = visible & ((tokens < 0) | (tokens >= self.vocab))
+        if bad.any():
+            b, i = bad.nonzero()[0].tolist()
+            raise EvidenceError(
+                f"visible token {tokens[b, i].item()} at sequence {b}, position {i} is out of "
+                f"range for vocab={self.vocab}; use 0..{self.vocab - 1} (mask the position instead)"
+            )
+        return tokens, visible
+
+    def _check_positions(self, positions, visible) -> tuple[int, ...]:
+        positions = tuple(int(p) for p in positions)
+        if len(set(positions)) != len(positions) or any(not 0 <= p < self.n for p in positions):
+            raise EvidenceError(f"positions {list(positions)} must be distinct, in 0..{self.n - 1}")
+        if visible[:, list(positions)].any():
+            raise EvidenceError(f"positions {list(positions)} must be masked to query their joint")
+        return positions
+
+    # ------------------------------------------------------------------ elimination
+    def _evidence(self, tokens, visible) -> torch.Tensor:
+        onehot = torch.nn.functional.one_hot(tokens.clamp(0, self.vocab - 1), self.vocab).bool()
+        allowed = onehot | ~visible[..., None]
+        return torch.zeros(allowed.shape, device=self.device, dtype=self.dtype).masked_fill(
+            ~allowed, -math.inf)
+
+    def _terms(self, evidence) -> list[_Term]:
+        return self._factors + [((i,), evidence[:, i]) for i in range(self.n)]
+
+    def _log_z(self, evidence) -> torch.Tensor:
+        terms = self._eliminate(evidence, keep=())
+        return _combine(terms, (), evidence.shape[0], self.device, self.dtype)
+
+    def _make_plan(self, keep: tuple[int, ...], latents_first: bool) -> _Plan:
+        if latents_first:
+            latents = range(self.n, self.graph.n_variables)
+            first, _ = elimination_order(self.graph, keep=set(keep) | set(range(self.n)))
+            rest, _ = _order_after(self.graph, first, keep)
+            order = first + rest
+            assert set(first) == set(latents)
+        else:
+            order, _ = elimination_order(self.graph, keep=keep)
+        scopes = [set(f.variables) for f in self.graph.factors] + [{i} for i in range(self.n)]
+        cliques, largest = [], 1
+        for v in order:
+            bucket = [s for s in scopes if v in s]
+            clique = set().union(*bucket)
+            scopes = [s for s in scopes if v not in s] + [clique - {v}]
+            cliques.append(tuple(sorted(clique)))
+            largest = max(largest, math.prod(self.graph.cards[u] for u in clique))
+        return _Plan(tuple(order), tuple(cliques), largest)
+
+    def _eliminate(self, evidence, keep, *, maximize=False, latents_first=False, record=None):
+        plan = self._plan(tuple(keep), latents_first)
+        batch = evidence.shape[0]
+        if plan.largest * batch > self.budget:
+            raise BudgetError(
+                f"exact elimination needs a table of {plan.largest * batch:.3g} entries "
+                f"({batch} sequences x {plan.largest:.3g}), over the budget of {self.budget:.3g}; "
+                "use fewer sequences per call, the Monte Carlo estimators, or a larger budget"
+            )
+        terms = self._terms(evidence)
+        for v, clique in zip(plan.order, plan.cliques, strict=True):
+            bucket = [t for t in terms if v in t[0]]
+            terms = [t for t in terms if v not in t[0]]
+            table = _combine(bucket, clique, batch, self.device, self.dtype)
+            axis = 1 + clique.index(v)
+            if record is not None:
+                record.append((v, clique, table))
+            use_max = maximize and not (latents_first and v >= self.n)
+            reduced = table.amax(axis) if use_max else _logsumexp(table, axis)
+            terms.append((tuple(u for u in clique if u != v), reduced))
+        return terms
+
+    def _backtrack(self, tokens, visible, generator=None, maximize=False, latents_first=False):
+        record: list = []
+        with torch.no_grad():
+            evidence = self._evidence(tokens, visible)
+            self._eliminate(evidence, keep=(), maximize=maximize, latents_first=latents_first,
+                            record=record)
+            batch = tokens.shape[0]
+            rows = torch.arange(batch, device=self.device)
+            value: dict[int, torch.Tensor] = {}
+            for v, clique, table in reversed(record):
+                if maximize and latents_first and v >= self.n:
+                    continue  # latents were summed out, not maximised
+                table = table.expand(batch, *table.shape[1:])
+                moved = table.movedim(1 + clique.index(v), -1)
+                index = [rows] + [value[u] for u in clique if u != v]
+                logits = moved[tuple(index)]
+                if maximize:
+                    value[v] = logits.argmax(-1)
+                else:
+                    value[v] = _gumbel_argmax(logits, generator)
+            out = torch.stack([value[i] for i in range(self.n)], dim=1)
+        return torch.where(visible, tokens, out)
+
+
+def _order_after(graph: FactorGraph, first: list[int], keep) -> tuple[list[int], int]:
+    """Elimination order of the tokens once the latents in ``first`` are summed out."""
+    reduced = FactorGraph(names=graph.names, cards=graph.cards, n_tokens=graph.n_tokens)
+    scopes = [set(f.variables) for f in graph.factors]
+    for v in first:
+        bucket = [s for s in scopes if v in s]
+        scopes = [s for s in scopes if v not in s] + [set().union(*bucket) - {v}]
+    from mdmprob.compile import Factor
+
+    reduced.factors = [Factor(tuple(sorted(s)), torch.zeros(()), "") for s in scopes if s]
+    order, width = elimination_order(reduced, keep=set(keep) | set(first))
+    return order, width
+
+
+def _combine(terms: list[_Term], variables, batch, device, dtype) -> torch.Tensor:
+    """Sum log-tables, broadcast onto ``[batch] + [card(v) for v in variables]``."""
+    variables = tuple(variables)
+    out = None
+    for vars_, t in terms:
+        perm = [0] + [1 + vars_.index(u) for u in variables if u in vars_]
+        shape = [t.shape[0]] + [t.shape[1 + vars_.index(u)] if u in vars_ else 1
+                                for u in variables]
+        aligned = t.permute(perm).reshape(shape)
+        out = aligned if out is None else out + aligned
+    if out is None:
+        return torch.zeros((batch,) + (1,) * len(variables), device=device, dtype=dtype)
+    return out.expand(batch, *out.shape[1:]) if out.shape[0] != batch else out
+
+
+def _logsumexp(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """logsumexp whose value and gradient stay finite-or-(-inf), never NaN, on all -inf slices."""
+    shift = x.detach().amax(dim, keepdim=True).clamp(min=torch.finfo(x.dtype).min)
+    return safe_log((x - shift).exp().sum(dim)) + shift.squeeze(dim)
+
+
+def _gumbel_argmax(logits: torch.Tensor, generator) -> torch.Tensor:
+    u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=logits.dtype)
+    gumbel = -torch.log(-torch.log(u.clamp(min=torch.finfo(u.dtype).tiny)))
+    impossible = logits.amax(-1, keepdim=True) == -math.inf
+    logits = torch.where(impossible, torch.zeros_like(logits), logits)  # undefined: uniform
+    return (logits + gumbel).argmax(-1)
