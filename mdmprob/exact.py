@@ -292,6 +292,8 @@ def _combine(terms: list[_Term], variables, batch, device, dtype) -> torch.Tenso
 
 def _logsumexp(x: torch.Tensor, dim: int) -> torch.Tensor:
     """logsumexp whose value and gradient stay finite-or-(-inf), never NaN, on all -inf slices."""
+    if not x.requires_grad:
+        return torch.logsumexp(x, dim)
     shift = x.detach().amax(dim, keepdim=True).clamp(min=torch.finfo(x.dtype).min)
     return safe_log((x - shift).exp().sum(dim)) + shift.squeeze(dim)
 

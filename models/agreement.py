@@ -22,10 +22,11 @@ def build(delta: float = 0.01, vocab: int = 2) -> Structure:
     uniform = torch.full((vocab,), 1.0 / vocab, dtype=torch.float64)
     copy = torch.full((vocab, vocab), delta / (vocab - 1), dtype=torch.float64)
     copy.fill_diagonal_(1 - delta)
+    copy = copy.log()  # logits keep delta = 0 a hard zero (torch clamps probs to 1e-16)
 
     def model():
         x1 = pyro.sample("x1", dist.Categorical(uniform))
-        pyro.sample("x2", dist.Categorical(Vindex(copy)[x1]))
+        pyro.sample("x2", dist.Categorical(logits=Vindex(copy)[x1]))
 
     def agree(x: torch.Tensor) -> torch.Tensor:
         return (x[:, 0] == x[:, 1])[:, None]

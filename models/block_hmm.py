@@ -43,18 +43,24 @@ def build(n_blocks: int = 8, block_size: int = 8, n_states: int = 2, a: float = 
         trans.fill_diagonal_(a)
     init = torch.full((n_states,), 1.0 / n_states, dtype=torch.float64)
     rho_t = torch.tensor(rho, dtype=torch.float64)
-    content = torch.stack([1 - rho_t, rho_t], -1)  # [K, 2]: p(Y | z)
-    parity = torch.tensor([[1 - eta, eta], [eta, 1 - eta]], dtype=torch.float64)  # p(P | xor)
+    # logits, not probs: torch clamps probs to [1e-16, 1], which would turn eta = 0 into e^-36.
+    content = torch.stack([1 - rho_t, rho_t], -1).log()  # [K, 2]: log p(Y | z)
+    parity = torch.tensor([[1 - eta, eta], [eta, 1 - eta]], dtype=torch.float64).log()
+    copy = torch.eye(2, dtype=torch.float64).log()
 
     def model():
         z = None
         for n in pyro.markov(range(n_blocks)):
             z = pyro.sample(f"z_{n}", dist.Categorical(init if z is None else Vindex(trans)[z]))
-            xor = 0
+            # s = running parity of the content bits, a deterministic latent chain: every factor
+            # then touches at most three variables instead of all B bits of the block.
+            s = 0
             for i in range(1, block_size):
-                y = pyro.sample(f"y_{n}_{i}", dist.Categorical(Vindex(content)[z]))
-                xor = (xor + y) % 2
-            pyro.sample(f"p_{n}", dist.Categorical(Vindex(parity)[xor]))
+                y = pyro.sample(f"y_{n}_{i}", dist.Categorical(logits=Vindex(content)[z]))
+                s = (s + y) % 2
+                if i < block_size - 1:
+                    s = pyro.sample(f"s_{n}_{i}", dist.Categorical(logits=Vindex(copy)[s]))
+            pyro.sample(f"p_{n}", dist.Categorical(logits=Vindex(parity)[s]))
 
     tokens, blocks = [], []
     for n in range(n_blocks):

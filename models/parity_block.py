@@ -21,7 +21,9 @@ def build(k: int = 8, eta: float = 0.01) -> Structure:
     k = check_int("k", k, 2, 24)
     eta = check_prob("eta", eta)
     half = torch.tensor([0.5, 0.5], dtype=torch.float64)
-    parity = torch.tensor([[1 - eta, eta], [eta, 1 - eta]], dtype=torch.float64)
+    # logits, not probs: torch clamps probs to [1e-16, 1], which would turn eta = 0 into e^-36.
+    parity = torch.tensor([[1 - eta, eta], [eta, 1 - eta]], dtype=torch.float64).log()
+    copy = torch.eye(2, dtype=torch.float64).log()
 
     def model():
         # A running parity state s_i = XOR(Y_1..Y_i) keeps every factor small (linear in k).
@@ -30,9 +32,9 @@ def build(k: int = 8, eta: float = 0.01) -> Structure:
             y = pyro.sample(f"y_{i}", dist.Categorical(half))
             s = (s + y) % 2
             if i < k - 1:
-                s = pyro.sample(f"s_{i}", dist.Categorical(Vindex(torch.eye(2, dtype=torch.float64))[s]))
+                s = pyro.sample(f"s_{i}", dist.Categorical(logits=Vindex(copy)[s]))
             else:
-                pyro.sample("p", dist.Categorical(Vindex(parity)[s]))
+                pyro.sample("p", dist.Categorical(logits=Vindex(parity)[s]))
 
     tokens = [f"y_{i}" for i in range(1, k)] + ["p"]
 

@@ -1,0 +1,204 @@
+"""The ``mdmprob`` command: ``mdmprob models``, ``mdmprob info MODEL [-p k=v ...] [--json]``.
+
+``--json`` prints one JSON document on stdout; progress and errors go to stderr. Bad input
+(unknown model or parameter, unparsable value) exits with status 2 and a message saying what
+to do.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from mdmprob.errors import MdmprobError, unknown_name
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Exact analysis of generation order and parallel decoding in masked "
+                       "diffusion models.")
+out = Console()
+err = Console(stderr=True)
+
+ParamOpt = Annotated[list[str] | None, typer.Option(
+    "-p", "--param", help="Model parameter as key=value (repeatable), e.g. -p eta=1e-8.")]
+
+
+@app.command()
+def models(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False):
+    """List the zoo's models with their parameters and defaults."""
+    from mdmprob.structure import list_models, model_parameters
+
+    zoo = {name: {"description": desc, "params": {k: _plain(v) for k, v in
+                                                   model_parameters(name).items()}}
+           for name, desc in list_models().items()}
+    if as_json:
+        print(json.dumps(zoo, indent=2))
+        return
+    table = Table(title="mdmprob models (load_model(name, **params) or a path to a .py file)")
+    table.add_column("model", style="bold")
+    table.add_column("description")
+    table.add_column("parameters (defaults)")
+    for name, entry in zoo.items():
+        params = ", ".join(f"{k}={v}" for k, v in entry["params"].items())
+        table.add_row(name, entry["description"], params)
+    out.print(table)
+
+
+@app.command()
+def info(
+    model: Annotated[str, typer.Argument(help="A zoo model name or a path to a model file.")],
+    param: ParamOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
+    samples: Annotated[int, typer.Option(help="Monte Carlo sequences for blocks whose prefix "
+                                              "space is too large to enumerate.")] = 2000,
+    seed: Annotated[int, typer.Option(help="Random seed of the Monte Carlo estimates.")] = 0,
+    exact_limit: Annotated[int, typer.Option(help="Largest prefix space V^|P| enumerated "
+                                                  "exactly.")] = 4096,
+    device: Annotated[str | None, typer.Option(help="cpu or cuda (default: MDMPROB_DEVICE or "
+                                                    "cpu).")] = None,
+):
+    """The structure of MODEL and, per decoding block, its forward TC, the mean-field
+    proposal's reverse TC and its violation rate (exact or Monte Carlo, as marked)."""
+    from mdmprob.blockwise import block_report
+    from mdmprob.structure import load_model
+
+    structure = load_model(model, **parse_params(model, param or []))
+    if samples < 2:
+        raise MdmprobError(f"--samples {samples} is too small; use at least 2")
+    with _progress(f"{structure.name}: blocks", len(structure.blocks), quiet=False) as tick:
+        report = block_report(structure, samples=samples, seed=seed, exact_limit=exact_limit,
+                              device=device, progress=tick)
+    if as_json:
+        print(json.dumps(report, indent=2))
+    else:
+        _print_report(report)
+
+
+def parse_params(model: str, pairs: list[str]) -> dict[str, Any]:
+    """``["k=6", "eta=0.01"]`` -> ``{"k": 6, "eta": 0.01}``, typed by the parameter's default."""
+    from mdmprob.structure import model_parameters
+
+    defaults = model_parameters(model)
+    params: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise MdmprobError(f"parameter {pair!r} is not key=value; write e.g. -p eta=1e-8")
+        if key not in defaults:
+            raise unknown_name("parameter", key, defaults, hint=f"(model {model!r})")
+        params[key] = _parse_value(key, text.strip(), defaults[key])
+    return params
+
+
+def _parse_value(key: str, text: str, default: Any) -> Any:
+    try:
+        if isinstance(default, bool):
+            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            return text.lower() in ("true", "1", "yes")
+        if isinstance(default, int):
+            return int(text)
+        if isinstance(default, float):
+            return float(text)
+        if isinstance(default, tuple | list):
+            value = json.loads(text) if text.startswith("[") else [
+                float(t) if any(c in t for c in ".eE") else int(t) for t in text.split(",")]
+            return tuple(value)
+        if default is None:
+            return json.loads(text)
+        return text
+    except (ValueError, json.JSONDecodeError):
+        kind = type(default).__name__ if default is not None else "JSON"
+        raise MdmprobError(f"cannot parse parameter {key}={text!r} as {kind} "
+                           f"(default {default!r})") from None
+
+
+def _print_report(r: dict[str, Any]) -> None:
+    out.print(f"[bold]{r['model']}[/bold]  {r['params']}")
+    out.print(f"tokens {r['n_tokens']}, vocab {r['vocab']}, blocks {len(r['blocks'])}, "
+              f"latents {r['n_latents']}, factors {r['n_factors']}, "
+              f"elimination width {r['elimination_width']}")
+    table = Table(title="per decoding block (nats); ± = one standard error (Monte Carlo)")
+    for col in ("block", "positions", "forward TC  E_p", "reverse TC of mean-field  E_q",
+                "mean-field violation", "exact"):
+        table.add_column(col, justify="right")
+    for b in r["blocks"]:
+        pos = b["positions"]
+        span = f"{pos[0]}..{pos[-1]}" if pos == list(range(pos[0], pos[-1] + 1)) else str(pos)
+        table.add_row(str(b["index"]), span, _pm(b["forward_tc"], b["forward_tc_se"]),
+                      _pm(b["reverse_tc_mean_field"], b["reverse_tc_mean_field_se"]),
+                      _pm(b["violation_mean_field"], b["violation_mean_field_se"]),
+                      "exact" if b["exact"] else f"MC n={r['samples']}")
+    out.print(table)
+    out.print(f"KL(p‖q_MF) (information loss) = sum of forward TCs = "
+              f"{_pm(r['forward_kl_mean_field'], r['forward_kl_mean_field_se'])} nats")
+    out.print(f"KL(q_MF‖p) (sampling risk)    = sum of reverse TCs = "
+              f"{_pm(r['reverse_kl_mean_field'], r['reverse_kl_mean_field_se'])} nats")
+
+
+def _pm(value, se) -> str:
+    if value is None:
+        return "-"
+    if math.isinf(value):
+        return "+inf"
+    return f"{value:.4g}" if se is None else f"{value:.4g} ± {se:.2g}"
+
+
+def _plain(v):
+    return list(v) if isinstance(v, tuple) else v
+
+
+class _progress:
+    """A rich progress bar on stderr (hidden when stderr is not a terminal)."""
+
+    def __init__(self, label: str, total: int, quiet: bool):
+        from rich.progress import Progress
+
+        self.progress = Progress(console=err, transient=True, disable=quiet)
+        self.label, self.total = label, total
+
+    def __enter__(self):
+        self.progress.__enter__()
+        task = self.progress.add_task(self.label, total=self.total)
+        return lambda done, total: self.progress.update(task, completed=done, total=total)
+
+    def __exit__(self, *exc):
+        return self.progress.__exit__(*exc)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``mdmprob`` console script."""
+    try:
+        app(args=argv, prog_name="mdmprob", standalone_mode=False)
+    except MdmprobError as e:
+        from rich.text import Text
+
+        err.print(Text.assemble(("error: ", "bold red"), str(e)), soft_wrap=True)
+        return 2
+    except (typer.Exit, SystemExit) as e:
+        return int(getattr(e, "exit_code", getattr(e, "code", 0)) or 0)
+    except Exception as e:  # click usage errors (unknown option, missing argument)
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show(file=sys.stderr)
+            return 2
+        if isinstance(e, click.exceptions.Abort):
+            return 130
+        raise
+    return 0
+
+
+def run() -> None:
+    """Console-script wrapper: exits with :func:`main`'s status."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,115 @@
+"""Information measures against direct formulas, analytic values and brute-force sums."""
+
+import math
+
+import pytest
+import torch
+
+from mdmprob import info
+from mdmprob.errors import MdmprobError
+
+
+def h(x):  # binary entropy in nats
+    return 0.0 if x in (0.0, 1.0) else -(x * math.log(x) + (1 - x) * math.log(1 - x))
+
+
+def agreement_table(delta):
+    #  x1 -- x2 : p(x1 != x2) = delta, uniform marginals
+    p = torch.tensor([[(1 - delta) / 2, delta / 2], [delta / 2, (1 - delta) / 2]],
+                     dtype=torch.float64)
+    return p.log()
+
+
+@pytest.mark.parametrize("delta,fwd,rev", [(0.1, 0.368, 0.511), (1e-3, 0.685, 2.761),
+                                           (1e-8, 0.693, 8.517)])
+def test_agreement_tc_matches_paper_table(delta, fwd, rev):
+    joint = agreement_table(delta)
+    assert info.forward_tc(joint, 2).item() == pytest.approx(math.log(2) - h(delta), abs=1e-12)
+    assert info.reverse_tc(joint, 2).item() == pytest.approx(
+        -math.log(2) - 0.5 * math.log(delta * (1 - delta)), abs=1e-9)
+    assert info.forward_tc(joint, 2).item() == pytest.approx(fwd, abs=5e-4)
+    assert info.reverse_tc(joint, 2).item() == pytest.approx(rev, abs=5e-4)
+
+
+def test_hard_zero_gives_inf_not_nan():
+    joint = agreement_table(0.0)
+    assert info.reverse_tc(joint, 2).item() == math.inf
+    assert info.forward_tc(joint, 2).item() == pytest.approx(math.log(2), abs=1e-12)
+    assert info.entropy(joint, 2).item() == pytest.approx(math.log(2), abs=1e-12)
+    mf = info.mean_field(joint, 2)
+    assert info.kl(q=mf, p=joint, event_dims=2).item() == math.inf
+    assert info.kl(p=joint, q=mf, event_dims=2).item() == pytest.approx(math.log(2))
+    assert not torch.isnan(info.kl(q=joint, p=joint, event_dims=2))
+
+
+def test_kl_reads_as_written_and_matches_sum():
+    g = torch.Generator().manual_seed(1)
+    a = torch.rand(3, 5, generator=g, dtype=torch.float64)
+    b = torch.rand(3, 5, generator=g, dtype=torch.float64)
+    a, b = (a / a.sum(-1, keepdim=True)).log(), (b / b.sum(-1, keepdim=True)).log()
+    direct = (a.exp() * (a - b)).sum(-1)
+    torch.testing.assert_close(info.kl(q=a, p=b), direct)
+    torch.testing.assert_close(info.kl(p=b, q=a), (b.exp() * (b - a)).sum(-1))
+    torch.testing.assert_close(info.tv(q=a, p=b), 0.5 * (a.exp() - b.exp()).abs().sum(-1))
+
+
+def test_conditional_entropy_chain_rule_and_tc_identity():
+    g = torch.Generator().manual_seed(2)
+    p = torch.rand(2, 3, 2, generator=g, dtype=torch.float64)
+    log_p = (p / p.sum()).log()
+    hxyz = info.entropy(log_p, 3)
+    hx = info.conditional_entropy(log_p, 3, target=(0,))
+    hy_x = info.conditional_entropy(log_p, 3, target=(1,), given=(0,))
+    hz_xy = info.conditional_entropy(log_p, 3, target=(2,), given=(0, 1))
+    torch.testing.assert_close(hx + hy_x + hz_xy, hxyz)
+    # forward TC = sum_i H(X_i) - H(X)  (Eq. 15)
+    sum_h = sum(info.conditional_entropy(log_p, 3, target=(i,)) for i in range(3))
+    torch.testing.assert_close(info.forward_tc(log_p, 3), sum_h - hxyz)
+    # brute-force conditional entropy H(Y|X)
+    pxy = log_p.exp().sum(-1)
+    brute = -sum(pxy[x, y] * math.log(pxy[x, y] / pxy[x].sum()) for x in range(2)
+                 for y in range(3))
+    assert hy_x.item() == pytest.approx(brute.item(), abs=1e-12)
+
+
+def test_incoherence_and_violation_exact_and_lemma_c3():
+    log_p = agreement_table(1e-9)
+    log_q = info.mean_field(log_p, 2)
+    inc = info.incoherence_rate(log_q, log_p, tau=1e-8, event_dims=2)
+    assert inc.item() == pytest.approx(0.5)
+    violated = torch.tensor([[False, True], [True, False]])
+    assert info.violation_rate(log_q, violated, 2).item() == pytest.approx(0.5)
+    # Lemma C.3: incoherence <= E_q[-log p] / log(1/eps), and Eq. 69: E_q[-log p] = KL + H(q)
+    cross = info.expectation(log_q, -log_p, 2)
+    torch.testing.assert_close(cross, info.kl(q=log_q, p=log_p, event_dims=2)
+                               + info.entropy(log_q, 2))
+    assert inc.item() <= cross.item() / math.log(1e8)
+
+
+def test_mc_estimators_within_standard_errors():
+    g = torch.Generator().manual_seed(3)
+    log_p = agreement_table(0.1).reshape(-1)
+    log_q = torch.full((4,), math.log(0.25), dtype=torch.float64)
+    idx = torch.multinomial(log_q.exp(), 20000, replacement=True, generator=g)
+    est = info.mc_kl(log_q[idx], log_p[idx])
+    exact = info.kl(q=log_q, p=log_p).item()
+    assert abs(est.value - exact) < 4 * est.se
+    rate = info.mc_rate(idx % 3 == 0)
+    assert abs(rate.value - 0.5) < 4 * rate.se
+
+
+def test_mc_infinite_sample_is_inf_with_zero_se():
+    est = info.mc_kl(torch.tensor([0.0, -1.0]), torch.tensor([-math.inf, -1.0]))
+    assert est.value == math.inf and est.se == 0.0
+
+
+def test_errors_name_the_problem():
+    a = torch.zeros(2)
+    with pytest.raises(MdmprobError, match="exactly two named"):
+        info.kl(q=a)
+    with pytest.raises(MdmprobError, match="shape"):
+        info.kl(q=a, p=torch.zeros(3))
+    with pytest.raises(MdmprobError, match="event_dims=3"):
+        info.entropy(a, 3)
+    with pytest.raises(MdmprobError, match="NaN"):
+        info.mc_mean(torch.tensor([float("nan")]))
