@@ -17,10 +17,10 @@ from __future__ import annotations
 import pyro
 import pyro.distributions as dist
 import torch
+from mdmprob.models._common import check_int, check_prob
 from pyro.ops.indexing import Vindex
 
 from mdmprob.errors import MdmprobError
-from mdmprob.models._common import check_int, check_prob
 from mdmprob.structure import Structure
 
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 import pyro
 import pyro.distributions as dist
 import torch
-
 from mdmprob.models._common import check_int
+
 from mdmprob.structure import Structure
 
 

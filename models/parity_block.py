@@ -11,9 +11,9 @@ from __future__ import annotations
 import pyro
 import pyro.distributions as dist
 import torch
+from mdmprob.models._common import check_int, check_prob
 from pyro.ops.indexing import Vindex
 
-from mdmprob.models._common import check_int, check_prob
 from mdmprob.structure import Structure
 
 

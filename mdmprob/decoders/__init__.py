@@ -1,0 +1,23 @@
+"""Decoders as inference programs: primitives (scores, commit rules, correctors) and presets."""
+
+from mdmprob.decoders.core import Decoder, DecodeResult
+from mdmprob.decoders.presets import (
+    PRESETS,
+    eb_sampler,
+    fast_dllm_factor,
+    fast_dllm_threshold,
+    get_decoder,
+    llada,
+    mdlm,
+    mean_field_blocks,
+    rejection,
+    sequential,
+    speculative,
+    verified_blocks,
+)
+
+__all__ = [
+    "PRESETS", "DecodeResult", "Decoder", "eb_sampler", "fast_dllm_factor",
+    "fast_dllm_threshold", "get_decoder", "llada", "mdlm", "mean_field_blocks", "rejection",
+    "sequential", "speculative", "verified_blocks",
+]

@@ -1,0 +1,260 @@
+"""A decoder = window policy x position score x commit rule (x an optional block corrector).
+
+``Decoder.run`` decodes a batch of sequences on torch tensors and returns the tokens, the exact
+log-probability of each run's trajectory, NFE and the committed positions per step.
+``Decoder.distribution`` enumerates the decoder-induced distribution q over all V^n sequences
+exactly (small spaces), including adaptive and random orders and stochastic schedules.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from mdmprob.decoders.primitives import CommitRule, Score, Step
+from mdmprob.denoisers.base import Denoiser
+from mdmprob.errors import BudgetError, MdmprobError
+
+
+@dataclass
+class DecodeResult:
+    """What a batched decoder run returns (B sequences of n tokens).
+
+    ``log_q`` is the exact log-probability of each run's trajectory (the decoder's random choices);
+    it equals ``log q(tokens)`` when ``log_q_is_marginal`` (the trajectory is a function of the
+    output: deterministic position choices), otherwise it is a trajectory density.
+    """
+
+    tokens: torch.Tensor  # long [B, n]
+    log_q: torch.Tensor  # [B]
+    nfe: torch.Tensor  # long [B]: denoiser calls per sequence
+    committed: list[torch.Tensor]  # per step: bool [B, n] positions committed at that step
+    log_q_is_marginal: bool
+    corrector: dict[str, Any] = field(default_factory=dict)  # proposals, acceptance, ESS, ...
+
+    @property
+    def steps(self) -> int:
+        return len(self.committed)
+
+
+@dataclass
+class Decoder:
+    """Window policy x position score x commit rule, with temperature and an optional corrector.
+
+    Args:
+        score: which candidates first (see :mod:`mdmprob.decoders.primitives`).
+        commit: how many per step.
+        window: ``"blocks"`` (the structure's decoding blocks, in order), ``"all"`` (the whole
+            sequence), or an int (contiguous semi-AR blocks of that length).
+        temperature: values are drawn from softmax(log p_theta / T); T = 0 is argmax.
+        corrector: a block-level corrector (rejection, speculative, exact block) that replaces
+            the step loop inside each window.
+    """
+
+    name: str
+    score: Score
+    commit: CommitRule
+    window: str | int = "blocks"
+    temperature: float = 1.0
+    corrector: Any = None
+
+    def __post_init__(self):
+        t = self.temperature
+        if not (isinstance(t, int | float) and t >= 0 and math.isfinite(t)):
+            raise MdmprobError(f"temperature={t!r} must be a finite number >= 0")
+        if isinstance(self.window, int) and self.window < 1:
+            raise MdmprobError(f"window={self.window} must be >= 1 positions")
+        if not isinstance(self.window, int) and self.window not in ("blocks", "all"):
+            raise MdmprobError(f"window={self.window!r} must be 'blocks', 'all' or an int")
+
+    @property
+    def log_q_is_marginal(self) -> bool:
+        """True when a run's trajectory is determined by its output, so log q(traj) = log q(x)."""
+        if self.corrector is not None:
+            return self.corrector.log_q_is_marginal
+        return not (self.score.random or self.commit.stochastic or
+                    (self.score.uses_draws and self.temperature > 0))
+
+    # ------------------------------------------------------------------------------- windows
+    def windows(self, denoiser: Denoiser, blocks=None) -> list[list[int]]:
+        n = denoiser.n_tokens
+        if self.window == "all":
+            return [list(range(n))]
+        if isinstance(self.window, int):
+            return [list(range(s, min(s + self.window, n))) for s in range(0, n, self.window)]
+        if blocks is None:
+            structure = getattr(denoiser, "structure", None)
+            blocks = structure.blocks if structure is not None else [list(range(n))]
+        flat = sorted(p for b in blocks for p in b)
+        if flat != list(range(n)):
+            raise MdmprobError(f"blocks {blocks} do not partition the denoiser's {n} positions")
+        return [list(b) for b in blocks]
+
+    # ------------------------------------------------------------------------------- run
+    def run(self, denoiser: Denoiser, num: int = 1, *, seed: int | None = 0,
+            generator: torch.Generator | None = None, oracle: Denoiser | None = None,
+            blocks=None, target=None) -> DecodeResult:
+        """Decode ``num`` sequences in one batch. ``seed`` (or an explicit ``generator`` on the
+        denoiser's device) fixes every random choice; ``oracle`` supplies exact conditionals for
+        oracle scores; ``target`` (a Structure) is what correctors verify against."""
+        if not isinstance(num, int) or num < 1:
+            raise MdmprobError(f"num={num!r} sequences must be an integer >= 1")
+        device = denoiser.device
+        if generator is None:
+            generator = torch.Generator(device=device)
+            generator.manual_seed(0 if seed is None else seed)
+        windows = self.windows(denoiser, blocks)
+        n, V = denoiser.n_tokens, denoiser.vocab
+        tokens = torch.full((num, n), denoiser.mask_id, dtype=torch.long, device=device)
+        log_q = torch.zeros(num, dtype=denoiser.dtype, device=device)
+        nfe = torch.zeros(num, dtype=torch.long, device=device)
+        committed: list[torch.Tensor] = []
+        info: dict[str, Any] = {}
+        for window in windows:
+            win = torch.zeros(n, dtype=torch.bool, device=device)
+            win[window] = True
+            if self.corrector is not None:
+                tokens, sel, lq, calls = self.corrector.decode_window(
+                    self, denoiser, tokens, window, generator, target=target, info=info)
+                log_q, nfe = log_q + lq, nfe + calls
+                committed.append(sel)
+                continue
+            window_masked = (tokens[:, window] == denoiser.mask_id).sum(-1)
+            step_no = torch.zeros(num, dtype=torch.long, device=device)
+            while True:
+                candidates = (tokens == denoiser.mask_id) & win
+                active = candidates.any(-1)
+                if not active.any():
+                    break
+                logp = denoiser(tokens)
+                nfe += active.long()
+                oracle_logp = oracle(tokens) if self.score.name == "oracle_entropy" and \
+                    oracle is not None else None
+                step = Step(logp, candidates, step_no, window_masked, oracle_logp)
+                sel, draws, lq = self._step(step, generator, V)
+                tokens = torch.where(sel, draws, tokens)
+                log_q = log_q + torch.where(active, lq, torch.zeros_like(lq))
+                committed.append(sel)
+                step_no = step_no + active.long()
+        return DecodeResult(tokens, log_q, nfe, committed, self.log_q_is_marginal, info)
+
+    def _step(self, step: Step, generator, V):
+        """One step: draw values, rank, select; returns (selected [B,n], draws [B,n], log q [B])."""
+        t = self.temperature
+        logp, cand = step.logp, step.candidates
+        tempered = _tempered(logp, t)
+        if t > 0:
+            draws = _gumbel_argmax(tempered, generator)
+        else:
+            draws = logp.argmax(-1)
+        if self.commit.stochastic:
+            probs = self.commit.probs(step)
+            u = torch.rand(probs.shape, generator=generator, device=probs.device,
+                           dtype=probs.dtype)
+            sel = (u < probs) & cand
+            lq_sel = torch.where(cand, torch.where(sel, probs.log(), torch.log1p(-probs)),
+                                 torch.zeros_like(probs)).sum(-1)
+        else:
+            if self.score.random:
+                keys = torch.rand(cand.shape, generator=generator, device=cand.device,
+                                  dtype=logp.dtype)
+            else:
+                keys = self.score(step, draws).to(logp.dtype)
+            sel, order, count = _select(step, keys, self.commit)
+            lq_sel = torch.zeros(cand.shape[0], dtype=logp.dtype, device=logp.device)
+            if self.score.random:
+                lq_sel = -_log_binom(step.n_candidates, count).to(logp.dtype)
+            elif self.score.uses_draws:
+                lq_sel = _loser_log_prob(keys, sel, cand, tempered if t > 0 else
+                                         _onehot_log(draws, V, logp.dtype), logp, self.score)
+        value_lq = tempered.gather(-1, draws[..., None]).squeeze(-1) if t > 0 else \
+            torch.zeros_like(logp[..., 0])
+        lq = torch.where(sel, value_lq, torch.zeros_like(value_lq)).sum(-1) + lq_sel
+        return sel, draws, lq
+
+    # ------------------------------------------------------------------------------- exact
+    def distribution(self, denoiser: Denoiser, *, blocks=None, oracle: Denoiser | None = None,
+                     target=None, max_states: int = 2**16) -> torch.Tensor:
+        """The exact decoder-induced distribution q as a log-table of shape ``[V] * n``."""
+        n, V = denoiser.n_tokens, denoiser.vocab
+        if V ** n > 2**20:
+            raise BudgetError(f"exact mode enumerates all V^n = {V}^{n} sequences, over the "
+                              "budget of 2^20; use Monte Carlo mode (evaluate(..., mode='mc'))")
+        from mdmprob.decoders.exact_mode import enumerate_decoder
+
+        return enumerate_decoder(self, denoiser, blocks=blocks, oracle=oracle, target=target,
+                                 max_states=max_states)
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+# ----------------------------------------------------------------------------------- helpers
+def _tempered(logp: torch.Tensor, t: float) -> torch.Tensor:
+    if t == 1 or t == 0:
+        return logp
+    return torch.log_softmax(logp / t, -1)
+
+
+def _gumbel_argmax(logp: torch.Tensor, generator) -> torch.Tensor:
+    u = torch.rand(logp.shape, generator=generator, device=logp.device, dtype=torch.float64)
+    gumbel = -torch.log(-torch.log(u.clamp(min=torch.finfo(torch.float64).tiny)))
+    return (logp.to(torch.float64) + gumbel).argmax(-1)
+
+
+def _onehot_log(draws, V, dtype):
+    onehot = torch.nn.functional.one_hot(draws, V).bool()
+    return torch.zeros(onehot.shape, dtype=dtype, device=draws.device).masked_fill(~onehot,
+                                                                                   -math.inf)
+
+
+def _select(step: Step, keys: torch.Tensor, commit: CommitRule):
+    """Rank candidates by key (descending; ties to the lower position), commit the top count."""
+    cand = step.candidates
+    masked_keys = keys.masked_fill(~cand, -math.inf)
+    order = _rank(masked_keys)
+    ranked = masked_keys.gather(-1, order)
+    count = commit.count(step, ranked, order).clamp(max=step.n_candidates)
+    rank_of = torch.empty_like(order).scatter_(-1, order, torch.arange(
+        order.shape[-1], device=order.device).expand_as(order))
+    sel = (rank_of < count[:, None]) & cand
+    return sel, order, count
+
+
+def _rank(keys: torch.Tensor) -> torch.Tensor:
+    """Positions sorted by key descending, ties broken by lower position first."""
+    return torch.sort(keys, dim=-1, descending=True, stable=True).indices
+
+
+def _log_binom(n: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    n, k = n.to(torch.float64), k.to(torch.float64)
+    return torch.lgamma(n + 1) - torch.lgamma(k + 1) - torch.lgamma(n - k + 1)
+
+
+def _loser_log_prob(keys, sel, cand, tempered, logp, score) -> torch.Tensor:
+    """log Pr[every unselected candidate's drawn score loses to the weakest selected one]
+    (sample-then-choose: the unselected draws are marginalised out exactly)."""
+    n = keys.shape[-1]
+    pos = torch.arange(n, device=keys.device)
+    sel_keys = keys.masked_fill(~sel, math.inf)
+    weakest_key = sel_keys.amin(-1)
+    # weakest selected element: lowest key, ties -> highest position (it ranks last)
+    is_weak = sel & (keys == weakest_key[:, None])
+    weakest_pos = torch.where(is_weak, pos, torch.full_like(pos, -1)).amax(-1)
+    # score of every possible value v at every position: confidence = p_theta(v)
+    value_keys = logp.exp()
+    loses = (value_keys < weakest_key[:, None, None]) | (
+        (value_keys == weakest_key[:, None, None]) & (pos[None, :, None] > weakest_pos[:, None, None]))
+    p_lose = torch.where(loses, tempered.exp(), torch.zeros_like(tempered)).sum(-1)
+    others = cand & ~sel
+    return torch.where(others, p_lose.log(), torch.zeros_like(p_lose)).sum(-1)
+
+
+def all_values(k: int, V: int, device) -> torch.Tensor:
+    """Every assignment of k positions, ``[V^k, k]``."""
+    return torch.tensor(list(itertools.product(range(V), repeat=k)), dtype=torch.long,
+                        device=device).reshape(V ** k, k)

@@ -1,0 +1,262 @@
+"""Decoder primitives: position scores (which positions first) and commit rules (how many).
+
+A decoding step sees a :class:`Step`: the denoiser's log-probabilities, the candidates (masked
+positions of the current window) and the step counters. A *score* ranks candidates (higher =
+earlier); a *commit rule* says how many of the ranked candidates to commit, or — for stochastic
+rules — the probability that each candidate is committed. Adding a new score or rule is one small
+class; the decoder loop, exact enumeration and log q bookkeeping are shared.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from mdmprob.errors import MdmprobError
+
+
+@dataclass
+class Step:
+    """What a score or commit rule may read at one decoding step (shapes ``[B, n, V]``/``[B, n]``)."""
+
+    logp: torch.Tensor  # log p_theta(x_i = v | state): the denoiser's output
+    candidates: torch.Tensor  # bool [B, n]: masked positions of the current window
+    step: torch.Tensor  # long [B]: steps already taken in the current window
+    window_masked: torch.Tensor  # long [B]: masked positions the window had when it opened
+    oracle_logp: torch.Tensor | None = None  # exact conditionals, for oracle-based scores
+
+    @property
+    def n_candidates(self) -> torch.Tensor:
+        return self.candidates.sum(-1)
+
+
+def entropy_of(logp: torch.Tensor) -> torch.Tensor:
+    p = logp.exp()
+    return -torch.where(p > 0, p * logp, torch.zeros_like(p)).sum(-1)
+
+
+# ----------------------------------------------------------------------------- position scores
+class Score:
+    """Ranks candidate positions; ``random`` scores pick uniformly among candidates instead and
+    ``uses_draws`` scores read the sampled values (sample-then-choose)."""
+
+    name = "score"
+    random = False
+    uses_draws = False
+
+    def __call__(self, step: Step, draws: torch.Tensor | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+class LeftToRight(Score):
+    name = "l2r"
+
+    def __call__(self, step, draws=None):
+        n = step.logp.shape[1]
+        pos = torch.arange(n, device=step.logp.device, dtype=step.logp.dtype)
+        return (-pos).expand(step.logp.shape[0], n)
+
+
+class RightToLeft(Score):
+    name = "r2l"
+
+    def __call__(self, step, draws=None):
+        n = step.logp.shape[1]
+        pos = torch.arange(n, device=step.logp.device, dtype=step.logp.dtype)
+        return pos.expand(step.logp.shape[0], n)
+
+
+class RandomOrder(Score):
+    """Uniformly random positions (LLaDA ``random`` remasking, MDLM order)."""
+
+    name = "random"
+    random = True
+
+    def __call__(self, step, draws=None):
+        return torch.zeros(step.logp.shape[:2], dtype=step.logp.dtype, device=step.logp.device)
+
+
+class NegEntropy(Score):
+    """Easy-First by entropy: lowest H(p_theta(x_i | state)) first (Eq. 12 with model entropy)."""
+
+    name = "entropy"
+
+    def __call__(self, step, draws=None):
+        return -entropy_of(step.logp)
+
+
+class HardFirst(Score):
+    """Highest model entropy first: the adversarial counterpart of Easy-First."""
+
+    name = "hard_first"
+
+    def __call__(self, step, draws=None):
+        return entropy_of(step.logp)
+
+
+class MaxProb(Score):
+    """Highest max_v p_theta(v) first (Dream ``maskgit_plus`` at T = 0; Fast-dLLM confidence)."""
+
+    name = "max_prob"
+
+    def __call__(self, step, draws=None):
+        return step.logp.amax(-1).exp()
+
+
+class Margin(Score):
+    """Largest top-1 minus top-2 probability first (Kim et al.; Dream ``topk_margin``)."""
+
+    name = "margin"
+
+    def __call__(self, step, draws=None):
+        top = step.logp.exp().topk(2, dim=-1).values
+        return top[..., 0] - top[..., 1]
+
+
+class OracleEntropy(Score):
+    """Easy-First by the *true* conditional entropy (needs ``oracle=`` when decoding)."""
+
+    name = "oracle_entropy"
+
+    def __call__(self, step, draws=None):
+        if step.oracle_logp is None:
+            raise MdmprobError("the oracle_entropy score needs the exact conditionals: pass "
+                               "oracle=Oracle(structure) to the decoder run")
+        return -entropy_of(step.oracle_logp)
+
+
+class DrawConfidence(Score):
+    """LLaDA ``low_confidence``: the model probability of the value drawn at each position
+    (sample-then-choose; biased at T > 0 even one token per step)."""
+
+    name = "confidence"
+    uses_draws = True
+
+    def __call__(self, step, draws=None):
+        return step.logp.gather(-1, draws[..., None]).squeeze(-1).exp()
+
+
+SCORES = {cls.name: cls for cls in (LeftToRight, RightToLeft, RandomOrder, NegEntropy, HardFirst,
+                                    MaxProb, Margin, OracleEntropy, DrawConfidence)}
+
+
+# ----------------------------------------------------------------------------- commit rules
+class CommitRule:
+    """How many ranked candidates to commit (``count``), or per-candidate probabilities
+    (``probs``, for stochastic rules). At least one candidate is committed per step."""
+
+    name = "rule"
+    stochastic = False
+
+    def count(self, step: Step, ranked_scores: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+        """``LongTensor[B]``; ``ranked_scores [B, n]`` are candidate scores sorted descending
+        (non-candidates last, -inf) and ``order [B, n]`` the positions in that ranking."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+class PerStep(CommitRule):
+    """k positions per step (k = 1: sequential decoding)."""
+
+    def __init__(self, k: int = 1):
+        if not isinstance(k, int) or k < 1:
+            raise MdmprobError(f"tokens per step k={k!r} must be an integer >= 1")
+        self.k, self.name = k, f"k={k}"
+
+    def count(self, step, ranked_scores, order):
+        return torch.full_like(step.step, self.k)
+
+
+class WholeWindow(CommitRule):
+    """Every candidate of the window at once (mean-field block decoding)."""
+
+    name = "whole_block"
+
+    def count(self, step, ranked_scores, order):
+        return step.n_candidates
+
+
+class EvenSplit(CommitRule):
+    """LLaDA: the window's masked positions split evenly over ``steps`` steps, the remainder to
+    the earliest steps."""
+
+    def __init__(self, steps: int):
+        if not isinstance(steps, int) or steps < 1:
+            raise MdmprobError(f"steps={steps!r} must be an integer >= 1")
+        self.steps, self.name = steps, f"even_split(steps={steps})"
+
+    def count(self, step, ranked_scores, order):
+        base, rem = step.window_masked // self.steps, step.window_masked % self.steps
+        count = base + (step.step < rem).long()
+        last = step.step >= self.steps - 1
+        return torch.where(last, step.n_candidates, count.clamp(min=1))
+
+
+class Threshold(CommitRule):
+    """Fast-dLLM threshold: every candidate whose score (max probability) is >= tau, and at least
+    the top one."""
+
+    def __init__(self, tau: float = 0.9):
+        if not (isinstance(tau, int | float) and 0 < tau <= 1):
+            raise MdmprobError(f"threshold tau={tau!r} must be in (0, 1]")
+        self.tau, self.name = float(tau), f"threshold(tau={tau})"
+
+    def count(self, step, ranked_scores, order):
+        return (ranked_scores >= self.tau).sum(-1).clamp(min=1)
+
+
+class Factor(CommitRule):
+    """Fast-dLLM factor rule as written in the paper: the largest n with (n + 1)(1 - c_(n)) < f,
+    c_(n) the n-th largest confidence; at least one."""
+
+    def __init__(self, f: float = 1.0):
+        if not (isinstance(f, int | float) and f > 0):
+            raise MdmprobError(f"factor f={f!r} must be > 0")
+        self.f, self.name = float(f), f"factor(f={f})"
+
+    def count(self, step, ranked_scores, order):
+        n = torch.arange(1, ranked_scores.shape[-1] + 1, device=ranked_scores.device)
+        ok = ((n + 1) * (1 - ranked_scores) < self.f) & (n <= step.n_candidates[:, None])
+        largest = torch.where(ok, n, torch.zeros_like(n)).amax(-1)
+        return largest.clamp(min=1)
+
+
+class EntropyBudget(CommitRule):
+    """EB-Sampler: the longest prefix of the ranked candidates with
+    sum_j H_j - max_j H_j <= gamma (nats); at least one."""
+
+    def __init__(self, gamma: float = 0.1):
+        if not (isinstance(gamma, int | float) and gamma >= 0 and math.isfinite(gamma)):
+            raise MdmprobError(f"entropy budget gamma={gamma!r} must be a finite number >= 0")
+        self.gamma, self.name = float(gamma), f"eb(gamma={gamma})"
+
+    def count(self, step, ranked_scores, order):
+        h = entropy_of(step.logp).masked_fill(~step.candidates, 0.0)
+        h = h.gather(-1, order)
+        cum, run_max = h.cumsum(-1), h.cummax(-1).values
+        n = torch.arange(1, h.shape[-1] + 1, device=h.device)
+        ok = (cum - run_max <= self.gamma + 1e-12) & (n <= step.n_candidates[:, None])
+        return torch.where(ok, n, torch.zeros_like(n)).amax(-1).clamp(min=1)
+
+
+class BernoulliSchedule(CommitRule):
+    """MDLM ancestral schedule with a linear alpha over ``steps`` steps: each candidate commits
+    independently with probability 1 / (steps - step); everything at the last step."""
+
+    stochastic = True
+
+    def __init__(self, steps: int):
+        if not isinstance(steps, int) or steps < 1:
+            raise MdmprobError(f"steps={steps!r} must be an integer >= 1")
+        self.steps, self.name = steps, f"bernoulli(steps={steps})"
+
+    def probs(self, step: Step) -> torch.Tensor:
+        left = (self.steps - step.step).clamp(min=1).to(step.logp.dtype)
+        return (1.0 / left)[:, None].expand(step.candidates.shape)

@@ -1,0 +1,74 @@
+"""The denoiser protocol: visible tokens in, per-position log-probabilities out.
+
+A denoiser maps ``tokens: LongTensor[B, n]`` — with ``mask_id == vocab`` at masked positions —
+to ``log p_theta(x_i = v | x_visible)``, shape ``[B, n, V]``, for every position. Masked rows are
+the model's predictions; visible rows are the point mass on the visible token (copy-over).
+``leave_one_out(tokens)`` optionally gives ``log p_theta(x_i = v | x_{visible minus i})`` at the
+visible positions (verifiers such as P2 or WINO need it).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from mdmprob.errors import EvidenceError
+
+
+class Denoiser:
+    """Base class: subclasses implement :meth:`predict` on validated tokens."""
+
+    vocab: int
+    n_tokens: int
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def mask_id(self) -> int:
+        return self.vocab
+
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``log p_theta(x_i | x_visible)``, ``[B, n, V]``; visible rows are their point mass."""
+        tokens = self.check(tokens)
+        out = self.predict(tokens)
+        visible = tokens != self.mask_id
+        point = _point_mass(tokens.clamp(max=self.vocab - 1), self.vocab, out.dtype)
+        return torch.where(visible[..., None], point, out)
+
+    def predict(self, tokens: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def leave_one_out(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``log p_theta(x_i | x_{visible \\ i})`` at every visible position (masked rows as in
+        ``__call__``), by one batched call with each visible position masked in turn."""
+        tokens = self.check(tokens)
+        batch, n = tokens.shape
+        eye = torch.eye(n, dtype=torch.bool, device=tokens.device)
+        hidden = torch.where(eye[None], torch.full_like(tokens[:, None, :], self.mask_id),
+                             tokens[:, None, :].expand(batch, n, n))
+        preds = self(hidden.reshape(batch * n, n)).reshape(batch, n, n, self.vocab)
+        loo = preds.diagonal(dim1=1, dim2=2).movedim(-1, 1)  # [B, n, V]: row i from copy i
+        visible = tokens != self.mask_id
+        return torch.where(visible[..., None], loo, self(tokens))
+
+    def check(self, tokens) -> torch.Tensor:
+        """Validate ``tokens [B, n]`` with values in ``0..V`` (V = mask) and move them."""
+        if not isinstance(tokens, torch.Tensor):
+            tokens = torch.as_tensor(tokens)
+        if tokens.dtype.is_floating_point or tokens.dtype == torch.bool:
+            raise EvidenceError(f"tokens must be an integer tensor, got dtype {tokens.dtype}")
+        if tokens.dim() != 2 or tokens.shape[1] != self.n_tokens:
+            raise EvidenceError(f"tokens must have shape [B, {self.n_tokens}], got "
+                                f"{tuple(tokens.shape)}")
+        if ((tokens < 0) | (tokens > self.mask_id)).any():
+            bad = tokens[(tokens < 0) | (tokens > self.mask_id)][0].item()
+            raise EvidenceError(f"token value {bad} is outside 0..{self.vocab - 1} "
+                                f"(mask id {self.mask_id})")
+        return tokens.to(self.device, torch.long)
+
+
+def _point_mass(tokens: torch.Tensor, vocab: int, dtype) -> torch.Tensor:
+    onehot = torch.nn.functional.one_hot(tokens, vocab).bool()
+    return torch.zeros(onehot.shape, dtype=dtype, device=tokens.device).masked_fill(~onehot,
+                                                                                    -math.inf)

@@ -1,0 +1,135 @@
+"""Measure a denoiser's model error against the exact oracle (paper Eq. 6, Assumption 4.2).
+
+For contexts ``h`` drawn as in MDM training — an exact sample ``x ~ p`` with each position masked
+independently — the local error at a masked position ``i`` is
+
+    eps(h, i) = KL( p_theta(. | h) || p(. | h) )      (nats; Eq. 6, the sampling-risk direction)
+
+and :func:`model_error` reports its mean, the reverse KL, the mean true conditional entropy
+``H(X_i | h)``, and the least-squares fit ``eps = alpha * H + intercept`` (the entropy term of
+Assumption 4.2 with lambda = 0).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+
+from mdmprob import info
+from mdmprob.denoisers.base import Denoiser
+from mdmprob.denoisers.oracle import Oracle
+from mdmprob.errors import EvidenceError, MdmprobError
+from mdmprob.info import Estimate
+
+
+@dataclass(frozen=True)
+class ModelError:
+    """Model error of a denoiser, over the masked positions of ``num`` sampled contexts (nats).
+
+    Attributes:
+        kl_model_true: mean of ``KL(p_theta(.|h) || p(.|h))`` with its standard error
+            (``+inf`` if any position has p_theta > 0 = p).
+        kl_true_model: mean of the reverse ``KL(p(.|h) || p_theta(.|h))``.
+        entropy: mean true conditional entropy ``H(X_i | h)``.
+        alpha, intercept: least-squares fit ``KL(p_theta || p) = alpha * H + intercept`` over the
+            masked positions with a finite KL (NaN when fewer than two distinct H values).
+        r2: coefficient of determination of that fit (NaN when the KLs do not vary).
+        n_masked: masked positions measured (the sample size of the means).
+        n_infinite: of those, positions with ``KL(p_theta || p) = +inf``, left out of the fit.
+        per_position: mean ``KL(p_theta || p)`` at each sequence position over the contexts
+            where it is masked (NaN for a position never masked).
+    """
+
+    kl_model_true: Estimate
+    kl_true_model: Estimate
+    entropy: Estimate
+    alpha: float
+    intercept: float
+    r2: float
+    n_masked: int
+    n_infinite: int
+    per_position: list[float]
+
+    def as_dict(self) -> dict:
+        """Plain floats and lists, e.g. for a JSON report."""
+        out = asdict(self)
+        for key in ("kl_model_true", "kl_true_model", "entropy"):
+            est = getattr(self, key)
+            out[key], out[f"{key}_se"] = est.value, est.se
+        return out
+
+
+def model_error(denoiser: Denoiser, oracle: Oracle, *, num: int = 2000, seed: int = 0,
+                mask_rate: float | None = None, batch_size: int = 1024) -> ModelError:
+    """Model error of ``denoiser`` against the exact conditionals of ``oracle``.
+
+    Draws ``num`` exact sequences ``x ~ p`` with ``oracle.engine.sample`` (a seeded generator on
+    the engine's device), masks each position independently with probability ``mask_rate``
+    (default: a rate drawn uniformly in (0, 1) per sequence, as in MDM training), evaluates both
+    denoisers on the masked sequences (``batch_size`` sequences per call) and averages over the
+    masked positions. See :class:`ModelError` for the fields.
+    """
+    if denoiser.n_tokens != oracle.n_tokens or denoiser.vocab != oracle.vocab:
+        raise EvidenceError(f"the denoiser has n_tokens={denoiser.n_tokens}, vocab="
+                            f"{denoiser.vocab} but the oracle has n_tokens={oracle.n_tokens}, "
+                            f"vocab={oracle.vocab}; compare denoisers of the same structure")
+    if isinstance(num, bool) or not isinstance(num, int) or num < 1:
+        raise MdmprobError(f"num={num!r} must be an integer >= 1")
+    if mask_rate is not None and (isinstance(mask_rate, bool) or not isinstance(
+            mask_rate, int | float) or not 0 < mask_rate <= 1):
+        raise MdmprobError(f"mask_rate={mask_rate!r} must be a number in (0, 1] or None "
+                           "(a uniform random rate per sequence)")
+    engine = oracle.engine
+    n, vocab, device = oracle.n_tokens, oracle.vocab, engine.device
+    g = torch.Generator(device=device).manual_seed(int(seed))
+    kls, rev, ents, masks = [], [], [], []
+    for start in range(0, num, batch_size):
+        b = min(batch_size, num - start)
+        hidden = torch.zeros(b, n, dtype=torch.bool, device=device)
+        x = engine.sample(torch.zeros(b, n, dtype=torch.long, device=device), hidden,
+                          generator=g)
+        rate = (torch.rand(b, 1, generator=g, device=device, dtype=torch.float64)
+                if mask_rate is None else torch.full((b, 1), float(mask_rate), device=device,
+                                                     dtype=torch.float64))
+        masked = torch.rand(b, n, generator=g, device=device, dtype=torch.float64) < rate
+        tokens = torch.where(masked, torch.full_like(x, vocab), x)
+        with torch.no_grad():
+            log_p = oracle(tokens).to(torch.float64)
+            log_q = denoiser(tokens).to(device, torch.float64)
+        kls.append(info.kl(q=log_q, p=log_p))
+        rev.append(info.kl(p=log_p, q=log_q))
+        ents.append(info.entropy(log_p))
+        masks.append(masked)
+    masked = torch.cat(masks)
+    if not masked.any():
+        raise MdmprobError(f"no position was masked in {num} sequences (mask_rate={mask_rate}); "
+                           "raise num or mask_rate")
+    kl_all = torch.cat(kls)
+    eps, eps_rev, h = kl_all[masked], torch.cat(rev)[masked], torch.cat(ents)[masked]
+    alpha, intercept, r2, n_inf = _fit(h, eps)
+    count = masked.sum(0)
+    sums = torch.where(masked, kl_all, torch.zeros_like(kl_all)).sum(0)
+    per_position = [s / c if c > 0 else math.nan for s, c in zip(sums.tolist(), count.tolist(),
+                                                                  strict=True)]
+    return ModelError(kl_model_true=info.mc_mean(eps), kl_true_model=info.mc_mean(eps_rev),
+                      entropy=info.mc_mean(h), alpha=alpha, intercept=intercept, r2=r2,
+                      n_masked=int(masked.sum()), n_infinite=n_inf, per_position=per_position)
+
+
+def _fit(h: torch.Tensor, eps: torch.Tensor) -> tuple[float, float, float, int]:
+    """Least squares ``eps = alpha * h + intercept`` over the finite ``eps``; returns
+    ``(alpha, intercept, r2, number of infinite eps left out)``."""
+    finite = torch.isfinite(eps)
+    n_inf = int((~finite).sum())
+    h, eps = h[finite], eps[finite]
+    if eps.numel() < 2 or h.unique().numel() < 2:
+        return math.nan, math.nan, math.nan, n_inf
+    hc, ec = h - h.mean(), eps - eps.mean()
+    alpha = (hc * ec).sum() / (hc * hc).sum()
+    intercept = eps.mean() - alpha * h.mean()
+    ss_tot = (ec * ec).sum()
+    ss_res = ((eps - alpha * h - intercept) ** 2).sum()
+    r2 = (1 - ss_res / ss_tot).item() if ss_tot > 0 else math.nan
+    return alpha.item(), intercept.item(), r2, n_inf
