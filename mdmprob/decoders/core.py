@@ -176,6 +176,54 @@ class Decoder:
         lq = torch.where(sel, value_lq, torch.zeros_like(value_lq)).sum(-1) + lq_sel
         return sel, draws, lq
 
+    # ------------------------------------------------------------------------------- replay
+    def log_prob(self, denoiser: Denoiser, tokens: torch.Tensor, *, blocks=None,
+                 oracle: Denoiser | None = None, target=None) -> torch.Tensor:
+        """``log q(x)`` of complete sequences ``tokens [B, n]`` by replaying the decoder with its
+        values forced to ``x`` (valid when the trajectory is a function of the output)."""
+        if not self.log_q_is_marginal:
+            raise MdmprobError(
+                f"{self.name}: log q(x) is a sum over trajectories (random or sample-then-choose "
+                "choices); use exact mode (Decoder.distribution) on small spaces")
+        tokens = denoiser.check(tokens)
+        if (tokens == denoiser.mask_id).any():
+            raise MdmprobError("log_prob needs complete sequences (no mask ids)")
+        n, V = denoiser.n_tokens, denoiser.vocab
+        state = torch.full_like(tokens, denoiser.mask_id)
+        log_q = torch.zeros(tokens.shape[0], dtype=denoiser.dtype, device=tokens.device)
+        for window in self.windows(denoiser, blocks):
+            if self.corrector is not None:
+                engine = self.corrector._target(denoiser, target)
+                table = self.corrector._block_table(engine, state, window, denoiser.mask_id)
+                code = (tokens[:, window] * V ** torch.arange(len(window) - 1, -1, -1,
+                                                               device=tokens.device)).sum(-1)
+                log_q = log_q + table.reshape(tokens.shape[0], -1).gather(-1, code[:, None])[:, 0]
+                state[:, window] = tokens[:, window]
+                continue
+            win = torch.zeros(n, dtype=torch.bool, device=tokens.device)
+            win[window] = True
+            window_masked = (state[:, window] == denoiser.mask_id).sum(-1)
+            step_no = torch.zeros_like(window_masked)
+            while True:
+                candidates = (state == denoiser.mask_id) & win
+                active = candidates.any(-1)
+                if not active.any():
+                    break
+                logp = denoiser(state)
+                oracle_logp = oracle(state) if self.score.name == "oracle_entropy" and \
+                    oracle is not None else None
+                step = Step(logp, candidates, step_no, window_masked, oracle_logp)
+                draws = logp.argmax(-1)
+                keys = self.score(step, draws).to(logp.dtype)
+                sel, _, _ = _select(step, keys, self.commit)
+                tempered = _tempered(logp, self.temperature) if self.temperature > 0 else \
+                    _onehot_log(draws, V, logp.dtype)
+                value_lq = tempered.gather(-1, tokens[..., None]).squeeze(-1)
+                log_q = log_q + torch.where(sel, value_lq, torch.zeros_like(value_lq)).sum(-1)
+                state = torch.where(sel, tokens, state)
+                step_no = step_no + active.long()
+        return log_q
+
     # ------------------------------------------------------------------------------- exact
     def distribution(self, denoiser: Denoiser, *, blocks=None, oracle: Denoiser | None = None,
                      target=None, max_states: int = 2**16) -> torch.Tensor:
