@@ -177,14 +177,18 @@ class Decoder:
         return sel, draws, lq
 
     # ------------------------------------------------------------------------------- replay
-    def log_prob(self, denoiser: Denoiser, tokens: torch.Tensor, *, blocks=None,
+    def log_prob(self, denoiser: Denoiser, tokens: torch.Tensor, *, committed=None, blocks=None,
                  oracle: Denoiser | None = None, target=None) -> torch.Tensor:
         """``log q(x)`` of complete sequences ``tokens [B, n]`` by replaying the decoder with its
-        values forced to ``x`` (valid when the trajectory is a function of the output)."""
-        if not self.log_q_is_marginal:
+        values forced to ``x`` (valid when the trajectory is a function of the output). With
+        ``committed`` (a run's per-step selections) it replays that trajectory instead and returns
+        its log-probability, for every decoder."""
+        if not self.log_q_is_marginal and committed is None:
             raise MdmprobError(
                 f"{self.name}: log q(x) is a sum over trajectories (random or sample-then-choose "
-                "choices); use exact mode (Decoder.distribution) on small spaces")
+                "choices); pass committed= (a run's trajectory) or use exact mode "
+                "(Decoder.distribution) on small spaces")
+        steps = iter(committed) if committed is not None else None
         tokens = denoiser.check(tokens)
         if (tokens == denoiser.mask_id).any():
             raise MdmprobError("log_prob needs complete sequences (no mask ids)")
@@ -199,6 +203,8 @@ class Decoder:
                                                                device=tokens.device)).sum(-1)
                 log_q = log_q + table.reshape(tokens.shape[0], -1).gather(-1, code[:, None])[:, 0]
                 state[:, window] = tokens[:, window]
+                if steps is not None:
+                    next(steps)
                 continue
             win = torch.zeros(n, dtype=torch.bool, device=tokens.device)
             win[window] = True
@@ -213,16 +219,38 @@ class Decoder:
                 oracle_logp = oracle(state) if self.score.name == "oracle_entropy" and \
                     oracle is not None else None
                 step = Step(logp, candidates, step_no, window_masked, oracle_logp)
-                draws = logp.argmax(-1)
-                keys = self.score(step, draws).to(logp.dtype)
-                sel, _, _ = _select(step, keys, self.commit)
+                argmax = logp.argmax(-1)
                 tempered = _tempered(logp, self.temperature) if self.temperature > 0 else \
-                    _onehot_log(draws, V, logp.dtype)
+                    _onehot_log(argmax, V, logp.dtype)
+                if steps is None:
+                    sel, _, _ = _select(step, self.score(step, argmax).to(logp.dtype), self.commit)
+                else:
+                    sel = next(steps).to(tokens.device) & candidates
+                    log_q = log_q + torch.where(active, self._selection_log_prob(
+                        step, sel, tokens, tempered), torch.zeros_like(log_q))
                 value_lq = tempered.gather(-1, tokens[..., None]).squeeze(-1)
                 log_q = log_q + torch.where(sel, value_lq, torch.zeros_like(value_lq)).sum(-1)
                 state = torch.where(sel, tokens, state)
                 step_no = step_no + active.long()
         return log_q
+
+    def _selection_log_prob(self, step: Step, sel, values, tempered) -> torch.Tensor:
+        """log Pr[the step selects ``sel``] given the state (values forced where drawn)."""
+        cand = step.candidates
+        if self.commit.stochastic:
+            probs = self.commit.probs(step)
+            return torch.where(cand, torch.where(sel, probs.log(), torch.log1p(-probs)),
+                               torch.zeros_like(probs)).sum(-1)
+        if self.score.random:
+            zeros = torch.zeros(cand.shape, dtype=tempered.dtype, device=cand.device)
+            _, _, count = _select(step, zeros, self.commit)
+            ok = sel.sum(-1) == count
+            return torch.where(ok, -_log_binom(step.n_candidates, count).to(tempered.dtype),
+                               torch.full_like(tempered[:, 0, 0], -math.inf))
+        if self.score.uses_draws and self.temperature > 0:
+            keys = self.score(step, values).to(tempered.dtype)
+            return _loser_log_prob(keys, sel, cand, tempered, step.logp, self.score)
+        return torch.zeros_like(tempered[:, 0, 0])
 
     # ------------------------------------------------------------------------------- exact
     def distribution(self, denoiser: Denoiser, *, blocks=None, oracle: Denoiser | None = None,
