@@ -35,6 +35,7 @@ class DecodeResult:
     committed: list[torch.Tensor]  # per step: bool [B, n] positions committed at that step
     log_q_is_marginal: bool
     corrector: dict[str, Any] = field(default_factory=dict)  # proposals, acceptance, ESS, ...
+    log_q_tokens: torch.Tensor | None = None  # [B, n]: each token's share of log_q (sums to it)
 
     @property
     def steps(self) -> int:
@@ -111,6 +112,7 @@ class Decoder:
         n, V = denoiser.n_tokens, denoiser.vocab
         tokens = torch.full((num, n), denoiser.mask_id, dtype=torch.long, device=device)
         log_q = torch.zeros(num, dtype=denoiser.dtype, device=device)
+        log_q_tokens = torch.zeros(num, n, dtype=denoiser.dtype, device=device)
         nfe = torch.zeros(num, dtype=torch.long, device=device)
         committed: list[torch.Tensor] = []
         info: dict[str, Any] = {}
@@ -121,6 +123,7 @@ class Decoder:
                 tokens, sel, lq, calls = self.corrector.decode_window(
                     self, denoiser, tokens, window, generator, target=target, info=info)
                 log_q, nfe = log_q + lq, nfe + calls
+                log_q_tokens[:, window[0]] += lq
                 committed.append(sel)
                 continue
             window_masked = (tokens[:, window] == denoiser.mask_id).sum(-1)
@@ -135,15 +138,20 @@ class Decoder:
                 oracle_logp = oracle(tokens) if self.score.name == "oracle_entropy" and \
                     oracle is not None else None
                 step = Step(logp, candidates, step_no, window_masked, oracle_logp)
-                sel, draws, lq = self._step(step, generator, V)
+                sel, draws, lq, lq_tokens = self._step(step, generator, V)
                 tokens = torch.where(sel, draws, tokens)
                 log_q = log_q + torch.where(active, lq, torch.zeros_like(lq))
+                log_q_tokens = log_q_tokens + torch.where(active[:, None], lq_tokens,
+                                                          torch.zeros_like(lq_tokens))
                 committed.append(sel)
                 step_no = step_no + active.long()
-        return DecodeResult(tokens, log_q, nfe, committed, self.log_q_is_marginal, info)
+        return DecodeResult(tokens, log_q, nfe, committed, self.log_q_is_marginal, info,
+                            log_q_tokens)
 
     def _step(self, step: Step, generator, V):
-        """One step: draw values, rank, select; returns (selected [B,n], draws [B,n], log q [B])."""
+        """One step: draw values, rank, select; returns (selected [B,n], draws [B,n], log q [B],
+        per-token log q [B, n]: each committed value's log-prob, the selection's log-prob on the
+        first committed position)."""
         t = self.temperature
         logp, cand = step.logp, step.candidates
         tempered = _tempered(logp, t)
@@ -173,8 +181,12 @@ class Decoder:
                                          _onehot_log(draws, V, logp.dtype), logp, self.score)
         value_lq = tempered.gather(-1, draws[..., None]).squeeze(-1) if t > 0 else \
             torch.zeros_like(logp[..., 0])
-        lq = torch.where(sel, value_lq, torch.zeros_like(value_lq)).sum(-1) + lq_sel
-        return sel, draws, lq
+        lq_tokens = torch.where(sel, value_lq, torch.zeros_like(value_lq))
+        owner = torch.where(sel.any(-1), sel.long().argmax(-1), cand.long().argmax(-1))
+        first = torch.nn.functional.one_hot(owner, sel.shape[-1]).bool()
+        lq_tokens = lq_tokens + torch.where(first, lq_sel[:, None], torch.zeros_like(lq_tokens))
+        lq = lq_tokens.sum(-1)
+        return sel, draws, lq, lq_tokens
 
     # ------------------------------------------------------------------------------- replay
     def log_prob(self, denoiser: Denoiser, tokens: torch.Tensor, *, committed=None, blocks=None,
