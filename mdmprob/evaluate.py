@@ -163,7 +163,8 @@ def _block_log_p(structure, engine, xs) -> torch.Tensor:
 def _is_mean_field(decoder: Decoder) -> bool:
     from mdmprob.decoders.primitives import WholeWindow
 
-    return (decoder.corrector is None and isinstance(decoder.commit, WholeWindow)
+    return (type(decoder) is Decoder and decoder.corrector is None
+            and isinstance(decoder.commit, WholeWindow)
             and decoder.window == "blocks" and decoder.temperature == 1)
 
 

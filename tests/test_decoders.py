@@ -15,6 +15,7 @@ from mdmprob.decoders import (
     fast_dllm_factor,
     fast_dllm_threshold,
     get_decoder,
+    importance,
     llada,
     mdlm,
     mean_field_blocks,
@@ -167,7 +168,7 @@ PRESET_INSTANCES = [
     mean_field_blocks(), verified_blocks(), sequential("l2r"), sequential("random"),
     sequential("entropy"), llada(steps=2), llada(steps=2, remasking="random"),
     llada(steps=3, temperature=0.0), fast_dllm_threshold(0.6), fast_dllm_factor(1.0),
-    eb_sampler(0.2), mdlm(2), rejection(), speculative(),
+    eb_sampler(0.2), mdlm(2), rejection(), speculative(), importance(particles=3),
 ]
 
 
@@ -185,6 +186,10 @@ def test_conformance_valid_tokens_and_log_q_replays(name, params, decoder):
     torch.testing.assert_close(run.log_q, replay, atol=1e-10, rtol=0)
     if decoder.log_q_is_marginal:
         q = decoder.distribution(o, oracle=o).reshape(-1)
+    else:
+        assert decoder.name.startswith("importance") or \
+            decoder.distribution(o, oracle=o).exp().sum().item() == pytest.approx(1.0)
+    if decoder.log_q_is_marginal:
         codes = (run.tokens * s.vocab ** torch.arange(s.n_tokens - 1, -1, -1)).sum(-1)
         torch.testing.assert_close(run.log_q, q[codes], atol=1e-10, rtol=0)
         torch.testing.assert_close(decoder.log_prob(o, run.tokens, oracle=o), run.log_q,
@@ -228,3 +233,18 @@ def test_errors():
     assert set(PRESETS) >= {"mean_field_blocks", "verified_blocks", "sequential", "llada",
                             "fast_dllm_threshold", "fast_dllm_factor", "eb_sampler", "rejection",
                             "speculative"}
+
+
+def test_importance_resampling_removes_violations_as_particles_grow():
+    s = load_model("parity_block", k=4, eta=0.0)
+    o = Oracle(s)
+    rates = []
+    for particles in (1, 4, 64):
+        run = importance(particles=particles).run(o, 2000, seed=0)
+        rates.append(s.violations(run.tokens).double().mean().item())
+        assert run.corrector["ess"].mean().item() <= particles
+    assert rates[0] == pytest.approx(0.5, abs=0.05) and rates[1] < rates[0] and rates[2] < 1e-3
+    with pytest.raises(MdmprobError, match="particles=0"):
+        importance(particles=0)
+    with pytest.raises(MdmprobError, match="Monte Carlo"):
+        importance().distribution(o)

@@ -7,6 +7,7 @@ from mdmprob.decoders.presets import (
     fast_dllm_factor,
     fast_dllm_threshold,
     get_decoder,
+    importance,
     llada,
     mdlm,
     mean_field_blocks,
@@ -17,7 +18,7 @@ from mdmprob.decoders.presets import (
 )
 
 __all__ = [
-    "PRESETS", "DecodeResult", "Decoder", "eb_sampler", "fast_dllm_factor",
+    "PRESETS", "DecodeResult", "Decoder", "eb_sampler", "fast_dllm_factor", "importance",
     "fast_dllm_threshold", "get_decoder", "llada", "mdlm", "mean_field_blocks", "rejection",
     "sequential", "speculative", "verified_blocks",
 ]

@@ -119,3 +119,15 @@ def get_decoder(name: str, **params) -> Decoder:
     if name not in PRESETS:
         raise unknown_name("decoder", name, PRESETS)
     return PRESETS[name](**params)
+
+
+def importance(proposal: Decoder | None = None, particles: int = 8) -> Decoder:
+    """Sampling-importance-resampling over ``particles`` sequences from ``proposal`` (default:
+    mean_field_blocks), with exact weights p(x) / q(x); reports the effective sample size."""
+    from mdmprob.decoders.importance import ImportanceResampling
+
+    return ImportanceResampling(proposal if proposal is not None else mean_field_blocks(),
+                                particles)
+
+
+PRESETS["importance"] = importance
