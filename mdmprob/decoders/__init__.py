@@ -7,11 +7,13 @@ from mdmprob.decoders.presets import (
     fast_dllm_factor,
     fast_dllm_threshold,
     get_decoder,
+    gibbs_remask,
     importance,
     llada,
     mdlm,
     mean_field_blocks,
     rejection,
+    remdm,
     sequential,
     speculative,
     verified_blocks,
@@ -20,5 +22,5 @@ from mdmprob.decoders.presets import (
 __all__ = [
     "PRESETS", "DecodeResult", "Decoder", "eb_sampler", "fast_dllm_factor", "importance",
     "fast_dllm_threshold", "get_decoder", "llada", "mdlm", "mean_field_blocks", "rejection",
-    "sequential", "speculative", "verified_blocks",
+    "sequential", "speculative", "verified_blocks", "gibbs_remask", "remdm",
 ]

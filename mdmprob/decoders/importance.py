@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from mdmprob.decoders.core import DecodeResult, Decoder
+from mdmprob.decoders.core import Decoder, DecodeResult
 from mdmprob.errors import MdmprobError
 
 

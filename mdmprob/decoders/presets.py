@@ -131,3 +131,24 @@ def importance(proposal: Decoder | None = None, particles: int = 8) -> Decoder:
 
 
 PRESETS["importance"] = importance
+
+
+def gibbs_remask(k: int = 2, sweeps: int = 1, kernel: str = "random") -> Decoder:
+    """Mean-field blocks, then ``sweeps`` steps of the remasking kernel R_k per block: remask k
+    positions (``random``: a uniform k-subset; ``lowest_confidence``: the k least confident by
+    leave-one-out probability) and redraw them independently from the denoiser (paper-spec §4-E)."""
+    from mdmprob.decoders.remask import gibbs_remask_decoder
+
+    return gibbs_remask_decoder(k=k, sweeps=sweeps, kernel=kernel)
+
+
+def remdm(steps: int = 4, eta: float = 0.1, schedule: str = "cap") -> Decoder:
+    """ReMDM (linear alpha over ``steps`` steps): visible tokens remasked with probability sigma
+    (``cap``: min(eta, (1 - alpha_s)/alpha_t); ``rescale``: eta * sigma_max), masked ones unmasked
+    with probability (alpha_s - (1 - sigma) alpha_t)/(1 - alpha_t); eta = 0 is ``mdlm(steps)``."""
+    from mdmprob.decoders.remask import ReMDM
+
+    return ReMDM(steps=steps, eta=eta, schedule=schedule)
+
+
+PRESETS.update(gibbs_remask=gibbs_remask, remdm=remdm)
