@@ -30,9 +30,14 @@ _Term = tuple[tuple[int, ...], torch.Tensor]  # (variables, table [Bb, card...])
 
 @dataclass(frozen=True)
 class _Plan:
+    """A compiled elimination: per step, which terms to align (permutation, broadcast shape) onto
+    the eliminated variable's clique, and which axis to reduce."""
+
     order: tuple[int, ...]
     cliques: tuple[tuple[int, ...], ...]  # variables of each eliminated variable's bucket
     largest: int  # entries of the largest clique table, per sequence
+    steps: tuple  # (v, clique, ((term id, perm, shape), ...), axis, out vars)
+    final: tuple  # (term id, vars) of the terms left over the kept variables
 
 
 class ExactEngine:
@@ -189,9 +194,6 @@ class ExactEngine:
         return torch.zeros(allowed.shape, device=self.device, dtype=self.dtype).masked_fill(
             ~allowed, -math.inf)
 
-    def _terms(self, evidence) -> list[_Term]:
-        return self._factors + [((i,), evidence[:, i]) for i in range(self.n)]
-
     def _log_z(self, evidence) -> torch.Tensor:
         terms = self._eliminate(evidence, keep=())
         return _combine(terms, (), evidence.shape[0], self.device, self.dtype)
@@ -205,15 +207,24 @@ class ExactEngine:
             assert set(first) == set(latents)
         else:
             order, _ = elimination_order(self.graph, keep=keep)
-        scopes = [set(f.variables) for f in self.graph.factors] + [{i} for i in range(self.n)]
-        cliques, largest = [], 1
+        live = {i: tuple(f.variables) for i, f in enumerate(self.graph.factors)}
+        live.update({len(self.graph.factors) + i: (i,) for i in range(self.n)})
+        next_id = len(live)
+        cliques, steps, largest = [], [], 1
         for v in order:
-            bucket = [s for s in scopes if v in s]
-            clique = set().union(*bucket)
-            scopes = [s for s in scopes if v not in s] + [clique - {v}]
-            cliques.append(tuple(sorted(clique)))
+            bucket = [(i, vs) for i, vs in live.items() if v in vs]
+            clique = tuple(sorted(set().union(*(set(vs) for _, vs in bucket))))
+            aligned = tuple((i, *_alignment(vs, clique, self.graph.cards)) for i, vs in bucket)
+            for i, _ in bucket:
+                del live[i]
+            out_vars = tuple(u for u in clique if u != v)
+            live[next_id] = out_vars
+            next_id += 1
+            cliques.append(clique)
+            steps.append((v, clique, aligned, 1 + clique.index(v), out_vars))
             largest = max(largest, math.prod(self.graph.cards[u] for u in clique))
-        return _Plan(tuple(order), tuple(cliques), largest)
+        final = tuple(live.items())
+        return _Plan(tuple(order), tuple(cliques), largest, tuple(steps), final)
 
     def _eliminate(self, evidence, keep, *, maximize=False, latents_first=False, record=None):
         plan = self._plan(tuple(keep), latents_first)
@@ -224,18 +235,19 @@ class ExactEngine:
                 f"({batch} sequences x {plan.largest:.3g}), over the budget of {self.budget:.3g}; "
                 "use fewer sequences per call, the Monte Carlo estimators, or a larger budget"
             )
-        terms = self._terms(evidence)
-        for v, clique in zip(plan.order, plan.cliques, strict=True):
-            bucket = [t for t in terms if v in t[0]]
-            terms = [t for t in terms if v not in t[0]]
-            table = _combine(bucket, clique, batch, self.device, self.dtype)
-            axis = 1 + clique.index(v)
+        tables = [t for _, t in self._factors] + [evidence[:, i] for i in range(self.n)]
+        for v, clique, aligned, axis, _ in plan.steps:
+            table = None
+            for i, perm, shape in aligned:
+                t = tables[i]
+                t = t.permute(perm).reshape((t.shape[0],) + shape)
+                table = t if table is None else table + t
+                tables[i] = None  # free it
             if record is not None:
                 record.append((v, clique, table))
             use_max = maximize and not (latents_first and v >= self.n)
-            reduced = table.amax(axis) if use_max else _logsumexp(table, axis)
-            terms.append((tuple(u for u in clique if u != v), reduced))
-        return terms
+            tables.append(table.amax(axis) if use_max else _logsumexp(table, axis))
+        return [(vs, tables[i]) for i, vs in plan.final]
 
     def _backtrack(self, tokens, visible, generator=None, maximize=False, latents_first=False):
         record: list = []
@@ -259,6 +271,13 @@ class ExactEngine:
                     value[v] = _gumbel_argmax(logits, generator)
             out = torch.stack([value[i] for i in range(self.n)], dim=1)
         return torch.where(visible, tokens, out)
+
+
+def _alignment(vars_: tuple[int, ...], clique: tuple[int, ...], cards) -> tuple[tuple, tuple]:
+    """How to view a ``[Bb, card(v) for v in vars_]`` table on ``[Bb, card(u) for u in clique]``."""
+    perm = (0,) + tuple(1 + vars_.index(u) for u in clique if u in vars_)
+    shape = tuple(cards[u] if u in vars_ else 1 for u in clique)
+    return perm, shape
 
 
 def _order_after(graph: FactorGraph, first: list[int], keep) -> tuple[list[int], int]:
