@@ -96,8 +96,9 @@ def _enumerated_trace(model: Callable[[], object]):
     try:
         with pyro.validation_enabled(False), torch.no_grad():
             trace = poutine.trace(enumerated).get_trace()
-        trace.compute_log_prob()
-        trace.pack_tensors()
+            _reject_plates(trace)
+            trace.compute_log_prob()
+            trace.pack_tensors()
     except StructureError:
         raise
     except Exception as e:  # Pyro's own messages, re-raised with what to do about them
@@ -106,6 +107,10 @@ def _enumerated_trace(model: Callable[[], object]):
             "Tokens and latents must be discrete sample sites; use pyro.markov for chains, "
             "Vindex or torch.where instead of Python branches on sampled values."
         ) from e
+    return trace
+
+
+def _reject_plates(trace) -> None:
     plates = sorted(
         {f.name for s in trace.nodes.values() if s["type"] == "sample"
          for f in s["cond_indep_stack"] if f.vectorized}
@@ -115,7 +120,6 @@ def _enumerated_trace(model: Callable[[], object]):
             f"the model uses vectorized pyro.plate {plates}; mdmprob compiles scalar sites only: "
             "write each token and latent as its own site (a Python loop, pyro.markov for chains)"
         )
-    return trace
 
 
 def _check_site(name: str, site: dict, *, is_token: bool, vocab: int) -> None:

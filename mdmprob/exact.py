@@ -103,8 +103,10 @@ class ExactEngine:
             (grad,) = torch.autograd.grad(log_z.sum(), evidence)
         out = safe_log(grad.detach().clamp(min=0, max=1))
         out = out - torch.logsumexp(out, -1, keepdim=True).nan_to_num(nan=0.0, neginf=0.0)
-        impossible = (log_z.detach() == -math.inf)[:, None] & ~visible
-        return torch.where(impossible[..., None], out.new_full((), -math.log(self.vocab)), out)
+        impossible = (log_z.detach() == -math.inf)[:, None, None].expand_as(out)
+        undefined = torch.where(visible[..., None], evidence.detach(),
+                                out.new_full((), -math.log(self.vocab)))
+        return torch.where(impossible, undefined, out)
 
     def block_joint(self, tokens, visible, positions) -> torch.Tensor:
         """``log p(x_S | x_visible)`` as a table of shape ``[B] + [V] * |S|`` (axes in the order of
@@ -118,6 +120,9 @@ class ExactEngine:
                 f"has {size:.3g} entries, over the budget of {self.budget:.3g}; use the Monte Carlo "
                 "estimators (mdmprob.info.mc_*), fewer sequences per call, or a larger budget"
             )
+        if tokens.shape[0] == 0:
+            return torch.zeros((0,) + (self.vocab,) * len(positions), device=self.device,
+                               dtype=self.dtype)
         with torch.no_grad():
             terms = self._eliminate(self._evidence(tokens, visible), keep=positions)
             table = _combine(terms, positions, tokens.shape[0], self.device, self.dtype)
@@ -213,7 +218,7 @@ class ExactEngine:
         cliques, steps, largest = [], [], 1
         for v in order:
             bucket = [(i, vs) for i, vs in live.items() if v in vs]
-            clique = tuple(sorted(set().union(*(set(vs) for _, vs in bucket))))
+            clique = tuple(sorted(set().union({v}, *(set(vs) for _, vs in bucket))))
             aligned = tuple((i, *_alignment(vs, clique, self.graph.cards)) for i, vs in bucket)
             for i, _ in bucket:
                 del live[i]
@@ -235,7 +240,8 @@ class ExactEngine:
                 f"({batch} sequences x {plan.largest:.3g}), over the budget of {self.budget:.3g}; "
                 "use fewer sequences per call, the Monte Carlo estimators, or a larger budget"
             )
-        tables = [t for _, t in self._factors] + [evidence[:, i] for i in range(self.n)]
+        # unbind: one gradient buffer per position instead of a full-size one per slice
+        tables = [t for _, t in self._factors] + list(evidence.unbind(1))
         for v, clique, aligned, axis, _ in plan.steps:
             table = None
             for i, perm, shape in aligned:
@@ -243,6 +249,9 @@ class ExactEngine:
                 t = t.permute(perm).reshape((t.shape[0],) + shape)
                 table = t if table is None else table + t
                 tables[i] = None  # free it
+            if table is None:  # a variable no factor mentions (e.g. a one-state latent)
+                table = torch.zeros((1,) + tuple(self.graph.cards[u] for u in clique),
+                                    device=self.device, dtype=self.dtype)
             if record is not None:
                 record.append((v, clique, table))
             use_max = maximize and not (latents_first and v >= self.n)

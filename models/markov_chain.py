@@ -36,11 +36,12 @@ def build(length: int = 8, vocab: int = 3, block_size: int = 2, seed: int = 0,
             raise MdmprobError(f"parameter transition must be a {vocab}x{vocab} row-stochastic "
                                f"matrix, got {transition!r}")
     init = torch.full((vocab,), 1.0 / vocab, dtype=torch.float64)
+    log_trans = trans.log()  # logits keep zero transitions hard zeros (torch clamps probs)
 
     def model():
         x = None
         for t in pyro.markov(range(length)):
-            x = pyro.sample(f"x_{t}", dist.Categorical(init if x is None else Vindex(trans)[x]))
+            x = pyro.sample(f"x_{t}", dist.Categorical(logits=init.log() if x is None else Vindex(log_trans)[x]))
 
     blocks = [list(range(s, min(s + block_size, length))) for s in range(0, length, block_size)]
     structure = Structure(model, [f"x_{t}" for t in range(length)], vocab=vocab, blocks=blocks,
