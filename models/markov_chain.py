@@ -41,7 +41,8 @@ def build(length: int = 8, vocab: int = 3, block_size: int = 2, seed: int = 0,
     def model():
         x = None
         for t in pyro.markov(range(length)):
-            x = pyro.sample(f"x_{t}", dist.Categorical(logits=init.log() if x is None else Vindex(log_trans)[x]))
+            logits = init.log() if x is None else Vindex(log_trans)[x]
+            x = pyro.sample(f"x_{t}", dist.Categorical(logits=logits))
 
     blocks = [list(range(s, min(s + block_size, length))) for s in range(0, length, block_size)]
     structure = Structure(model, [f"x_{t}" for t in range(length)], vocab=vocab, blocks=blocks,
