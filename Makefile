@@ -28,6 +28,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_engine.py
+	$(BIN)/python bench/bench_decoders.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
