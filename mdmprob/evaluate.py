@@ -21,7 +21,7 @@ import torch
 from mdmprob import info
 from mdmprob.decoders.core import Decoder
 from mdmprob.denoisers.base import Denoiser
-from mdmprob.errors import MdmprobError
+from mdmprob.errors import BudgetError, MdmprobError
 from mdmprob.structure import Structure
 
 KEYS = ("kl_qp", "kl_pq", "tv", "incoherence", "violation", "nfe")
@@ -72,8 +72,13 @@ def evaluate(structure: Structure, decoder: Decoder, denoiser: Denoiser, *, mode
                       target=structure)
     taus = sorted(set(taus) | {tau})
     if exact:
-        values, inc_at, inc_se = _exact(structure, decoder, denoiser, oracle, taus, tau)
-    else:
+        try:
+            values, inc_at, inc_se = _exact(structure, decoder, denoiser, oracle, taus, tau)
+        except (BudgetError, MdmprobError) as e:
+            if mode == "exact" or "Monte Carlo" not in str(e):
+                raise
+            exact = False  # auto: the decoder's state space is too large to enumerate
+    if not exact:
         values, inc_at, inc_se = _monte_carlo(structure, decoder, denoiser, oracle, run, samples,
                                               seed, taus, tau)
     nfe = info.mc_mean(run.nfe.to(torch.float64))

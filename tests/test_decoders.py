@@ -15,11 +15,13 @@ from mdmprob.decoders import (
     fast_dllm_factor,
     fast_dllm_threshold,
     get_decoder,
+    gibbs_remask,
     importance,
     llada,
     mdlm,
     mean_field_blocks,
     rejection,
+    remdm,
     sequential,
     speculative,
     verified_blocks,
@@ -169,6 +171,8 @@ PRESET_INSTANCES = [
     sequential("entropy"), llada(steps=2), llada(steps=2, remasking="random"),
     llada(steps=3, temperature=0.0), fast_dllm_threshold(0.6), fast_dllm_factor(1.0),
     eb_sampler(0.2), mdlm(2), rejection(), speculative(), importance(particles=3),
+    gibbs_remask(k=1, sweeps=2), gibbs_remask(k=2, sweeps=1, kernel="lowest_confidence"),
+    remdm(steps=3, eta=0.1),
 ]
 
 

@@ -209,6 +209,11 @@ class Decoder:
         log_q = torch.zeros(tokens.shape[0], dtype=denoiser.dtype, device=tokens.device)
         for window in self.windows(denoiser, blocks):
             if self.corrector is not None:
+                if not self.corrector.log_q_is_marginal:
+                    raise MdmprobError(
+                        f"{self.name}: the corrector {self.corrector.name!r} is not an exact block "
+                        "sampler, so its window's log q is not p(x_B | x_P); use its own decoder "
+                        "class (e.g. gibbs_remask()) to replay it")
                 engine = self.corrector._target(denoiser, target)
                 table = self.corrector._block_table(engine, state, window, denoiser.mask_id)
                 code = (tokens[:, window] * V ** torch.arange(len(window) - 1, -1, -1,
