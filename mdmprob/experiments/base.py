@@ -90,7 +90,7 @@ def registry() -> dict[str, Experiment]:
 
     found: dict[str, Experiment] = {}
     for info in pkgutil.iter_modules(package.__path__):
-        if info.name in ("base", "executor", "report") or info.name.startswith("_"):
+        if info.name in ("base", "executor", "report", "plotting") or info.name.startswith("_"):
             continue
         module = importlib.import_module(f"mdmprob.experiments.{info.name}")
         experiment = getattr(module, "EXPERIMENT", None)
