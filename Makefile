@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/mdmprob info block_hmm
+	$(BIN)/mdmprob run block-hmm-eta --out out/block-hmm-eta
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2

@@ -79,11 +79,86 @@ def info(
         _print_report(report)
 
 
+@app.command()
+def decoders(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False):
+    """List the decoder presets with their parameters and defaults."""
+    import inspect
+
+    from mdmprob.decoders import PRESETS
+
+    table = {name: {"description": (fn.__doc__ or "").strip().split("\n")[0],
+                    "params": {p.name: _plain(p.default) for p in
+                               inspect.signature(fn).parameters.values()
+                               if p.default is not inspect.Parameter.empty}}
+             for name, fn in sorted(PRESETS.items())}
+    _print_listing("mdmprob decoders (mdmprob.decoders.get_decoder(name, **params))", "decoder",
+                   table, as_json)
+
+
+@app.command()
+def experiments(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False):
+    """List the experiments with their parameters and defaults."""
+    import dataclasses
+
+    from mdmprob.experiments import registry
+
+    table = {name: {"description": exp.title,
+                    "params": {f.name: _plain(f.default) for f in dataclasses.fields(exp.Config)}}
+             for name, exp in registry().items()}
+    _print_listing("mdmprob experiments (mdmprob run NAME -p key=value)", "experiment", table,
+                   as_json)
+
+
+@app.command("run")
+def run_experiment(
+    experiment: Annotated[str, typer.Argument(help="An experiment name (mdmprob experiments).")],
+    param: ParamOpt = None,
+    out_dir: Annotated[str | None, typer.Option("--out", help="Output folder (default: "
+                                                "out/<experiment>).")] = None,
+    seed: Annotated[int, typer.Option(help="Sweep seed; the same seed gives the same records.")] = 0,
+    device: Annotated[str | None, typer.Option(help="cpu or cuda (default: MDMPROB_DEVICE or "
+                                                    "cpu).")] = None,
+    backend: Annotated[str, typer.Option(help="local (in-process) or ray.")] = "local",
+    address: Annotated[str | None, typer.Option(help="Ray cluster address (default: a local "
+                                                     "Ray instance).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
+):
+    """Run EXPERIMENT's grid of settings; write records.csv, meta.json and the figures to --out.
+    An interrupted run resumes from what is already in the folder."""
+    from mdmprob.experiments import get_experiment, run_sweep
+
+    if device is not None and device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise MdmprobError(f"--device {device!r} must be cpu or cuda")
+    exp = get_experiment(experiment)
+    config = exp.make_config(**_parse_config(exp, param or []))
+    out = out_dir or f"out/{exp.name}"
+    with _progress(f"{exp.name}: settings", len(exp.settings(config)), quiet=False) as tick:
+        result = run_sweep(exp, config, out, seed=seed, backend=backend, address=address,
+                           device=device, progress=tick)
+    if as_json:
+        print(json.dumps(result.as_json(), indent=2, default=str))
+        return
+    _print_records(result.records, exp.title)
+    for figure in result.figures:
+        print(f"figure: {figure}")
+    print(f"records: {result.out_dir / 'records.csv'}  meta: {result.out_dir / 'meta.json'}")
+
+
 def parse_params(model: str, pairs: list[str]) -> dict[str, Any]:
     """``["k=6", "eta=0.01"]`` -> ``{"k": 6, "eta": 0.01}``, typed by the parameter's default."""
     from mdmprob.structure import model_parameters
 
-    defaults = model_parameters(model)
+    return _parse_pairs(pairs, model_parameters(model), f"(model {model!r})")
+
+
+def _parse_config(exp, pairs: list[str]) -> dict[str, Any]:
+    import dataclasses
+
+    defaults = {f.name: f.default for f in dataclasses.fields(exp.Config)}
+    return _parse_pairs(pairs, defaults, f"(experiment {exp.name!r})")
+
+
+def _parse_pairs(pairs: list[str], defaults: dict[str, Any], where: str) -> dict[str, Any]:
     params: dict[str, Any] = {}
     for pair in pairs:
         key, sep, text = pair.partition("=")
@@ -91,9 +166,36 @@ def parse_params(model: str, pairs: list[str]) -> dict[str, Any]:
         if not sep or not key:
             raise MdmprobError(f"parameter {pair!r} is not key=value; write e.g. -p eta=1e-8")
         if key not in defaults:
-            raise unknown_name("parameter", key, defaults, hint=f"(model {model!r})")
+            raise unknown_name("parameter", key, defaults, hint=where)
         params[key] = _parse_value(key, text.strip(), defaults[key])
     return params
+
+
+def _print_listing(title: str, kind: str, entries: dict[str, dict], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(entries, indent=2, default=str))
+        return
+    table = Table(title=title)
+    table.add_column(kind, style="bold")
+    table.add_column("description")
+    table.add_column("parameters (defaults)")
+    for name, entry in entries.items():
+        table.add_row(name, entry["description"],
+                      ", ".join(f"{k}={v}" for k, v in entry["params"].items()))
+    out.print(table)
+
+
+def _print_records(records: list[dict[str, Any]], title: str) -> None:
+    table = Table(title=title)
+    columns: list[str] = []
+    for r in records:
+        columns += [k for k in r if k not in columns and k not in ("metric", "value", "se")]
+    for col in columns + ["metric", "value"]:
+        table.add_column(col, justify="right")
+    for r in records:
+        table.add_row(*[str(r.get(c, "")) for c in columns], r["metric"],
+                      _pm(r["value"], r["se"]))
+    out.print(table)
 
 
 def _parse_value(key: str, text: str, default: Any) -> Any:
@@ -108,7 +210,7 @@ def _parse_value(key: str, text: str, default: Any) -> Any:
             return float(text)
         if isinstance(default, tuple | list):
             value = json.loads(text) if text.startswith("[") else [
-                float(t) if any(c in t for c in ".eE") else int(t) for t in text.split(",")]
+                _scalar(t.strip()) for t in text.split(",") if t.strip()]
             return tuple(value)
         if default is None:
             return json.loads(text)
@@ -117,6 +219,15 @@ def _parse_value(key: str, text: str, default: Any) -> Any:
         kind = type(default).__name__ if default is not None else "JSON"
         raise MdmprobError(f"cannot parse parameter {key}={text!r} as {kind} "
                            f"(default {default!r})") from None
+
+
+def _scalar(text: str):
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def _print_report(r: dict[str, Any]) -> None:
