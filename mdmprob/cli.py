@@ -144,6 +144,20 @@ def run_experiment(
     print(f"records: {result.out_dir / 'records.csv'}  meta: {result.out_dir / 'meta.json'}")
 
 
+@app.command()
+def reproduce(
+    out_dir: Annotated[str, typer.Option("--out", help="Output folder.")] = "out/reproduce",
+    quick: Annotated[bool, typer.Option("--quick", help="Small configurations (minutes).")] = False,
+    seed: Annotated[int, typer.Option(help="Sweep seed.")] = 0,
+):
+    """Run every experiment and write one Markdown report (ours beside the paper's numbers)."""
+    from mdmprob.experiments.report import reproduce as run_all
+
+    path = run_all(out_dir, quick=quick, seed=seed,
+                   progress=lambda name: err.print(f"running {name} ...", highlight=False))
+    print(f"report: {path}")
+
+
 def parse_params(model: str, pairs: list[str]) -> dict[str, Any]:
     """``["k=6", "eta=0.01"]`` -> ``{"k": 6, "eta": 0.01}``, typed by the parameter's default."""
     from mdmprob.structure import model_parameters

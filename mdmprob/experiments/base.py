@@ -33,6 +33,7 @@ class Experiment:
     title: ClassVar[str] = ""
     Config: ClassVar[type] = object
     paper: ClassVar[dict[str, Any]] = {}  # the paper's claims this experiment checks, if any
+    quick: ClassVar[dict[str, Any]] = {}  # parameters of a small configuration (reproduce --quick)
 
     def settings(self, config) -> list[dict[str, Any]]:
         raise NotImplementedError

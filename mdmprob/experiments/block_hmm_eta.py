@@ -35,6 +35,7 @@ class BlockHmmEta(Experiment):
     Config = Config
     paper = {"kl_qp_mean_field_1e-8": "> 70 nats", "kl_pq_mean_field": "11-13 nats",
              "incoherence_mean_field_small_eta": "close to 50%"}
+    quick = {"etas": (1e-8, 1e-4), "samples": 200}
 
     def settings(self, config: Config) -> list[dict[str, Any]]:
         return [{"decoder": d, "eta": float(e)} for e in config.etas for d in config.decoders]

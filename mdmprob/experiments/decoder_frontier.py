@@ -1,0 +1,151 @@
+"""Every decoder preset on the zoo: KL(q‖p) and incoherence against NFE, with a Pareto plot."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mdmprob.errors import MdmprobError
+from mdmprob.experiments.base import Experiment, records_from
+
+
+def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """``"llada:steps=4,block_length=3"`` -> ``("llada", {"steps": 4, "block_length": 3})``."""
+    name, _, rest = spec.partition(":")
+    params: dict[str, Any] = {}
+    for item in filter(None, (p.strip() for p in rest.split(","))):
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise MdmprobError(f"spec {spec!r}: {item!r} is not key=value")
+        params[key.strip()] = _scalar(text.strip())
+    return name.strip(), params
+
+
+def _scalar(text: str):
+    if text in ("None", "none"):
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+@dataclass
+class Config:
+    """structures / decoders: specs ``name:key=value,...``; exact mode where V^n <= exact_limit,
+    else Monte Carlo with ``samples`` sequences."""
+
+    structures: tuple = ("block_hmm:n_blocks=2,block_size=4,eta=1e-8", "parity_block:k=6,eta=1e-8",
+                         "markov_chain:length=6,vocab=3,block_size=3", "ising_grid:rows=2,cols=3",
+                         "block_hmm:eta=1e-8")
+    decoders: tuple = ("mean_field_blocks", "verified_blocks", "sequential:order=l2r",
+                       "sequential:order=entropy", "llada:steps=2", "llada:steps=4",
+                       "llada:steps=2,remasking=random", "fast_dllm_threshold:tau=0.9",
+                       "fast_dllm_factor:f=1.0", "eb_sampler:gamma=0.5", "mdlm:steps=3",
+                       "rejection", "speculative", "importance:particles=8",
+                       "gibbs_remask:k=1,sweeps=1", "remdm:steps=4,eta=0.1")
+    samples: int = 400
+    exact_limit: int = 4096
+
+    def check(self):
+        for spec in self.structures:
+            parse_spec(spec)
+        for spec in self.decoders:
+            parse_spec(spec)
+        if self.samples < 2:
+            raise MdmprobError(f"samples={self.samples} must be >= 2")
+
+
+class DecoderFrontier(Experiment):
+    name = "decoder-frontier"
+    title = "Decoder frontier: KL(q‖p) and incoherence against denoiser calls (NFE)"
+    Config = Config
+    quick = {"structures": ("block_hmm:n_blocks=2,block_size=3,eta=1e-8", "agreement:delta=0.01"),
+             "decoders": ("mean_field_blocks", "verified_blocks", "sequential:order=entropy",
+                          "llada:steps=2"), "samples": 100}
+
+    def settings(self, config: Config):
+        return [{"structure": s, "decoder": d} for s in config.structures for d in config.decoders]
+
+    def run_setting(self, config: Config, setting, seed: int):
+        from mdmprob.decoders import get_decoder
+        from mdmprob.denoisers import Oracle
+        from mdmprob.evaluate import evaluate
+        from mdmprob.structure import load_model
+
+        model, model_params = parse_spec(setting["structure"])
+        s = load_model(model, **model_params)
+        name, params = parse_spec(setting["decoder"])
+        decoder = get_decoder(name, **params)
+        ev = evaluate(s, decoder, Oracle(s), mode="auto", samples=config.samples, seed=seed,
+                      exact_limit=config.exact_limit)
+        return records_from(setting, ev, ("kl_qp", "kl_pq", "tv", "incoherence", "violation", "nfe"),
+                            mode=ev.mode)
+
+    def plot(self, records, config: Config, out_dir: Path) -> list[Path]:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        structures = list(dict.fromkeys(r["structure"] for r in records))
+        fig, axes = plt.subplots(2, len(structures), figsize=(4.6 * len(structures), 7.4),
+                                 squeeze=False)
+        for j, st in enumerate(structures):
+            by_decoder: dict[str, dict[str, Any]] = {}
+            for r in records:
+                if r["structure"] == st:
+                    by_decoder.setdefault(r["decoder"], {})[r["metric"]] = r["value"]
+            for i, metric in enumerate(("kl_qp", "incoherence")):
+                ax = axes[i][j]
+                points = []
+                for dec, m in sorted(by_decoder.items()):
+                    nfe, y = m.get("nfe"), m.get(metric)
+                    if nfe is None or y is None:
+                        continue
+                    shown = y if math.isfinite(y) else float("nan")
+                    ax.scatter([nfe], [max(shown, 1e-12) if metric == "kl_qp" else shown],
+                               label=dec, s=30)
+                    if not math.isfinite(y):
+                        ax.annotate(f"{dec}: +inf", (nfe, 1.0), fontsize=6, color="red")
+                    points.append((nfe, y))
+                front = _pareto(points)
+                if front:
+                    ax.step([p[0] for p in front], [max(p[1], 1e-12) if metric == "kl_qp"
+                                                    else p[1] for p in front],
+                            where="post", color="black", lw=1, alpha=0.6, label="Pareto front")
+                if metric == "kl_qp":
+                    ax.set_yscale("log")
+                ax.set_xscale("log")
+                ax.set_xlabel("denoiser calls per sequence (NFE)")
+                ax.set_ylabel("KL(q‖p) [nats] (0 shown at 1e-12)" if metric == "kl_qp"
+                              else "incoherence rate (τ = 1e-8) [fraction of blocks]")
+                ax.set_title(st, fontsize=8)
+                ax.grid(alpha=0.3)
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="lower center", ncol=6, fontsize=7)
+        fig.suptitle(self.title)
+        fig.tight_layout(rect=(0, 0.08, 1, 0.96))
+        paths = [out_dir / "decoder_frontier.png", out_dir / "decoder_frontier.svg"]
+        for p in paths:
+            fig.savefig(p, dpi=110)
+        plt.close(fig)
+        return paths
+
+
+def _pareto(points):
+    """Points not dominated in (lower NFE, lower value), sorted by NFE."""
+    finite = sorted(p for p in points if p[1] is not None and math.isfinite(p[1]))
+    front, best = [], math.inf
+    for nfe, y in finite:
+        if y < best:
+            front.append((nfe, y))
+            best = y
+    return front
+
+
+EXPERIMENT = DecoderFrontier()
