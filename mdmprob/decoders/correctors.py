@@ -99,14 +99,25 @@ class Rejection(_BlockCorrector):
         accepted = torch.zeros(B, dtype=torch.bool, device=tokens.device)
         choice = torch.zeros(B, dtype=torch.long, device=tokens.device)
         proposals = torch.zeros(B, dtype=torch.long, device=tokens.device)
+        # Proposals are drawn in chunks (about 2M per row at a time) and the first accepted one
+        # of each row is kept: the same sequential accept-reject process, vectorised.
+        expected = float(log_m[log_m > -math.inf].max().exp()) if (log_m > -math.inf).any() else 1
+        chunk = int(max(1, min(2 * expected, 2**22 // max(B, 1), 8192)))
+        cdf = log_q.exp().cumsum(-1)
         while not accepted.all():
-            draw = _sample_rows(log_q, generator)
-            u = torch.rand(B, generator=generator, device=tokens.device, dtype=log_p.dtype)
-            log_a = ratio.gather(-1, draw[:, None]).squeeze(-1) - log_m
-            ok = ~accepted & (u.log() < log_a)
-            proposals += (~accepted).long()
-            choice = torch.where(ok, draw, choice)
-            accepted |= ok
+            rows = (~accepted).nonzero().squeeze(-1)
+            u = torch.rand(len(rows), chunk, generator=generator, device=tokens.device,
+                           dtype=log_p.dtype)
+            draw = torch.searchsorted(cdf[rows], u * cdf[rows, -1:]).clamp(max=cdf.shape[-1] - 1)
+            v = torch.rand(len(rows), chunk, generator=generator, device=tokens.device,
+                           dtype=log_p.dtype)
+            log_a = ratio[rows].gather(-1, draw) - log_m[rows, None]
+            ok = v.log() < log_a
+            hit = ok.any(-1)
+            first = ok.long().argmax(-1)
+            proposals[rows] += torch.where(hit, first + 1, torch.full_like(first, chunk))
+            choice[rows] = torch.where(hit, draw.gather(-1, first[:, None])[:, 0], choice[rows])
+            accepted[rows] = hit
         tokens = tokens.clone()
         tokens[:, window] = configs[choice]
         sel = torch.zeros_like(tokens, dtype=torch.bool)
