@@ -133,7 +133,7 @@ def _run_ray(experiment, config, todo, seed, device, address, finished):
     try:
         gpus = 1 if (device or "").startswith("cuda") else 0
         remote = ray.remote(num_gpus=gpus)(_timed_setting)
-        pending = {remote.remote(experiment.name, config, s, setting_seed(seed, s), device): k
+        pending = {remote.remote(experiment, config, s, setting_seed(seed, s), device): k
                    for k, s in todo}
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
@@ -149,11 +149,12 @@ def _run_ray(experiment, config, todo, seed, device, address, finished):
             ray.shutdown()
 
 
-def _timed_setting(name, config, setting, seed, device):
-    from mdmprob.experiments.base import get_experiment
+def _timed_setting(experiment, config, setting, seed, device):
+    import torch
 
+    torch.set_num_threads(1)  # one task per core; the engine's tensors are small
     t0 = time.perf_counter()
-    records = _call_setting(get_experiment(name), config, setting, seed, device)
+    records = _call_setting(experiment, config, setting, seed, device)
     return records, time.perf_counter() - t0
 
 

@@ -1,0 +1,82 @@
+"""The sweep executor: tidy outputs, resume, failures that keep the other settings, Ray backend."""
+
+import csv
+import json
+
+import pytest
+
+from mdmprob.errors import MdmprobError, UnknownNameError
+from mdmprob.experiments import get_experiment, run_sweep
+from mdmprob.experiments.executor import SweepError
+
+TINY = dict(structures=("agreement:delta=0.1", "parity_block:k=3,eta=0.05"),
+            decoders=("mean_field_blocks", "verified_blocks", "sequential:order=entropy"),
+            samples=20)
+
+
+def tiny_frontier(**overrides):
+    exp = get_experiment("decoder-frontier")
+    return exp, exp.make_config(**{**TINY, **overrides})
+
+
+def test_outputs_are_tidy_and_seeded(tmp_path):
+    exp, config = tiny_frontier()
+    a = run_sweep(exp, config, tmp_path / "a", seed=3)
+    b = run_sweep(exp, config, tmp_path / "b", seed=3)
+    assert a.records == b.records and len(a.records) == 6 * 6
+    rows = list(csv.DictReader(open(tmp_path / "a" / "records.csv")))
+    assert {"structure", "decoder", "metric", "value", "se"} <= set(rows[0])
+    assert len(rows) == len(a.records)
+    meta = json.loads((tmp_path / "a" / "meta.json").read_text())
+    assert meta["seed"] == 3 and meta["config"]["samples"] == 20 and "torch" in meta["versions"]
+    assert all(p.exists() for p in a.figures) and {p.suffix for p in a.figures} == {".png", ".svg"}
+
+
+def test_resume_repeats_nothing(tmp_path):
+    exp, config = tiny_frontier()
+    run_sweep(exp, config, tmp_path, seed=0)
+    lines = (tmp_path / "records.jsonl").read_text().splitlines()
+    seen = []
+    again = run_sweep(exp, config, tmp_path, seed=0, progress=lambda d, t: seen.append((d, t)))
+    assert seen[0] == (6, 6)  # everything was already there
+    assert (tmp_path / "records.jsonl").read_text().splitlines() == lines
+    assert len(again.records) == 36
+    # an interrupted stream (a cut-off last line) reruns only that setting
+    (tmp_path / "records.jsonl").write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:20])
+    seen.clear()
+    run_sweep(exp, config, tmp_path, seed=0, progress=lambda d, t: seen.append((d, t)))
+    assert seen[0] == (5, 6)
+
+
+def test_a_failing_setting_is_named_and_the_others_kept(tmp_path):
+    exp, config = tiny_frontier(decoders=("mean_field_blocks", "llada:steps=0"))
+    with pytest.raises(SweepError, match="llada:steps=0") as info:
+        run_sweep(exp, config, tmp_path)
+    assert {r["decoder"] for r in info.value.result.records} == {"mean_field_blocks"}
+    assert len((tmp_path / "records.jsonl").read_text().splitlines()) == 2
+
+
+def test_bad_input(tmp_path):
+    with pytest.raises(UnknownNameError, match="did you mean 'decoder-frontier'"):
+        get_experiment("decoder-fronteir")
+    exp = get_experiment("decoder-frontier")
+    with pytest.raises(UnknownNameError, match="did you mean 'samples'"):
+        exp.make_config(sample=3)
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(MdmprobError, match="not writable"):
+        run_sweep(exp, exp.make_config(**TINY), blocker / "out")
+    with pytest.raises(MdmprobError, match="backend 'spark'"):
+        run_sweep(exp, exp.make_config(**TINY), tmp_path / "x", backend="spark")
+
+
+def test_ray_backend_matches_local_and_reports_failures(tmp_path):
+    pytest.importorskip("ray", reason="the Ray backend needs the 'ray' extra")
+    exp, config = tiny_frontier(decoders=("mean_field_blocks", "verified_blocks", "llada:steps=0"))
+    with pytest.raises(SweepError, match="llada:steps=0") as ray_error:
+        run_sweep(exp, config, tmp_path / "ray", seed=1, backend="ray")
+    with pytest.raises(SweepError) as local_error:
+        run_sweep(exp, config, tmp_path / "local", seed=1)
+    assert ray_error.value.result.records and \
+        sorted(map(json.dumps, ray_error.value.result.records)) == \
+        sorted(map(json.dumps, local_error.value.result.records))
