@@ -91,9 +91,14 @@ class DecoderFrontier(Experiment):
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import NullFormatter, ScalarFormatter
 
         structures = list(dict.fromkeys(r["structure"] for r in records))
-        fig, axes = plt.subplots(2, len(structures), figsize=(4.6 * len(structures), 7.4),
+        decoders = list(dict.fromkeys(r["decoder"] for r in records))
+        cmap = plt.get_cmap("tab20")
+        markers = "osD^v<>ph*X"
+        style = {d: (cmap(i % 20), markers[i % len(markers)]) for i, d in enumerate(decoders)}
+        fig, axes = plt.subplots(2, len(structures), figsize=(4.6 * len(structures), 7.8),
                                  squeeze=False)
         for j, st in enumerate(structures):
             by_decoder: dict[str, dict[str, Any]] = {}
@@ -103,30 +108,39 @@ class DecoderFrontier(Experiment):
             for i, metric in enumerate(("kl_qp", "incoherence")):
                 ax = axes[i][j]
                 points = []
-                for dec, m in sorted(by_decoder.items()):
+                for dec in decoders:
+                    m = by_decoder.get(dec, {})
                     nfe, y = m.get("nfe"), m.get(metric)
                     if nfe is None or y is None:
                         continue
-                    shown = y if math.isfinite(y) else float("nan")
-                    ax.scatter([nfe], [max(shown, 1e-12) if metric == "kl_qp" else shown],
-                               label=dec, s=30)
-                    if not math.isfinite(y):
-                        ax.annotate(f"{dec}: +inf", (nfe, 1.0), fontsize=6, color="red")
+                    color, marker = style[dec]
+                    if math.isfinite(y):
+                        ax.scatter([nfe], [max(y, 0.0)], color=color, marker=marker, s=36,
+                                   label=dec)
+                    else:
+                        ax.scatter([nfe], [1e3], color=color, marker=marker, s=36, label=dec)
+                        ax.annotate("+inf", (nfe, 1e3), fontsize=7, color="red")
                     points.append((nfe, y))
                 front = _pareto(points)
                 if front:
-                    ax.step([p[0] for p in front], [max(p[1], 1e-12) if metric == "kl_qp"
-                                                    else p[1] for p in front],
-                            where="post", color="black", lw=1, alpha=0.6, label="Pareto front")
+                    ax.step([p[0] for p in front], [p[1] for p in front], where="post",
+                            color="black", lw=1, alpha=0.6, label="Pareto front")
                 if metric == "kl_qp":
-                    ax.set_yscale("log")
+                    ax.set_yscale("symlog", linthresh=1e-2)
                 ax.set_xscale("log")
+                ax.xaxis.set_major_formatter(ScalarFormatter())
+                ax.xaxis.set_minor_formatter(NullFormatter())
                 ax.set_xlabel("denoiser calls per sequence (NFE)")
-                ax.set_ylabel("KL(q‖p) [nats] (0 shown at 1e-12)" if metric == "kl_qp"
+                ax.set_ylabel("KL(q‖p) (sampling risk) [nats]" if metric == "kl_qp"
                               else "incoherence rate (τ = 1e-8) [fraction of blocks]")
                 ax.set_title(st, fontsize=8)
                 ax.grid(alpha=0.3)
-        handles, labels = axes[0][0].get_legend_handles_labels()
+        handles, labels = [], []
+        for ax in axes.flat:
+            for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+                if lab not in labels:
+                    handles.append(h)
+                    labels.append(lab)
         fig.legend(handles, labels, loc="lower center", ncol=6, fontsize=7)
         fig.suptitle(self.title)
         fig.tight_layout(rect=(0, 0.08, 1, 0.96))

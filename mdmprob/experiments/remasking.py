@@ -15,7 +15,12 @@ support, so at eta = 0 KL(q^(n) ‖ p) = +inf for every finite n (Prop. C.5).
 Each (eta, k) also runs the kernel as MCMC (:func:`mdmprob.diagnostics.mcmc_diagnostics`:
 ``chains`` chains x ``draws`` steps from the mean-field proposal) and reports the bulk ESS and
 R-hat of log p(x_B) and of the violation indicator (ArviZ, or the Pyro fallback; None where the
-trace is constant, e.g. the frozen k = 1 chain at eta = 0).
+trace is constant over all chains and draws, e.g. the violation indicator of the frozen k = 1 chain
+at eta = 0, where ArviZ would report ESS = chains x draws; a frozen chain whose chains sit at
+different states shows up as R-hat >> 1 and a tiny ESS of log p). Records ``ess_bulk_<f>``,
+``rhat_<f>``, ``mcmc_mean_<f>`` (time average over the draws, se = sd / sqrt(ESS)),
+``mcmc_violation_final`` (the last draw, over the chains) and ``log_p_clamped`` (fraction of
+draws with p = 0) for f in log_p, violation; column ``n`` is empty on these records.
 """
 
 from __future__ import annotations
@@ -38,14 +43,15 @@ DIAGNOSTICS = ("ess_bulk", "rhat")
 class Config:
     """ks: remasking sizes; kernels: subset rules ("random", "lowest_confidence"); etas: parity
     noise; sweeps: kernel steps n at which q^(n) is reported; block_size / n_blocks: the Block-HMM
-    (its first block is the window); chains / draws: the MCMC diagnostics run."""
+    (its first block is the window; its law p(x_B) does not depend on n_blocks, later blocks
+    marginalise out, so 1 block is the cheap default); chains / draws: the MCMC diagnostics run."""
 
     ks: tuple = (1, 2, 4, 8)
     kernels: tuple = ("random",)
     etas: tuple = (0.0, 1e-8)
     sweeps: tuple = (0, 1, 2, 5, 10, 50)
     block_size: int = 8
-    n_blocks: int = 8
+    n_blocks: int = 1
     chains: int = 4
     draws: int = 200
 
@@ -127,10 +133,12 @@ class Remasking(Experiment):
         row = {**setting, "n": None, "diagnostics": diag["backend"]}
         for stat in DIAGNOSTICS:
             for functional in ("log_p", "violation"):
-                value = diag[stat].get(functional)
-                out.append(record(row, f"{stat}_{functional}", _or_none(value)))
+                trace = diag["traces"].get(functional)
+                constant = trace is None or bool((trace == trace.reshape(-1)[0]).all())
+                value = None if constant else _or_none(diag[stat].get(functional))
+                out.append(record(row, f"{stat}_{functional}", value))
         for functional, trace in diag["traces"].items():
-            ess = diag["ess_bulk"].get(functional)
+            ess = _or_none(diag["ess_bulk"].get(functional))
             se = None
             if ess is not None and math.isfinite(ess) and ess > 0:
                 se = trace.std().item() / math.sqrt(ess)
@@ -186,10 +194,12 @@ class Remasking(Experiment):
             if target:
                 ax_v.axhline(target[0], color="gray", linestyle=":", label=f"target p: {target[0]:.2g}")
             ax_k.axhline(y_inf, color="red", linestyle="--", linewidth=0.8)
-            ax_k.text(0.01, y_inf, " KL = +∞ (▲ markers)", color="red", va="bottom", fontsize=8,
+            ax_k.text(0.5, y_inf * 1.35, "KL = +∞ (▲ markers)", color="red", va="bottom",
+                      ha="center", fontsize=8,
                       transform=ax_k.get_yaxis_transform())
             for ax in (ax_v, ax_k):
                 ax.set_xscale("symlog", linthresh=1)
+                ax.set_xlim(-0.25, max(sweeps) * 1.25 if max(sweeps) > 0 else 1)
                 ax.set_xticks(sweeps)
                 ax.set_xticklabels([str(n) for n in sweeps])
                 ax.set_xlabel("remasking sweeps n [kernel steps]")
@@ -233,14 +243,17 @@ class Remasking(Experiment):
                         values.append(v[0] if v and v[0] is not None else math.nan)
                     offset = (2 * e + f - (2 * len(etas) - 1) / 2) * width
                     xs = [i + offset for i in range(len(lines))]
-                    ax.bar(xs, [0 if math.isnan(v) else v for v in values], width,
-                           label=f"{functional}, η = {eta:g}", hatch="//" if f else None,
-                           alpha=0.85)
+                    base = 0.5 if stat == "rhat" else 0.0
+                    ax.bar(xs, [0 if math.isnan(v) else v - base for v in values], width,
+                           bottom=base, label=f"{functional}, η = {eta:g}",
+                           hatch="//" if f else None, alpha=0.85)
                     for x, v in zip(xs, values, strict=True):
                         if math.isnan(v):
-                            ax.text(x, 0, "n/a", ha="center", va="bottom", fontsize=7, rotation=90)
+                            ax.text(x, base, "n/a", ha="center", va="bottom", fontsize=7,
+                                    rotation=90)
             if stat == "rhat":
                 ax.axhline(1.01, color="red", linestyle="--", linewidth=0.8, label="R-hat = 1.01")
+                ax.set_yscale("log")
             else:
                 ax.axhline(config.chains * config.draws, color="gray", linestyle=":",
                            linewidth=0.8, label="chains × draws")

@@ -60,7 +60,7 @@ class Config:
     samples: int = 500
     prefix_samples: int = 2000
     exact_limit: int = 4096
-    max_run_cost: float = 1e8
+    max_run_cost: float = 3e8
 
     def check(self):
         if not self.block_sizes or any(isinstance(b, bool) or not isinstance(b, int) or
