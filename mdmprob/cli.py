@@ -213,6 +213,8 @@ def _print_records(records: list[dict[str, Any]], title: str) -> None:
 
 
 def _parse_value(key: str, text: str, default: Any) -> Any:
+    from mdmprob.experiments.base import scalar
+
     try:
         if isinstance(default, bool):
             if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
@@ -224,7 +226,7 @@ def _parse_value(key: str, text: str, default: Any) -> Any:
             return float(text)
         if isinstance(default, tuple | list):
             value = json.loads(text) if text.startswith("[") else [
-                _scalar(t.strip()) for t in text.split(",") if t.strip()]
+                scalar(t.strip()) for t in text.split(",") if t.strip()]
             return tuple(value)
         if default is None:
             return json.loads(text)
@@ -233,15 +235,6 @@ def _parse_value(key: str, text: str, default: Any) -> Any:
         kind = type(default).__name__ if default is not None else "JSON"
         raise MdmprobError(f"cannot parse parameter {key}={text!r} as {kind} "
                            f"(default {default!r})") from None
-
-
-def _scalar(text: str):
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
 
 
 def _print_report(r: dict[str, Any]) -> None:

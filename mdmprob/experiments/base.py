@@ -73,6 +73,35 @@ def records_from(setting: dict[str, Any], metrics, keys: Iterable[str], **extra)
             if k in metrics]
 
 
+def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """A named thing with parameters, as experiments' configs write it:
+    ``"llada:steps=4,block_length=3"`` -> ``("llada", {"steps": 4, "block_length": 3})``.
+    Pairs are separated by ``,`` or ``:``; values are int, float, None or text."""
+    name, _, rest = str(spec).partition(":")
+    params: dict[str, Any] = {}
+    for item in filter(None, (p.strip() for p in rest.replace(":", ",").split(","))):
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise MdmprobError(f"spec {spec!r}: {item!r} is not key=value; write e.g. "
+                               "'markov_chain:length=5,vocab=2'")
+        params[key.strip()] = scalar(text.strip())
+    if not name.strip():
+        raise MdmprobError(f"spec {spec!r} has no name")
+    return name.strip(), params
+
+
+def scalar(text: str):
+    """``"4"`` -> 4, ``"1e-8"`` -> 1e-08, ``"None"`` -> None, anything else stays text."""
+    if text in ("None", "none"):
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
 def setting_key(setting: dict[str, Any]) -> str:
     """A canonical string naming a setting (its columns as sorted JSON)."""
     return json.dumps(setting, sort_keys=True, default=str)

@@ -8,30 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from mdmprob.errors import MdmprobError
-from mdmprob.experiments.base import Experiment, records_from
-
-
-def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
-    """``"llada:steps=4,block_length=3"`` -> ``("llada", {"steps": 4, "block_length": 3})``."""
-    name, _, rest = spec.partition(":")
-    params: dict[str, Any] = {}
-    for item in filter(None, (p.strip() for p in rest.split(","))):
-        key, sep, text = item.partition("=")
-        if not sep:
-            raise MdmprobError(f"spec {spec!r}: {item!r} is not key=value")
-        params[key.strip()] = _scalar(text.strip())
-    return name.strip(), params
-
-
-def _scalar(text: str):
-    if text in ("None", "none"):
-        return None
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
+from mdmprob.experiments.base import Experiment, parse_spec, records_from
 
 
 @dataclass

@@ -42,7 +42,7 @@ import torch
 
 from mdmprob.decoders.primitives import Score, entropy_of
 from mdmprob.errors import MdmprobError
-from mdmprob.experiments.base import Experiment, record
+from mdmprob.experiments.base import Experiment, parse_spec, record
 
 A42 = "assumption_4_2"  # the family name of the §4-F path-dependent error model
 TIE = 1e-10  # nats: J values this close count as equal when ranking orders
@@ -51,17 +51,8 @@ _BISECTION_STEPS = 80
 
 # ----------------------------------------------------------------------------- structures
 def parse_structure(spec: str) -> tuple[str, dict[str, Any]]:
-    """``"markov_chain:length=5:vocab=2"`` -> ``("markov_chain", {"length": 5, "vocab": 2})``.
-    Values are parsed as int, then float, then kept as text."""
-    name, *pairs = str(spec).split(":")
-    params: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, text = pair.partition("=")
-        if not sep or not key.strip():
-            raise MdmprobError(f"structure {spec!r}: {pair!r} is not key=value; write e.g. "
-                               "'markov_chain:length=5:vocab=2'")
-        params[key.strip()] = _scalar(text.strip())
-    return name.strip(), params
+    """``"markov_chain:length=5,vocab=2"`` -> ``("markov_chain", {"length": 5, "vocab": 2})``."""
+    return parse_spec(spec)
 
 
 def load_structure(spec: str, max_tokens: int):
@@ -74,15 +65,6 @@ def load_structure(spec: str, max_tokens: int):
         raise MdmprobError(f"structure {spec!r} has {structure.n_tokens} tokens; exact mode here "
                            f"is for small structures (max_tokens={max_tokens})")
     return structure
-
-
-def _scalar(text: str):
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
 
 
 # ----------------------------------------------------------------------------- fixed orders

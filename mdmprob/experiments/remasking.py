@@ -234,6 +234,9 @@ class Remasking(Experiment):
         fig, axes = plt.subplots(1, 2, figsize=(11.5, 4.4), squeeze=False)
         width = 0.8 / (2 * len(etas))
         for ax, (stat, ylabel) in zip(axes.flat, panels, strict=True):
+            finite = [r["value"] for r in records if r["metric"].startswith(stat + "_") and
+                      r["value"] is not None and math.isfinite(r["value"])]
+            cap = 10 * max(finite + [10.0])  # where an infinite value (R-hat = inf) is drawn
             for e, eta in enumerate(etas):
                 for f, functional in enumerate(("log_p", "violation")):
                     values = []
@@ -244,13 +247,14 @@ class Remasking(Experiment):
                     offset = (2 * e + f - (2 * len(etas) - 1) / 2) * width
                     xs = [i + offset for i in range(len(lines))]
                     base = 0.5 if stat == "rhat" else 0.0
-                    ax.bar(xs, [0 if math.isnan(v) else v - base for v in values], width,
-                           bottom=base, label=f"{functional}, η = {eta:g}",
+                    heights = [0 if math.isnan(v) else min(v, cap) - base for v in values]
+                    ax.bar(xs, heights, width, bottom=base, label=f"{functional}, η = {eta:g}",
                            hatch="//" if f else None, alpha=0.85)
                     for x, v in zip(xs, values, strict=True):
-                        if math.isnan(v):
-                            ax.text(x, base, "n/a", ha="center", va="bottom", fontsize=7,
-                                    rotation=90)
+                        if math.isnan(v) or v == math.inf:
+                            ax.text(x, base if math.isnan(v) else cap, "n/a" if math.isnan(v)
+                                    else "+∞", ha="center", va="bottom", fontsize=7,
+                                    rotation=90 if math.isnan(v) else 0)
             if stat == "rhat":
                 ax.axhline(1.01, color="red", linestyle="--", linewidth=0.8, label="R-hat = 1.01")
                 ax.set_yscale("log")
@@ -266,7 +270,8 @@ class Remasking(Experiment):
             ax.grid(alpha=0.3, axis="y")
             ax.legend(fontsize=7.5)
         fig.suptitle(f"MCMC diagnostics of R_k (first block, {config.chains} chains × "
-                     f"{config.draws} draws; n/a: constant trace)", fontsize=10.5)
+                     f"{config.draws} draws; n/a: constant trace; +∞: chains stuck apart)",
+                     fontsize=10.5)
         fig.tight_layout()
         return _save(fig, out_dir / "remasking_diagnostics")
 

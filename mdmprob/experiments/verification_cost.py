@@ -217,9 +217,10 @@ class VerificationCost(Experiment):
         styles = {"m": ("-", "o", "optimal M: E[sup p/q]"),
                   "exp_forward_tc": ("--", "s", "bound E[exp(forward TC)] (Prop. 5.1)"),
                   "proposals": ("none", "x", "rejection(): mean proposals (±1 se)")}
-        fig, axes = plt.subplots(1, len(panels), figsize=(5.4 * len(panels), 5.0), squeeze=False)
+        fig, axes = plt.subplots(1, len(panels), figsize=(5.4 * len(panels), 5.6), squeeze=False)
         for ax, (block, label) in zip(axes.flat, panels, strict=True):
-            for eta in etas:
+            for i, eta in enumerate(etas):
+                shift = 0.05 * (i - (len(etas) - 1) / 2)  # etas side by side, not on top
                 for metric, (ls, marker, _) in styles.items():
                     pts = sorted((r["block_size"], r["value"], r["se"] or 0.0) for r in records
                                  if r["metric"] == metric and r["eta"] == eta and
@@ -227,8 +228,9 @@ class VerificationCost(Experiment):
                     if not pts:
                         continue
                     xs, ys, es = zip(*pts, strict=True)
-                    ax.errorbar(xs, ys, yerr=es, linestyle=ls, marker=marker, color=colors[eta],
-                                capsize=3, markersize=9 if marker == "x" else 5, alpha=0.85)
+                    ax.errorbar([x + shift for x in xs], ys, yerr=es, linestyle=ls, marker=marker,
+                                color=colors[eta], capsize=3, markersize=9 if marker == "x" else 5,
+                                alpha=0.85)
             ax.plot(sizes, [2.0 ** b for b in sizes], ":", color="black", marker="d")
             ax.set_yscale("log")
             ax.set_xticks(sizes)
@@ -241,10 +243,10 @@ class VerificationCost(Experiment):
                     for ls, mk, lab in styles.values()]
         handles.append(Line2D([], [], color="black", linestyle=":", marker="d",
                               label="enumeration: 2^B table entries (verified decoder)"))
-        axes.flat[0].legend(handles=handles, fontsize=7.5)
+        fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=8.5)
         fig.suptitle(self.title + "\nexpectations over true prefixes x_P ~ p; Block-HMM, "
                      f"{config.n_blocks} blocks", fontsize=10.5)
-        fig.tight_layout()
+        fig.tight_layout(rect=(0, 0.11, 1, 1))
         out = out_dir / "verification_cost"
         paths = [out.with_suffix(".png"), out.with_suffix(".svg")]
         for p in paths:
