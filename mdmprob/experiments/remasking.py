@@ -18,7 +18,8 @@ R-hat of log p(x_B) and of the violation indicator (ArviZ, or the Pyro fallback;
 trace is constant over all chains and draws, e.g. the violation indicator of the frozen k = 1 chain
 at eta = 0, where ArviZ would report ESS = chains x draws; a frozen chain whose chains sit at
 different states shows up as R-hat >> 1 and a tiny ESS of log p). Records ``ess_bulk_<f>``,
-``rhat_<f>``, ``mcmc_mean_<f>`` (time average over the draws, se = sd / sqrt(ESS)),
+``rhat_<f>``, ``mcmc_mean_<f>`` (time average over the draws, se = sd / sqrt(ESS); log p is
+clamped at log(float64 tiny) ~ -708.4 where p = 0),
 ``mcmc_violation_final`` (the last draw, over the chains) and ``log_p_clamped`` (fraction of
 draws with p = 0) for f in log_p, violation; column ``n`` is empty on these records.
 """

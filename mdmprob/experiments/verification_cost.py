@@ -15,14 +15,13 @@ samples of p (column ``expectation``: "exact" or "mc"; "mixed" for the mean over
 occur). The empirical mean number of proposals of the :func:`~mdmprob.decoders.rejection` corrector
 (``samples`` sequences, its prefixes exact samples of p) estimates the same E_p[M(x_P)].
 
-The rejection corrector draws a whole V^B proposal table for every row until the slowest row
-accepts, about E[M] (ln N + 1) rounds per block for N rows: with B = 8, E[M] is ~ 2 x 10^4 on the
-blocks after the first (far above the 2^8 = 256 of enumeration), which no default run should pay.
-So the corrector runs on the longest leading run of blocks 0..L-1 (the Block-HMM truncated to L
-blocks: the same conditionals, later blocks marginalise out) whose estimated cost
-N V^B (ln N + 1) sum_{m<L} E[M_m] stays within ``max_run_cost`` table entries; L is recorded as
-``rejection_blocks`` (block "mean"), ``proposals`` exist for blocks < L (and for "mean" when
-L = n_blocks).
+The rejection run costs about N sum_m E[M_m] proposal draws for N sequences, and E[M] grows
+faster than 2^B here (with B = 8 it is ~ 2 x 10^4 on the blocks after the first, far above the
+2^8 = 256 entries of enumeration). So the corrector runs on the longest leading run of blocks
+0..L-1 (the Block-HMM truncated to L blocks: the same conditionals, later blocks marginalise out)
+with N sum_{m<L} E[M_m] <= ``max_proposals``; L is recorded as ``rejection_blocks`` (block
+"mean"), and ``proposals`` exist for blocks < L (and for "mean" when L = n_blocks). The default
+budget covers every block of the default grid.
 
 Records (one per block index ``block`` = 0, 1, ... and one with ``block = "mean"``, the mean over
 blocks = the expected number of proposals per block): ``m`` (E[M]), ``log_m`` (E[log M]),
@@ -52,7 +51,7 @@ class Config:
     """block_sizes: Block-HMM block lengths B swept; etas: parity noise; n_blocks: blocks per
     sequence (T = n_blocks * B); samples: sequences decoded by the rejection corrector;
     prefix_samples: exact prefix samples for blocks whose prefix space exceeds exact_limit;
-    max_run_cost: budget of the rejection run in proposal-table entries (see the module doc)."""
+    max_proposals: budget of the rejection run in expected proposal draws (see the module doc)."""
 
     block_sizes: tuple = (4, 6, 8)
     etas: tuple = (0.0, 1e-8, 1e-4, 1e-2)
@@ -60,7 +59,7 @@ class Config:
     samples: int = 500
     prefix_samples: int = 2000
     exact_limit: int = 4096
-    max_run_cost: float = 3e8
+    max_proposals: float = 1e8
 
     def check(self):
         if not self.block_sizes or any(isinstance(b, bool) or not isinstance(b, int) or
@@ -74,8 +73,8 @@ class Config:
             low = 1 if name in ("n_blocks", "exact_limit") else 2
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise MdmprobError(f"{name}={value!r} must be an integer >= {low}")
-        if not float(self.max_run_cost) >= 0:
-            raise MdmprobError(f"max_run_cost={self.max_run_cost!r} must be a number >= 0")
+        if not float(self.max_proposals) >= 0:
+            raise MdmprobError(f"max_proposals={self.max_proposals!r} must be a number >= 0")
 
 
 def block_costs(joint: torch.Tensor, k: int) -> dict[str, torch.Tensor]:
@@ -171,8 +170,8 @@ class VerificationCost(Experiment):
                     for m in range(len(s.blocks))]
         samples = config.samples
         blocks_run = 0
-        while blocks_run < len(s.blocks) and samples * V ** k * (math.log(samples) + 1) * \
-                sum(expected[:blocks_run + 1]) <= float(config.max_run_cost):
+        while blocks_run < len(s.blocks) and \
+                samples * sum(expected[:blocks_run + 1]) <= float(config.max_proposals):
             blocks_run += 1
         out.append(record(mean_row, "rejection_blocks", blocks_run))
         if blocks_run:
