@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-slow lint bench install clean
+.PHONY: demo test test-slow lint bench docs install clean
 
 $(STAMP): pyproject.toml constraints-cpu.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,7 +24,7 @@ test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 -m slow
 
 lint: $(STAMP)
-	$(BIN)/ruff check mdmprob models tests bench
+	$(BIN)/ruff check mdmprob models tests bench tutorials
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_engine.py
@@ -32,3 +32,6 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict

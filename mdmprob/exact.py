@@ -45,8 +45,8 @@ class ExactEngine:
 
     Args:
         graph: the compiled structure.
-        device, dtype: where and in what precision to compute (defaults from the environment:
-            ``MDMPROB_DEVICE``, ``MDMPROB_DTYPE``; float64 on the CPU).
+        device: where to compute (default from ``MDMPROB_DEVICE``; the CPU).
+        dtype: the floating precision (default from ``MDMPROB_DTYPE``; float64).
         budget: largest intermediate table, in elements (batch included), before a
             :class:`~mdmprob.errors.BudgetError` is raised instead of allocating it.
     """

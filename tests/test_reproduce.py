@@ -10,7 +10,7 @@ from mdmprob.experiments import registry
 def test_reproduce_quick_writes_one_report(tmp_path, capsys):
     assert main(["reproduce", "--quick", "--out", str(tmp_path)]) == 0
     report = (tmp_path / "report.md").read_text()
-    for name, exp in registry().items():
+    for name in registry():
         assert f"mdmprob run {name}" in report
         assert (tmp_path / name / "records.csv").exists()
     assert "| mean-field KL(q‖p) at η = 1e-08 | > 70 nats |" in report

@@ -57,7 +57,8 @@ class Table(Denoiser):
             nats, indexed by ``code(state) = sum_j state[j] * (V+1)**j``. Rows of masked
             positions must be normalised (``|sum_v p - 1| <= 1e-9``); rows of visible positions
             are ignored (calls return the point mass there).
-        vocab, n_tokens: V and n.
+        vocab: the vocabulary size V.
+        n_tokens: the sequence length n.
 
     The table lives on ``log_probs``' device and dtype.
     """

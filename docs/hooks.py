@@ -1,0 +1,69 @@
+"""mkdocs hook: render the tutorials (``tutorials/NN_*.py``, jupytext percent format) as pages.
+
+At build time each tutorial is read with jupytext and written, in memory, as
+``tutorials/NN_*.md``: markdown cells as they are, code cells as fenced Python. Nothing is
+executed and nothing is written into ``docs/`` (offline and fast; run a tutorial to see its
+output). The pages are appended to the ``Tutorials`` section of the nav, after its index.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jupytext
+from mkdocs.structure.files import File
+
+ROOT = Path(__file__).resolve().parents[1]
+TUTORIALS = ROOT / "tutorials"
+
+
+def tutorial_files() -> list[Path]:
+    """The tutorials, in order: ``tutorials/[0-9]*.py``."""
+    return sorted(TUTORIALS.glob("[0-9]*.py"))
+
+
+def render(path: Path) -> str:
+    """Markdown for one tutorial: a note on how to run it after the title, then the cells."""
+    notebook = jupytext.read(path)
+    note = (f'!!! note "Run it"\n'
+            f"    This page is `tutorials/{path.name}` (jupytext percent format), shown without its "
+            f"output. Run it with `python tutorials/{path.name}`, or open it as a notebook with "
+            f"`jupytext --to ipynb tutorials/{path.name}`. `MDMPROB_SMOKE=1` shrinks it to a "
+            f"quick check; `MDMPROB_FIGDIR=folder` also saves its figures as PNG.")
+    parts: list[str] = []
+    for cell in notebook.cells:
+        source = cell.source.strip("\n")
+        if not source.strip():
+            continue
+        if cell.cell_type == "markdown":
+            parts.append(source)
+            if len(parts) == 1:  # after the title cell
+                parts.append(note)
+        elif cell.cell_type == "code":
+            parts.append(f"```python\n{source}\n```")
+    return "\n\n".join(parts) + "\n"
+
+
+def on_config(config):
+    """Append one nav entry per tutorial to the ``Tutorials`` section."""
+    for item in config.nav or []:
+        if isinstance(item, dict) and "Tutorials" in item:
+            section = item["Tutorials"]
+            if not isinstance(section, list):
+                section = item["Tutorials"] = [section]
+            for path in tutorial_files():
+                page = f"tutorials/{path.stem}.md"
+                if page not in section:
+                    section.append(page)
+    return config
+
+
+def on_files(files, config):
+    for path in tutorial_files():
+        files.append(File.generated(config, f"tutorials/{path.stem}.md", content=render(path)))
+    return files
+
+
+def on_serve(server, config, builder):
+    server.watch(str(TUTORIALS))
+    return server
