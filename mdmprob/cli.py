@@ -158,6 +158,46 @@ def reproduce(
     print(f"report: {path}")
 
 
+@app.command()
+def train(
+    model: Annotated[str, typer.Argument(help="A zoo model name or a path to a model file.")],
+    param: ParamOpt = None,
+    out_dir: Annotated[str | None, typer.Option("--out", help="Output folder for checkpoint.pt "
+                                                "(required; an interrupted training resumes "
+                                                "from it).")] = None,
+    steps: Annotated[int | None, typer.Option(help="Training steps (default: NeuralConfig's "
+                                                   "2000).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the weights, the data and the masks.")] = 0,
+    device: Annotated[str | None, typer.Option(help="cpu or cuda (default: MDMPROB_DEVICE or "
+                                                    "cpu).")] = None,
+):
+    """Train a small transformer MDM on exact samples of MODEL; print the checkpoint path and its
+    exact model error KL(p || p_theta) against the oracle."""
+    from pathlib import Path
+
+    from mdmprob.denoisers import Oracle, model_error
+    from mdmprob.denoisers.neural import NeuralConfig
+    from mdmprob.structure import load_model
+    from mdmprob.training import CHECKPOINT
+    from mdmprob.training import train as train_model
+
+    if device is not None and device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise MdmprobError(f"--device {device!r} must be cpu or cuda")
+    if not out_dir:
+        raise MdmprobError("train needs --out DIR, the folder for checkpoint.pt")
+    structure = load_model(model, **parse_params(model, param or []))
+    extra = {} if steps is None else {"steps": steps}
+    config = NeuralConfig(vocab=structure.vocab, n_tokens=structure.n_tokens, seed=seed, **extra)
+    with _progress(f"{structure.name}: training steps", config.steps, quiet=False) as tick:
+        neural, history = train_model(structure, config, out_dir, progress=tick, device=device)
+    error = model_error(neural, Oracle(structure, device=neural.device), seed=seed)
+    if history:
+        print(f"final loss: {history[-1]['loss']:.4g} (step {history[-1]['step']})")
+    print(f"checkpoint: {Path(out_dir) / CHECKPOINT}")
+    print(f"model error KL(p‖p_theta) = {_pm(error.kl_true_model.value, error.kl_true_model.se)} "
+          f"nats, KL(p_theta‖p) = {_pm(error.kl_model_true.value, error.kl_model_true.se)} nats")
+
+
 def parse_params(model: str, pairs: list[str]) -> dict[str, Any]:
     """``["k=6", "eta=0.01"]`` -> ``{"k": 6, "eta": 0.01}``, typed by the parameter's default."""
     from mdmprob.structure import model_parameters
@@ -309,12 +349,11 @@ def main(argv: list[str] | None = None) -> int:
     except (typer.Exit, SystemExit) as e:
         return int(getattr(e, "exit_code", getattr(e, "code", 0)) or 0)
     except Exception as e:  # click usage errors (unknown option, missing argument)
-        import click
-
-        if isinstance(e, click.ClickException):
+        # typer may bundle its own click: recognise its exceptions by what they can do
+        if callable(getattr(e, "show", None)) and isinstance(getattr(e, "exit_code", None), int):
             e.show(file=sys.stderr)
             return 2
-        if isinstance(e, click.exceptions.Abort):
+        if type(e).__name__ == "Abort":
             return 130
         raise
     return 0

@@ -64,6 +64,8 @@ def test_info_user_model_file(tmp_path, capsys):
     (["info", "parity_block", "-p", "eta=2"], "eta=2.0 must be a number in [0.0, 1.0]"),
     (["info", "parity_block", "-p", "eta"], "not key=value"),
     (["info", "missing_file.py"], "does not exist"),
+    (["info"], "Missing argument"),
+    (["info", "agreement", "--no-such-option"], "No such option"),
 ])
 def test_bad_input_exits_2_with_message(capsys, argv, needle):
     code, out, err = run(capsys, *argv)
