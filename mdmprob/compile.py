@@ -69,12 +69,13 @@ def compile_model(model: Callable[[], object], tokens: Sequence[str], vocab: int
             f"its sample sites are {list(sites)}"
         )
     symbol_of: dict[str, str] = {}
+    token_set = set(tokens)
     for name, site in sites.items():
-        _check_site(name, site, is_token=name in tokens, vocab=vocab)
+        _check_site(name, site, is_token=name in token_set, vocab=vocab)
         if not site["is_observed"]:
             symbol_of[name] = site["infer"]["_enumerate_symbol"]
 
-    latents = [n for n in symbol_of if n not in tokens]
+    latents = [n for n in symbol_of if n not in token_set]
     names = tokens + latents
     index_of_symbol = {symbol_of[n]: i for i, n in enumerate(names)}
     cards = [int(sites[n]["fn"].enumerate_support(expand=False).shape[0]) for n in names]

@@ -214,16 +214,25 @@ class ExactEngine:
             order, _ = elimination_order(self.graph, keep=keep)
         live = {i: tuple(f.variables) for i, f in enumerate(self.graph.factors)}
         live.update({len(self.graph.factors) + i: (i,) for i in range(self.n)})
+        holding: dict[int, set[int]] = {}  # variable -> ids of the live tables over it
+        for i, vs in live.items():
+            for u in vs:
+                holding.setdefault(u, set()).add(i)
         next_id = len(live)
         cliques, steps, largest = [], [], 1
         for v in order:
-            bucket = [(i, vs) for i, vs in live.items() if v in vs]
+            bucket = [(i, live[i]) for i in sorted(holding.pop(v, ()))]
             clique = tuple(sorted(set().union({v}, *(set(vs) for _, vs in bucket))))
             aligned = tuple((i, *_alignment(vs, clique, self.graph.cards)) for i, vs in bucket)
-            for i, _ in bucket:
+            for i, vs in bucket:
                 del live[i]
+                for u in vs:
+                    if u != v:
+                        holding[u].discard(i)
             out_vars = tuple(u for u in clique if u != v)
             live[next_id] = out_vars
+            for u in out_vars:
+                holding.setdefault(u, set()).add(next_id)
             next_id += 1
             cliques.append(clique)
             steps.append((v, clique, aligned, 1 + clique.index(v), out_vars))
