@@ -1,20 +1,25 @@
 """mkdocs hook: render the tutorials (``tutorials/NN_*.py``, jupytext percent format) as pages.
 
 At build time each tutorial is read with jupytext and written, in memory, as
-``tutorials/NN_*.md``: markdown cells as they are, code cells as fenced Python. Nothing is
-executed and nothing is written into ``docs/`` (offline and fast; run a tutorial to see its
-output). The pages are appended to the ``Tutorials`` section of the nav, after its index.
+``tutorials/NN_*.md``: markdown cells as they are, code cells as fenced Python, and after a code
+cell the figures it shows (``show(fig, "name")``) when ``docs/tutorials/figures/NN_*/name.png``
+exists (made by running the tutorial with ``MDMPROB_FIGDIR=docs/tutorials/figures/NN_*``).
+Nothing is executed at build time (offline and fast). The pages are appended to the
+``Tutorials`` section of the nav, after its index.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import re
+
 import jupytext
 from mkdocs.structure.files import File
 
 ROOT = Path(__file__).resolve().parents[1]
 TUTORIALS = ROOT / "tutorials"
+FIGURES = ROOT / "docs" / "tutorials" / "figures"
 
 
 def tutorial_files() -> list[Path]:
@@ -41,6 +46,10 @@ def render(path: Path) -> str:
                 parts.append(note)
         elif cell.cell_type == "code":
             parts.append(f"```python\n{source}\n```")
+            for name in re.findall(r"show\(\s*\w+\s*,\s*f?[\"']([\w.-]+)[\"']", source):
+                figure = FIGURES / path.stem / f"{name}.png"
+                if figure.exists():
+                    parts.append(f"![{name}](figures/{path.stem}/{name}.png)")
     return "\n\n".join(parts) + "\n"
 
 
