@@ -24,7 +24,7 @@ test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 -m slow
 
 lint: $(STAMP)
-	$(BIN)/ruff check mdmprob models tests bench tutorials
+	$(BIN)/ruff check mdmprob models tests bench tutorials docs
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_engine.py

@@ -10,9 +10,8 @@ Nothing is executed at build time (offline and fast). The pages are appended to 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import re
+from pathlib import Path
 
 import jupytext
 from mkdocs.structure.files import File
