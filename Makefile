@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml constraints-cpu.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -c constraints-cpu.txt torch==2.13.0
-	$(BIN)/pip install -q -c constraints-cpu.txt -e ".[dev,docs,ray]"
+	$(BIN)/pip install -q -c constraints-cpu.txt -e ".[dev,docs,ray,hf]"
 	touch $(STAMP)
 
 install: $(STAMP)
