@@ -34,6 +34,7 @@ class Experiment:
     Config: ClassVar[type] = object
     paper: ClassVar[dict[str, Any]] = {}  # the paper's claims this experiment checks, if any
     quick: ClassVar[dict[str, Any]] = {}  # parameters of a small configuration (reproduce --quick)
+    workdir: Path | None = None  # the running sweep's output folder (for caches), set by run_sweep
 
     def settings(self, config) -> list[dict[str, Any]]:
         raise NotImplementedError

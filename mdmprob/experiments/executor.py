@@ -44,6 +44,7 @@ def run_sweep(experiment: Experiment, config, out_dir: str | Path, *, seed: int 
               progress: Callable[[int, int], None] | None = None) -> SweepResult:
     """Run every setting of ``experiment`` under ``config`` and write the output folder."""
     out_dir = _prepare(out_dir)
+    experiment.workdir = out_dir
     settings = experiment.settings(config)
     keys = [setting_key(s) for s in settings]
     if len(set(keys)) != len(keys):

@@ -1,0 +1,64 @@
+"""arithmetic-orders: the quick config runs end to end, records are well formed, checkpoints reused."""
+
+import torch
+
+from mdmprob.experiments import get_experiment, run_sweep
+from mdmprob.experiments.arithmetic_orders import ORDERS, decode_prompted
+from mdmprob.tasks.addition import answer_positions, encode_batch
+
+
+def test_quick_sweep_records_files_and_checkpoint_reuse(tmp_path):
+    exp = get_experiment("arithmetic-orders")
+    config = exp.make_config(**exp.quick)
+    result = run_sweep(exp, config, tmp_path, seed=0)
+    acc = [r for r in result.records if r["metric"] == "accuracy"]
+    assert acc
+    assert {"d_model", "steps", "model", "order", "k", "category", "value", "se", "ci_low",
+            "ci_high"} <= set(acc[0])
+    ks = config.k_values()
+    assert ks == [1, 2, 3]  # D = 2: three answer digits, k = 4 capped to all-at-once
+    overall = {(r["steps"], r["order"], r["k"]) for r in acc if r["category"] == "overall"}
+    assert overall == {(s, o, k) for s in config.steps for o in ORDERS for k in ks}
+    for r in acc:
+        assert 0 <= r["ci_low"] <= r["value"] <= r["ci_high"] <= 1
+        assert r["se"] >= 0
+    assert {r["category"] for r in acc} == {"overall", "easy", "medium", "hard", "extreme",
+                                            "edge", "mixed"}
+    trained = {r["steps"]: r["value"] for r in result.records if r["metric"] == "steps_trained_now"}
+    assert trained == {20: 20, 60: 40}  # the 60-step model continues from the 20-step one
+    for name in ("records.csv", "meta.json", "arithmetic_orders.png", "arithmetic_orders.svg"):
+        assert (tmp_path / name).exists()
+    ckpts = sorted(p.parent.name for p in (tmp_path / "checkpoints").glob("*/checkpoint.pt"))
+    assert len(ckpts) == 2
+    rows = exp.summary(result.records, config)
+    assert len(rows) == 2 and all(isinstance(r["holds"], bool) for r in rows)
+
+    # a resumed sweep (records lost, checkpoints kept) decodes again without retraining
+    (tmp_path / "records.jsonl").unlink()
+    again = run_sweep(exp, config, tmp_path, seed=0)
+    assert all(r["value"] == 0 for r in again.records if r["metric"] == "steps_trained_now")
+    key = [(r["steps"], r["order"], r["k"], r["category"], r["value"]) for r in acc]
+    assert key == [(r["steps"], r["order"], r["k"], r["category"], r["value"])
+                   for r in again.records if r["metric"] == "accuracy"]
+
+
+class _Copy:
+    """A denoiser that is certain of the true answer digit (and of nothing else)."""
+
+    mask_id, vocab, device = 13, 13, torch.device("cpu")
+
+    def __init__(self, truth):
+        self.truth = truth
+
+    def __call__(self, tokens):
+        logp = torch.full((*tokens.shape, 13), -30.0, dtype=torch.float64)
+        return logp.scatter(-1, self.truth[..., None], 0.0).log_softmax(-1)
+
+
+def test_decode_only_fills_answer_positions():
+    truth = encode_batch([12, 99, 0], [5, 99, 7], 2)
+    pos = answer_positions(2)
+    for order in ORDERS:
+        for k in (1, 2, 3):
+            tokens, nfe = decode_prompted(_Copy(truth), truth, pos, order, k)
+            assert torch.equal(tokens, truth) and nfe == -(-3 // k)
