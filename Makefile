@@ -29,6 +29,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/bench_engine.py
 	$(BIN)/python bench/bench_decoders.py
+	$(BIN)/python bench/bench_neural.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
