@@ -22,6 +22,7 @@ import torch
 
 from mdmprob import info
 from mdmprob.graph import elimination_order
+from mdmprob.sampling import gumbel_argmax
 from mdmprob.structure import Structure
 
 
@@ -47,7 +48,7 @@ def block_report(structure: Structure, *, samples: int = 2000, seed: int = 0,
                 masked = torch.zeros(samples, n, dtype=torch.long, device=engine.device)
                 p_samples = engine.sample(masked, torch.zeros_like(masked, dtype=torch.bool),
                                           generator=generator)
-                q_samples = sample_mean_field(structure, samples, generator)
+                q_samples = sample_mean_field(structure, samples, generator, engine)
             row, fwd, rev = _mc_block(structure, engine, m, prefix, block, p_samples, q_samples)
             mc_forward.append(fwd)
             mc_reverse.append(rev)
@@ -80,18 +81,16 @@ def block_report(structure: Structure, *, samples: int = 2000, seed: int = 0,
     return report
 
 
-def sample_mean_field(structure: Structure, num: int, generator=None) -> torch.Tensor:
+def sample_mean_field(structure: Structure, num: int, generator=None, engine=None) -> torch.Tensor:
     """``num`` sequences from the mean-field blockwise decoder q_MF with the exact conditionals:
-    each block's positions sampled independently from p(x_i | decoded prefix)."""
-    engine = structure.engine()
+    each block's positions sampled independently from p(x_i | decoded prefix). ``engine``: the
+    structure's engine to use (default: ``structure.engine()``)."""
+    engine = engine if engine is not None else structure.engine()
     tokens = torch.zeros(num, structure.n_tokens, dtype=torch.long, device=engine.device)
     visible = torch.zeros_like(tokens, dtype=torch.bool)
     for block in structure.blocks:
         log_cond = engine.conditionals(tokens, visible)[:, block]  # [num, |B|, V]
-        u = torch.rand(log_cond.shape, generator=generator, device=engine.device,
-                       dtype=log_cond.dtype)
-        gumbel = -torch.log(-torch.log(u.clamp(min=torch.finfo(u.dtype).tiny)))
-        tokens[:, block] = (log_cond + gumbel).argmax(-1)
+        tokens[:, block] = gumbel_argmax(log_cond, generator)
         visible[:, block] = True
     return tokens
 

@@ -22,6 +22,7 @@ from mdmprob.compile import FactorGraph
 from mdmprob.config import default_device, default_dtype
 from mdmprob.errors import BudgetError, EvidenceError, StructureError
 from mdmprob.graph import elimination_order
+from mdmprob.sampling import gumbel_argmax
 
 DEFAULT_BUDGET = 2**25  # elements of the largest intermediate table (256 MiB in float64)
 
@@ -58,9 +59,8 @@ class ExactEngine:
         self.budget = int(budget)
         self.n = graph.n_tokens
         self.vocab = graph.cards[0] if graph.n_tokens else 0
-        self._factors: list[_Term] = [
-            (f.variables, f.table.to(self.device, self.dtype).unsqueeze(0)) for f in graph.factors
-        ]
+        # each factor's table with a leading broadcast batch axis: [1, card(v_1), ...]
+        self._tables = [f.table.to(self.device, self.dtype).unsqueeze(0) for f in graph.factors]
         self._plan = cache(self._make_plan)
 
     # ------------------------------------------------------------------ queries
@@ -250,7 +250,7 @@ class ExactEngine:
                 "use fewer sequences per call, the Monte Carlo estimators, or a larger budget"
             )
         # unbind: one gradient buffer per position instead of a full-size one per slice
-        tables = [t for _, t in self._factors] + list(evidence.unbind(1))
+        tables = list(self._tables) + list(evidence.unbind(1))
         for v, clique, aligned, axis, _ in plan.steps:
             table = None
             for i, perm, shape in aligned:
@@ -286,7 +286,7 @@ class ExactEngine:
                 if maximize:
                     value[v] = logits.argmax(-1)
                 else:
-                    value[v] = _gumbel_argmax(logits, generator)
+                    value[v] = gumbel_argmax(logits, generator)
             out = torch.stack([value[i] for i in range(self.n)], dim=1)
         return torch.where(visible, tokens, out)
 
@@ -333,11 +333,3 @@ def _logsumexp(x: torch.Tensor, dim: int) -> torch.Tensor:
         return torch.logsumexp(x, dim)
     shift = x.detach().amax(dim, keepdim=True).clamp(min=torch.finfo(x.dtype).min)
     return safe_log((x - shift).exp().sum(dim)) + shift.squeeze(dim)
-
-
-def _gumbel_argmax(logits: torch.Tensor, generator) -> torch.Tensor:
-    u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=logits.dtype)
-    gumbel = -torch.log(-torch.log(u.clamp(min=torch.finfo(u.dtype).tiny)))
-    impossible = logits.amax(-1, keepdim=True) == -math.inf
-    logits = torch.where(impossible, torch.zeros_like(logits), logits)  # undefined: uniform
-    return (logits + gumbel).argmax(-1)

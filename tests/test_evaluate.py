@@ -22,7 +22,13 @@ def test_exact_mode_values_match_tables():
     assert ev.mode == "exact"
     xs = torch.tensor(list(itertools.product([0, 1], repeat=6)))
     log_p = s.engine().log_prob(xs)
-    log_q = mean_field_blocks().distribution(o).reshape(-1)
+    # q_MF(x) = prod_m prod_{i in B_m} p(x_i | x_{P_m}), from the engine's conditionals directly
+    log_q = torch.zeros(len(xs), dtype=torch.float64)
+    visible = torch.zeros_like(xs, dtype=torch.bool)
+    for block in s.blocks:
+        cond = s.engine().conditionals(xs, visible)[:, block]
+        log_q += cond.gather(-1, xs[:, block, None]).squeeze(-1).sum(-1)
+        visible[:, block] = True
     assert ev["kl_qp"] == pytest.approx(info.kl(q=log_q, p=log_p).item(), abs=1e-12)
     assert ev["kl_pq"] == pytest.approx(info.kl(p=log_p, q=log_q).item(), abs=1e-12)
     assert ev["tv"] == pytest.approx(info.tv(q=log_q, p=log_p).item(), abs=1e-12)

@@ -18,6 +18,7 @@ import torch
 from mdmprob.decoders.primitives import CommitRule, Score, Step
 from mdmprob.denoisers.base import Denoiser
 from mdmprob.errors import BudgetError, MdmprobError
+from mdmprob.sampling import gumbel_argmax
 
 
 @dataclass
@@ -156,7 +157,7 @@ class Decoder:
         logp, cand = step.logp, step.candidates
         tempered = _tempered(logp, t)
         if t > 0:
-            draws = _gumbel_argmax(tempered, generator)
+            draws = gumbel_argmax(tempered, generator)
         else:
             draws = logp.argmax(-1)
         if self.commit.stochastic:
@@ -178,7 +179,7 @@ class Decoder:
                 lq_sel = -_log_binom(step.n_candidates, count).to(logp.dtype)
             elif self.score.uses_draws:
                 lq_sel = _loser_log_prob(keys, sel, cand, tempered if t > 0 else
-                                         _onehot_log(draws, V, logp.dtype), logp, self.score)
+                                         _onehot_log(draws, V, logp.dtype), logp)
         value_lq = tempered.gather(-1, draws[..., None]).squeeze(-1) if t > 0 else \
             torch.zeros_like(logp[..., 0])
         lq_tokens = torch.where(sel, value_lq, torch.zeros_like(value_lq))
@@ -266,7 +267,7 @@ class Decoder:
                                torch.full_like(tempered[:, 0, 0], -math.inf))
         if self.score.uses_draws and self.temperature > 0:
             keys = self.score(step, values).to(tempered.dtype)
-            return _loser_log_prob(keys, sel, cand, tempered, step.logp, self.score)
+            return _loser_log_prob(keys, sel, cand, tempered, step.logp)
         return torch.zeros_like(tempered[:, 0, 0])
 
     # ------------------------------------------------------------------------------- exact
@@ -291,12 +292,6 @@ def _tempered(logp: torch.Tensor, t: float) -> torch.Tensor:
     if t == 1 or t == 0:
         return logp
     return torch.log_softmax(logp / t, -1)
-
-
-def _gumbel_argmax(logp: torch.Tensor, generator) -> torch.Tensor:
-    u = torch.rand(logp.shape, generator=generator, device=logp.device, dtype=torch.float64)
-    gumbel = -torch.log(-torch.log(u.clamp(min=torch.finfo(torch.float64).tiny)))
-    return (logp.to(torch.float64) + gumbel).argmax(-1)
 
 
 def _onehot_log(draws, V, dtype):
@@ -328,7 +323,7 @@ def _log_binom(n: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     return torch.lgamma(n + 1) - torch.lgamma(k + 1) - torch.lgamma(n - k + 1)
 
 
-def _loser_log_prob(keys, sel, cand, tempered, logp, score) -> torch.Tensor:
+def _loser_log_prob(keys, sel, cand, tempered, logp) -> torch.Tensor:
     """log Pr[every unselected candidate's drawn score loses to the weakest selected one]
     (sample-then-choose: the unselected draws are marginalised out exactly)."""
     n = keys.shape[-1]

@@ -20,6 +20,7 @@ import torch
 from mdmprob import info as measures
 from mdmprob.decoders.core import all_values
 from mdmprob.errors import MdmprobError
+from mdmprob.sampling import gumbel_argmax
 
 
 class _BlockCorrector:
@@ -65,7 +66,7 @@ class ExactBlock(_BlockCorrector):
         engine = self._target(denoiser, target)
         table = self._block_table(engine, tokens, window, denoiser.mask_id).reshape(
             tokens.shape[0], -1)
-        choice = _sample_rows(table, generator)
+        choice = gumbel_argmax(table, generator)
         configs = all_values(len(window), denoiser.vocab, tokens.device)
         tokens = tokens.clone()
         tokens[:, window] = configs[choice]
@@ -150,7 +151,7 @@ class Speculative(_BlockCorrector):
             todo = (tokens[:, window] == mask).any(-1)
             q = denoiser(tokens)  # draft marginals given the current prefix
             calls += todo.long()
-            draft = _sample_rows(q.reshape(-1, q.shape[-1]), generator).reshape(B, -1)
+            draft = gumbel_argmax(q.reshape(-1, q.shape[-1]), generator).reshape(B, -1)
             open_ = todo.clone()  # rows still verifying this round
             for pos in window:
                 need = open_ & (tokens[:, pos] == mask)
@@ -167,7 +168,7 @@ class Speculative(_BlockCorrector):
                 accept = need & (u.log() < log_ratio.clamp(max=0))
                 residual = (p.exp() - q[:, pos].exp()).clamp(min=0)
                 residual = torch.where(residual.sum(-1, keepdim=True) > 0, residual, p.exp())
-                fix = _sample_rows(residual.log(), generator)
+                fix = gumbel_argmax(residual.log(), generator)
                 value = torch.where(accept, x, fix)
                 tokens[:, pos] = torch.where(need, value, tokens[:, pos])
                 lq = lq + torch.where(need, p.gather(-1, value[:, None]).squeeze(-1),
@@ -180,10 +181,3 @@ class Speculative(_BlockCorrector):
             self._record(info, "drafted", drafted)
             self._record(info, "accepted", accepted_total)
         return tokens, sel, lq, calls
-
-
-def _sample_rows(log_w: torch.Tensor, generator) -> torch.Tensor:
-    """One index per row from unnormalised log-weights (Gumbel-max, float64 noise)."""
-    u = torch.rand(log_w.shape, generator=generator, device=log_w.device, dtype=torch.float64)
-    g = -torch.log(-torch.log(u.clamp(min=torch.finfo(torch.float64).tiny)))
-    return (log_w.to(torch.float64) + g).argmax(-1)

@@ -15,6 +15,7 @@ import torch
 
 from mdmprob.decoders.core import Decoder, DecodeResult
 from mdmprob.errors import MdmprobError
+from mdmprob.sampling import gumbel_argmax
 
 
 class ImportanceResampling(Decoder):
@@ -51,9 +52,7 @@ class ImportanceResampling(Decoder):
         norm = torch.logsumexp(log_w, -1, keepdim=True)
         ess = torch.where(norm[:, 0] > -math.inf, 1.0 / (2 * (log_w - norm)).exp().sum(-1),
                           torch.zeros_like(norm[:, 0]))
-        u = torch.rand(log_w.shape, generator=generator, device=log_w.device, dtype=torch.float64)
-        gumbel = -torch.log(-torch.log(u.clamp(min=torch.finfo(torch.float64).tiny)))
-        pick = (log_w.to(torch.float64) + gumbel).argmax(-1)
+        pick = gumbel_argmax(log_w, generator)
         rows = torch.arange(num, device=log_w.device) * K + pick
         info = {"ess": ess, "particles": torch.full_like(ess, K),
                 "log_mean_weight": (norm[:, 0] - math.log(K))}

@@ -36,10 +36,11 @@ from typing import Any
 
 import torch
 
-from mdmprob.decoders.core import Decoder, DecodeResult, _gumbel_argmax, _tempered, all_values
+from mdmprob.decoders.core import Decoder, DecodeResult, _tempered, all_values
 from mdmprob.decoders.primitives import BernoulliSchedule, LeftToRight, RandomOrder, WholeWindow
 from mdmprob.denoisers.base import Denoiser
 from mdmprob.errors import BudgetError, MdmprobError, unknown_name
+from mdmprob.sampling import gumbel_argmax
 
 KERNELS = {
     "random": "a uniformly random k-subset of the window",
@@ -122,7 +123,7 @@ class Remask:
         tokens = tokens.clone()
         tokens[:, window] = denoiser.mask_id
         logp = denoiser(tokens)[:, window]  # [B, W, V]
-        draws = _gumbel_argmax(logp, generator)
+        draws = gumbel_argmax(logp, generator)
         tokens[:, window] = draws
         lq = logp.gather(-1, draws[..., None]).squeeze(-1).sum(-1)
         return tokens, lq, torch.ones(tokens.shape[0], dtype=torch.long, device=tokens.device)
@@ -164,7 +165,7 @@ class Remask:
         (tokens, sum_{i in S} log p_theta(y'_i | y_{-S}) [B], nfe [B])."""
         masked = torch.where(subset, torch.full_like(tokens, denoiser.mask_id), tokens)
         logp = denoiser(masked)
-        draws = _gumbel_argmax(logp, generator)
+        draws = gumbel_argmax(logp, generator)
         new = torch.where(subset, draws, tokens)
         picked = logp.gather(-1, new.clamp(max=denoiser.vocab - 1)[..., None]).squeeze(-1)
         lq = torch.where(subset, picked, torch.zeros_like(picked)).sum(-1)
@@ -467,7 +468,7 @@ class ReMDM(Decoder):
             sigma, u = self.rates(j)
             dtype = logp.dtype
             tempered = _tempered(logp, self.temperature)
-            values = _gumbel_argmax(tempered, generator) if self.temperature > 0 else \
+            values = gumbel_argmax(tempered, generator) if self.temperature > 0 else \
                 logp.argmax(-1)
             coin = torch.rand(num, n, generator=generator, device=device, dtype=torch.float64)
             remask = ~masked & (coin < sigma)
