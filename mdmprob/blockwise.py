@@ -155,7 +155,7 @@ def _mean_field_log_q(structure, engine, tokens, m) -> torch.Tensor:
 
 
 def _row(m, block, f, f_se, r, r_se, v, v_se, exact) -> dict[str, Any]:
-    return {"index": m, "positions": list(block), "forward_tc": f, "forward_tc_se": f_se,
+    return {"block": m + 1, "index": m, "positions": list(block), "forward_tc": f, "forward_tc_se": f_se,
             "reverse_tc_mean_field": r, "reverse_tc_mean_field_se": r_se,
             "violation_mean_field": v, "violation_mean_field_se": v_se, "exact": exact}
 

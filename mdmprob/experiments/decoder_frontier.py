@@ -7,41 +7,48 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mdmprob.errors import MdmprobError
-from mdmprob.experiments.base import Experiment, parse_spec, records_from
+from mdmprob.experiments.base import (
+    Experiment,
+    check_budget,
+    check_decoder_specs,
+    check_numbers,
+    check_structure_specs,
+    mc_bytes_per_sample,
+    parse_spec,
+    records_from,
+)
 
 
 @dataclass
 class Config:
-    """structures / decoders: specs ``name:key=value,...``; exact mode where V^n <= exact_limit,
+    """structures / decoders: specs ``name:key=value:key=value``; exact mode where V^n <= exact_limit,
     else Monte Carlo with ``samples`` sequences."""
 
-    structures: tuple = ("block_hmm:n_blocks=2,block_size=4,eta=1e-8", "parity_block:k=6,eta=1e-8",
-                         "markov_chain:length=6,vocab=3,block_size=3", "ising_grid:rows=2,cols=3",
+    structures: tuple = ("block_hmm:n_blocks=2:block_size=4:eta=1e-8", "parity_block:k=6:eta=1e-8",
+                         "markov_chain:length=6:vocab=3:block_size=3", "ising_grid:rows=2:cols=3",
                          "block_hmm:eta=1e-8")
     decoders: tuple = ("mean_field_blocks", "verified_blocks", "sequential:order=l2r",
                        "sequential:order=entropy", "llada:steps=2", "llada:steps=4",
-                       "llada:steps=2,remasking=random", "fast_dllm_threshold:tau=0.9",
+                       "llada:steps=2:remasking=random", "fast_dllm_threshold:tau=0.9",
                        "fast_dllm_factor:f=1.0", "eb_sampler:gamma=0.5", "mdlm:steps=3",
                        "rejection", "speculative", "importance:particles=8",
-                       "gibbs_remask:k=1,sweeps=1", "remdm:steps=4,eta=0.1")
+                       "gibbs_remask:k=1:sweeps=1", "remdm:steps=4:eta=0.1")
     samples: int = 400
     exact_limit: int = 4096
 
     def check(self):
-        for spec in self.structures:
-            parse_spec(spec)
-        for spec in self.decoders:
-            parse_spec(spec)
-        if self.samples < 2:
-            raise MdmprobError(f"samples={self.samples} must be >= 2")
+        check_structure_specs("structures", self.structures)
+        check_decoder_specs("decoders", self.decoders)
+        check_numbers("samples", self.samples, low=2, integer=True)
+        check_numbers("exact_limit", self.exact_limit, low=1, integer=True)
+        check_budget("decoder-frontier", self.samples, mc_bytes_per_sample(64, 4), "lower samples")
 
 
 class DecoderFrontier(Experiment):
     name = "decoder-frontier"
     title = "Decoder frontier: KL(q‖p) and incoherence against denoiser calls (NFE)"
     Config = Config
-    quick = {"structures": ("block_hmm:n_blocks=2,block_size=3,eta=1e-8", "agreement:delta=0.01"),
+    quick = {"structures": ("block_hmm:n_blocks=2:block_size=3:eta=1e-8", "agreement:delta=0.01"),
              "decoders": ("mean_field_blocks", "verified_blocks", "sequential:order=entropy",
                           "llada:steps=2"), "samples": 100}
 

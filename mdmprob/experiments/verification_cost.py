@@ -41,7 +41,13 @@ from typing import Any
 import torch
 
 from mdmprob.errors import MdmprobError
-from mdmprob.experiments.base import Experiment, record
+from mdmprob.experiments.base import (
+    Experiment,
+    check_budget,
+    check_numbers,
+    mc_bytes_per_sample,
+    record,
+)
 
 METRICS = ("m", "log_m", "exp_forward_tc", "forward_tc", "log_gap")
 
@@ -66,15 +72,16 @@ class Config:
                                        not 2 <= b <= 12 for b in self.block_sizes):
             raise MdmprobError(f"block_sizes={self.block_sizes!r} must be integers in 2..12 (the "
                                "block table has 2^B entries)")
-        if not self.etas or any(not 0 <= float(e) <= 0.5 for e in self.etas):
-            raise MdmprobError(f"etas={self.etas!r} must be numbers in [0, 0.5]")
+        check_numbers("etas", self.etas, low=0, high=0.5)
         for name in ("n_blocks", "samples", "prefix_samples", "exact_limit"):
             value = getattr(self, name)
             low = 1 if name in ("n_blocks", "exact_limit") else 2
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise MdmprobError(f"{name}={value!r} must be an integer >= {low}")
-        if not float(self.max_proposals) >= 0:
-            raise MdmprobError(f"max_proposals={self.max_proposals!r} must be a number >= 0")
+        check_numbers("max_proposals", self.max_proposals, low=0)
+        check_budget("verification-cost", max(self.samples, self.prefix_samples),
+                     mc_bytes_per_sample(self.n_blocks * max(self.block_sizes), 2),
+                     "lower samples / prefix_samples")
 
 
 def block_costs(joint: torch.Tensor, k: int) -> dict[str, torch.Tensor]:
