@@ -305,6 +305,8 @@ def _parse_value(key: str, text: str, default: Any) -> Any:
         if default is None:
             return json.loads(text)
         return text
+    except MdmprobError:
+        raise
     except (ValueError, json.JSONDecodeError):
         kind = type(default).__name__ if default is not None else "JSON"
         raise MdmprobError(f"cannot parse parameter {key}={text!r} as {kind} "

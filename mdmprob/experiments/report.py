@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mdmprob.experiments.base import registry
-from mdmprob.experiments.executor import SweepError, writable_folder, run_sweep
+from mdmprob.experiments.executor import SweepError, run_sweep, writable_folder
 from mdmprob.outputs import write_text
 
 
