@@ -439,10 +439,13 @@ def main(argv: list[str] | None = None) -> int:
         err.print(Text.assemble(label, message), soft_wrap=True)
         return code
     except KeyboardInterrupt:
-        err.print(Text.assemble(("interrupted", "bold yellow"), " (nothing was being saved)"))
+        err.print(Text.assemble(("interrupted", "bold yellow")))
         return 130
     except (typer.Exit, SystemExit) as e:
-        return int(getattr(e, "exit_code", getattr(e, "code", 0)) or 0)
+        code = int(getattr(e, "exit_code", getattr(e, "code", 0)) or 0)
+        if code == 130:  # typer's answer to Ctrl-C outside a run
+            err.print(Text.assemble(("interrupted", "bold yellow")))
+        return code
     except Exception as e:  # click usage errors (unknown option, missing argument), Abort
         # typer may bundle its own click: recognise its exceptions by what they can do
         if callable(getattr(e, "show", None)) and isinstance(getattr(e, "exit_code", None), int):
@@ -452,6 +455,8 @@ def main(argv: list[str] | None = None) -> int:
             err.print(Text.assemble(("interrupted", "bold yellow")))
             return 130
         raise
+    if result == 130:  # typer returns 130 for Ctrl-C outside a run (commands return None)
+        err.print(Text.assemble(("interrupted", "bold yellow")))
     return result if isinstance(result, int) else 0
 
 
