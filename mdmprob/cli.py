@@ -280,7 +280,13 @@ def _parse_value(key: str, text: str, default: Any) -> Any:
                 raise ValueError
             return text.lower() in ("true", "1", "yes")
         if isinstance(default, int):
-            return int(text)
+            try:
+                return int(text)
+            except ValueError:  # 1e8 is an integer too
+                value = float(text)
+                if not value.is_integer():
+                    raise
+                return int(value)
         if isinstance(default, float):
             value = float(text)
             if math.isnan(value):

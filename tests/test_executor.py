@@ -113,8 +113,10 @@ def test_ray_backend_matches_local_and_reports_failures(tmp_path):
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers can't import tests
     exp = Failing()
     config = exp.Config()
-    with pytest.raises(SweepError, match="boom") as ray_error:
+    with pytest.raises(SweepError, match="2 of 4 settings of 'failing' failed") as ray_error:
         run_sweep(exp, config, tmp_path / "ray", seed=1, backend="ray")
+    assert sorted(ray_error.value.result.failures.values()) == [
+        "MdmprobError: bad value found late", "RuntimeError: boom"]
     with pytest.raises(SweepError) as local_error:
         run_sweep(exp, config, tmp_path / "local", seed=1)
     assert ray_error.value.result.records and \

@@ -255,3 +255,11 @@ def test_errors_a_rerun_cannot_fix_come_before_the_first_setting(tmp_path, inpro
         message = " ".join(stderr.split())
         assert rc == 2 and needle in message and "rerun" not in message, message
         assert not (tmp_path / "x" / "records.jsonl").exists()
+
+
+def test_an_empty_journal_from_a_failed_first_write_is_started_again(tmp_path, reference):
+    tmp_path.mkdir(exist_ok=True)
+    (tmp_path / "records.jsonl").write_bytes(b"")  # a full disk cut back the run's first line
+    run_sweep(fault_toy.EXPERIMENT, fault_toy.EXPERIMENT.make_config(), tmp_path)
+    assert (tmp_path / "records.csv").read_text() == reference[0, 1.0]
+    assert_consistent(tmp_path)

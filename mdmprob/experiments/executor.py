@@ -196,7 +196,7 @@ class _Folder:
     def _load(self, notice) -> None:
         header = {"run": {k: v for k, v in self.identity.items() if k != "run_key"},
                   "run_key": self.identity["run_key"]}
-        if not self.journal.exists():
+        if not self.journal.exists() or self.journal.stat().st_size == 0:
             _append_line(self.journal, dumps(header) + "\n", "")
             return
         try:
