@@ -30,8 +30,9 @@ class OutputError(MdmprobError):
 
 
 def dumps(obj: Any, **kwargs: Any) -> str:
-    """``json.dumps`` with ±inf as ``"+inf"`` / ``"-inf"``; NaN raises (strict JSON only)."""
-    return json.dumps(plain(obj), allow_nan=False, **kwargs)
+    """``json.dumps`` with ±inf as ``"+inf"`` / ``"-inf"``; NaN raises (strict JSON only).
+    Numpy and torch scalars are written as their Python values, anything else unknown as text."""
+    return json.dumps(plain(obj), allow_nan=False, default=_scalar, **kwargs)
 
 
 def loads(text: str) -> Any:
@@ -92,6 +93,16 @@ def disk_error(e: OSError, path: Path, saved: str = "") -> OutputError:
                            "folder you can write to")
     return OutputError(f"cannot write {str(path)!r} ({e.strerror or e}); {what}rerun the same "
                        "command to resume")
+
+
+def _scalar(obj: Any) -> Any:
+    item = getattr(obj, "item", None)
+    if callable(item):
+        try:
+            return plain(item())
+        except (TypeError, ValueError, RuntimeError):
+            pass
+    return str(obj)
 
 
 def _unplain(obj: Any) -> Any:
