@@ -1,4 +1,5 @@
-"""mkdocs hook: render the tutorials (``tutorials/NN_*.py``, jupytext percent format) as pages.
+"""mkdocs hooks: render the tutorials (``tutorials/NN_*.py``, jupytext percent format) as pages,
+and show the Sphinx roles of docstrings (``:class:`~mdmprob.errors.MdmprobError```) as code.
 
 At build time each tutorial is read with jupytext and written, in memory, as
 ``tutorials/NN_*.md``: markdown cells as they are, code cells as fenced Python, and after a code
@@ -6,6 +7,10 @@ cell the figures it shows (``show(fig, "name")``) when ``docs/tutorials/figures/
 exists (made by running the tutorial with ``MDMPROB_FIGDIR=docs/tutorials/figures/NN_*``).
 Nothing is executed at build time (offline and fast). The pages are appended to the
 ``Tutorials`` section of the nav, after its index.
+
+Docstrings use Sphinx roles (``:func:`mc_kl```, ``:class:`~mdmprob.outputs.OutputError```), which
+the Google-style renderer leaves as text (":func:" before a code span). :func:`sphinx_roles`
+turns each into the code span alone, with ``~`` meaning "show the last name only", as Sphinx does.
 """
 
 from __future__ import annotations
@@ -50,6 +55,19 @@ def render(path: Path) -> str:
                 if figure.exists():
                     parts.append(f"![{name}](figures/{path.stem}/{name}.png)")
     return "\n\n".join(parts) + "\n"
+
+
+_ROLE = re.compile(r":(?:py:)?(?:class|func|meth|mod|attr|data|exc|obj|const|ref|term):"
+                   r"<code>(~?)([^<]*)</code>")
+
+
+def sphinx_roles(html: str) -> str:
+    """``:class:<code>~a.b.C</code>`` -> ``<code>C</code>``; without ``~`` the full name stays."""
+    return _ROLE.sub(lambda m: f"<code>{m[2].rsplit('.', 1)[-1] if m[1] else m[2]}</code>", html)
+
+
+def on_page_content(html, page, config, files):
+    return sphinx_roles(html)
 
 
 def on_config(config):

@@ -32,6 +32,12 @@ def block_report(structure: Structure, *, samples: int = 2000, seed: int = 0,
 
     Returns a JSON-ready dict (keys documented in the CLI's ``info --json``).
     """
+    if needs_monte_carlo(structure, exact_limit):
+        from mdmprob.experiments.base import check_budget, mc_bytes_per_sample
+
+        check_budget(f"block_report({structure.name})", samples,
+                     2 * mc_bytes_per_sample(structure.n_tokens, structure.vocab),
+                     "lower --samples (or raise --exact-limit to enumerate more blocks)")
     engine = structure.engine(device=device)
     graph = structure.factor_graph
     _, width = elimination_order(graph)
@@ -79,6 +85,12 @@ def block_report(structure: Structure, *, samples: int = 2000, seed: int = 0,
         name = "forward_kl_mean_field" if key == "forward_tc" else "reverse_kl_mean_field"
         report[name], report[name + "_se"] = total, se
     return report
+
+
+def needs_monte_carlo(structure: Structure, exact_limit: int) -> bool:
+    """Whether some block's prefix space V^|P| exceeds ``exact_limit`` (Monte Carlo needed)."""
+    prefix = sum(len(b) for b in structure.blocks[:-1])
+    return structure.vocab ** prefix > exact_limit
 
 
 def sample_mean_field(structure: Structure, num: int, generator=None, engine=None) -> torch.Tensor:
@@ -155,7 +167,7 @@ def _mean_field_log_q(structure, engine, tokens, m) -> torch.Tensor:
 
 
 def _row(m, block, f, f_se, r, r_se, v, v_se, exact) -> dict[str, Any]:
-    return {"index": m, "positions": list(block), "forward_tc": f, "forward_tc_se": f_se,
+    return {"block": m + 1, "index": m, "positions": list(block), "forward_tc": f, "forward_tc_se": f_se,
             "reverse_tc_mean_field": r, "reverse_tc_mean_field_se": r_se,
             "violation_mean_field": v, "violation_mean_field_se": v_se, "exact": exact}
 

@@ -1,8 +1,21 @@
-"""The ``mdmprob`` command: ``mdmprob models``, ``mdmprob info MODEL [-p k=v ...] [--json]``.
+"""The ``mdmprob`` command: ``models``, ``decoders``, ``experiments``, ``info``, ``run``,
+``reproduce``, ``train``.
 
-``--json`` prints one JSON document on stdout; progress and errors go to stderr. Bad input
-(unknown model or parameter, unparsable value) exits with status 2 and a message saying what
-to do.
+``--json`` prints one strict JSON document on stdout (+inf as ``"+inf"``, see
+:mod:`mdmprob.outputs`); progress and errors go to stderr. Exit status: 0 on success, 2 on bad
+input or a failed run (with a message saying what to do), 130 / 143 when SIGINT / SIGTERM stopped
+a run (what was finished is saved; rerunning the same command resumes).
+
+Start-up is instant: this module imports neither torch nor Pyro. The listings read the zoo, the
+presets and the experiments from their source (:mod:`mdmprob.catalog`); each command imports what
+it computes with inside its own body. A new subcommand is one decorated function::
+
+    @app.command()
+    def audit(model: str, as_json: JsonOpt = False):
+        \"\"\"One line of help.\"\"\"
+        from mdmprob.something import work   # heavy imports here, not at the top
+
+        emit(work(model), as_json, render=print)
 """
 
 from __future__ import annotations
@@ -16,6 +29,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from mdmprob import __version__
 from mdmprob.errors import MdmprobError, unknown_name
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -25,88 +39,81 @@ out = Console()
 err = Console(stderr=True)
 
 ParamOpt = Annotated[list[str] | None, typer.Option(
-    "-p", "--param", help="Model parameter as key=value (repeatable), e.g. -p eta=1e-8.")]
+    "-p", "--param", help="Parameter as key=value (repeatable), e.g. -p eta=1e-8. Lists: "
+                          "-p etas=1e-8,1e-4; specs: -p decoders=llada:steps=2:block_length=3,"
+                          "mean_field_blocks.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document.")]
+DeviceOpt = Annotated[str | None, typer.Option(help="cpu or cuda (default: MDMPROB_DEVICE or "
+                                                    "cpu).")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"mdmprob {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Print the version and exit.")] = False):
+    """Exact analysis of generation order and parallel decoding in masked diffusion models."""
+
+
+# ------------------------------------------------------------------------------ listings
+@app.command()
+def models(as_json: JsonOpt = False):
+    """List the zoo's models with their parameters and defaults."""
+    from mdmprob import catalog
+
+    _print_listing("mdmprob models (load_model(name, **params) or a path to a .py file)", "model",
+                   catalog.models(), as_json)
 
 
 @app.command()
-def models(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False):
-    """List the zoo's models with their parameters and defaults."""
-    from mdmprob.structure import list_models, model_parameters
+def decoders(as_json: JsonOpt = False):
+    """List the decoder presets with their parameters and defaults."""
+    from mdmprob import catalog
 
-    zoo = {name: {"description": desc, "params": {k: _plain(v) for k, v in
-                                                   model_parameters(name).items()}}
-           for name, desc in list_models().items()}
-    if as_json:
-        print(json.dumps(zoo, indent=2))
-        return
-    table = Table(title="mdmprob models (load_model(name, **params) or a path to a .py file)")
-    table.add_column("model", style="bold")
-    table.add_column("description")
-    table.add_column("parameters (defaults)")
-    for name, entry in zoo.items():
-        params = ", ".join(f"{k}={v}" for k, v in entry["params"].items())
-        table.add_row(name, entry["description"], params)
-    out.print(table)
+    _print_listing("mdmprob decoders (mdmprob.decoders.get_decoder(name, **params); in an "
+                   "experiment: name:key=value:key=value)", "decoder", catalog.decoders(), as_json)
 
 
+@app.command()
+def experiments(as_json: JsonOpt = False):
+    """List the experiments with their parameters and defaults."""
+    from mdmprob import catalog
+
+    _print_listing("mdmprob experiments (mdmprob run NAME -p key=value)", "experiment",
+                   catalog.experiments(), as_json)
+
+
+# ------------------------------------------------------------------------------ computing
 @app.command()
 def info(
     model: Annotated[str, typer.Argument(help="A zoo model name or a path to a model file.")],
     param: ParamOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
+    as_json: JsonOpt = False,
     samples: Annotated[int, typer.Option(help="Monte Carlo sequences for blocks whose prefix "
                                               "space is too large to enumerate.")] = 2000,
     seed: Annotated[int, typer.Option(help="Random seed of the Monte Carlo estimates.")] = 0,
     exact_limit: Annotated[int, typer.Option(help="Largest prefix space V^|P| enumerated "
                                                   "exactly.")] = 4096,
-    device: Annotated[str | None, typer.Option(help="cpu or cuda (default: MDMPROB_DEVICE or "
-                                                    "cpu).")] = None,
+    device: DeviceOpt = None,
 ):
-    """The structure of MODEL and, per decoding block, its forward TC, the mean-field
-    proposal's reverse TC and its violation rate (exact or Monte Carlo, as marked)."""
+    """The structure of MODEL and, per decoding block (numbered from 1), its forward TC, the
+    mean-field proposal's reverse TC and its violation rate (exact or Monte Carlo, as marked)."""
+    _compute_setup()
     from mdmprob.blockwise import block_report
     from mdmprob.structure import load_model
 
+    device = check_device(device)
     structure = load_model(model, **parse_params(model, param or []))
     if samples < 2:
         raise MdmprobError(f"--samples {samples} is too small; use at least 2")
-    with _progress(f"{structure.name}: blocks", len(structure.blocks), quiet=False) as tick:
+    with _progress(f"{structure.name}: blocks", len(structure.blocks)) as tick:
         report = block_report(structure, samples=samples, seed=seed, exact_limit=exact_limit,
                               device=device, progress=tick)
-    if as_json:
-        print(json.dumps(report, indent=2))
-    else:
-        _print_report(report)
-
-
-@app.command()
-def decoders(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False):
-    """List the decoder presets with their parameters and defaults."""
-    import inspect
-
-    from mdmprob.decoders import PRESETS
-
-    table = {name: {"description": (fn.__doc__ or "").strip().split("\n")[0],
-                    "params": {p.name: _plain(p.default) for p in
-                               inspect.signature(fn).parameters.values()
-                               if p.default is not inspect.Parameter.empty}}
-             for name, fn in sorted(PRESETS.items())}
-    _print_listing("mdmprob decoders (mdmprob.decoders.get_decoder(name, **params))", "decoder",
-                   table, as_json)
-
-
-@app.command()
-def experiments(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False):
-    """List the experiments with their parameters and defaults."""
-    import dataclasses
-
-    from mdmprob.experiments import registry
-
-    table = {name: {"description": exp.title,
-                    "params": {f.name: _plain(f.default) for f in dataclasses.fields(exp.Config)}}
-             for name, exp in registry().items()}
-    _print_listing("mdmprob experiments (mdmprob run NAME -p key=value)", "experiment", table,
-                   as_json)
+    emit(report, as_json, _print_report)
 
 
 @app.command("run")
@@ -116,29 +123,33 @@ def run_experiment(
     out_dir: Annotated[str | None, typer.Option("--out", help="Output folder (default: "
                                                 "out/<experiment>).")] = None,
     seed: Annotated[int, typer.Option(help="Sweep seed; the same seed gives the same records.")] = 0,
-    device: Annotated[str | None, typer.Option(help="cpu or cuda (default: MDMPROB_DEVICE or "
-                                                    "cpu).")] = None,
+    device: DeviceOpt = None,
     backend: Annotated[str, typer.Option(help="local (in-process) or ray.")] = "local",
-    address: Annotated[str | None, typer.Option(help="Ray cluster address (default: a local "
-                                                     "Ray instance).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
+    address: Annotated[str | None, typer.Option(help="Ray cluster address host:port (default: "
+                                                     "a local Ray instance).")] = None,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Start over: move a folder holding "
+                                        "another run aside (to <out>.old-<time>).")] = False,
+    as_json: JsonOpt = False,
 ):
     """Run EXPERIMENT's grid of settings; write records.csv, meta.json and the figures to --out.
-    An interrupted run resumes from what is already in the folder."""
+    Rerunning the same command resumes an interrupted run; a folder holding another run's records
+    (other parameters or seed) is refused unless --fresh."""
+    _compute_setup()
     from mdmprob.experiments import get_experiment, run_sweep
 
-    if device is not None and device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise MdmprobError(f"--device {device!r} must be cpu or cuda")
+    device = check_device(device)
+    if backend not in ("local", "ray"):
+        raise MdmprobError(f"--backend {backend!r} must be local or ray")
     exp = get_experiment(experiment)
-    config = exp.make_config(**_parse_config(exp, param or []))
-    out = out_dir or f"out/{exp.name}"
-    with _progress(f"{exp.name}: settings", len(exp.settings(config)), quiet=False) as tick:
-        result = run_sweep(exp, config, out, seed=seed, backend=backend, address=address,
-                           device=device, progress=tick)
+    config = exp.make_config(**parse_config(exp, param or []))
+    target = out_dir or f"out/{exp.name}"
+    with _progress(f"{exp.name}: settings", len(exp.settings(config))) as tick:
+        result = run_sweep(exp, config, target, seed=seed, backend=backend, address=address,
+                           device=device, progress=tick, fresh=fresh, notice=_notice)
     if as_json:
-        print(json.dumps(result.as_json(), indent=2, default=str))
+        emit(result.as_json(), True, None)
         return
-    _print_records(result.records, exp.title)
+    print_records(result.records, exp.title)
     for figure in result.figures:
         print(f"figure: {figure}")
     print(f"records: {result.out_dir / 'records.csv'}  meta: {result.out_dir / 'meta.json'}")
@@ -147,13 +158,17 @@ def run_experiment(
 @app.command()
 def reproduce(
     out_dir: Annotated[str, typer.Option("--out", help="Output folder.")] = "out/reproduce",
-    quick: Annotated[bool, typer.Option("--quick", help="Small configurations (minutes).")] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="Small configurations (minutes); their "
+                                        "verdicts are marked as quick-mode.")] = False,
     seed: Annotated[int, typer.Option(help="Sweep seed.")] = 0,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Start every experiment over (old "
+                                        "folders are moved aside).")] = False,
 ):
     """Run every experiment and write one Markdown report (ours beside the paper's numbers)."""
+    _compute_setup()
     from mdmprob.experiments.report import reproduce as run_all
 
-    path = run_all(out_dir, quick=quick, seed=seed,
+    path = run_all(out_dir, quick=quick, seed=seed, fresh=fresh, notice=_notice,
                    progress=lambda name: err.print(f"running {name} ...", highlight=False))
     print(f"report: {path}")
 
@@ -168,11 +183,11 @@ def train(
     steps: Annotated[int | None, typer.Option(help="Training steps (default: NeuralConfig's "
                                                    "2000).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the weights, the data and the masks.")] = 0,
-    device: Annotated[str | None, typer.Option(help="cpu or cuda (default: MDMPROB_DEVICE or "
-                                                    "cpu).")] = None,
+    device: DeviceOpt = None,
 ):
     """Train a small transformer MDM on exact samples of MODEL; print the checkpoint path and its
     exact model error KL(p || p_theta) against the oracle."""
+    _compute_setup()
     from pathlib import Path
 
     from mdmprob.denoisers import Oracle, model_error
@@ -181,14 +196,13 @@ def train(
     from mdmprob.training import CHECKPOINT
     from mdmprob.training import train as train_model
 
-    if device is not None and device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise MdmprobError(f"--device {device!r} must be cpu or cuda")
+    device = check_device(device)
     if not out_dir:
         raise MdmprobError("train needs --out DIR, the folder for checkpoint.pt")
     structure = load_model(model, **parse_params(model, param or []))
     extra = {} if steps is None else {"steps": steps}
     config = NeuralConfig(vocab=structure.vocab, n_tokens=structure.n_tokens, seed=seed, **extra)
-    with _progress(f"{structure.name}: training steps", config.steps, quiet=False) as tick:
+    with _progress(f"{structure.name}: training steps", config.steps) as tick:
         neural, history = train_model(structure, config, out_dir, progress=tick, device=device)
     error = model_error(neural, Oracle(structure, device=neural.device), seed=seed)
     if history:
@@ -198,6 +212,37 @@ def train(
           f"nats, KL(p_theta‖p) = {_pm(error.kl_model_true.value, error.kl_model_true.se)} nats")
 
 
+# ------------------------------------------------------------------------------ helpers
+def emit(document: Any, as_json: bool, render) -> None:
+    """Print ``document`` as strict JSON (``as_json``) or with ``render(document)``."""
+    if as_json:
+        from mdmprob.outputs import dumps
+
+        print(dumps(document, indent=2))
+    else:
+        render(document)
+
+
+def check_device(device: str | None) -> str | None:
+    """``device`` if torch can use it (cpu, cuda, cuda:N), else a typed error saying why."""
+    if device is None:
+        return None
+    kind, _, index = device.partition(":")
+    if kind not in ("cpu", "cuda") or (index and not (kind == "cuda" and index.isdigit())):
+        raise MdmprobError(f"--device {device!r} must be cpu, cuda or cuda:N")
+    if kind == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise MdmprobError(f"--device {device}: this torch build sees no CUDA device "
+                               f"(torch {torch.__version__}, cuda available: False); use --device "
+                               "cpu or install a CUDA build of torch")
+        if index and int(index) >= torch.cuda.device_count():
+            raise MdmprobError(f"--device {device}: only {torch.cuda.device_count()} CUDA "
+                               "device(s); use cuda:0")
+    return device
+
+
 def parse_params(model: str, pairs: list[str]) -> dict[str, Any]:
     """``["k=6", "eta=0.01"]`` -> ``{"k": 6, "eta": 0.01}``, typed by the parameter's default."""
     from mdmprob.structure import model_parameters
@@ -205,7 +250,8 @@ def parse_params(model: str, pairs: list[str]) -> dict[str, Any]:
     return _parse_pairs(pairs, model_parameters(model), f"(model {model!r})")
 
 
-def _parse_config(exp, pairs: list[str]) -> dict[str, Any]:
+def parse_config(exp, pairs: list[str]) -> dict[str, Any]:
+    """An experiment's ``-p key=value`` pairs, typed by the Config field's default."""
     import dataclasses
 
     defaults = {f.name: f.default for f in dataclasses.fields(exp.Config)}
@@ -225,9 +271,57 @@ def _parse_pairs(pairs: list[str], defaults: dict[str, Any], where: str) -> dict
     return params
 
 
+def _parse_value(key: str, text: str, default: Any) -> Any:
+    from mdmprob.experiments.base import scalar, split_list
+
+    try:
+        if isinstance(default, bool):
+            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            return text.lower() in ("true", "1", "yes")
+        if isinstance(default, int):
+            try:
+                return int(text)
+            except ValueError:  # 1e8 is an integer too
+                value = float(text)
+                if not value.is_integer():
+                    raise
+                return int(value)
+        if isinstance(default, float):
+            value = float(text)
+            if math.isnan(value):
+                raise ValueError
+            return value
+        if isinstance(default, tuple | list):
+            if text.startswith("["):
+                value = json.loads(text)
+                if not isinstance(value, list):
+                    raise ValueError
+                return tuple(value)
+            items = split_list(text)
+            kinds = {type(x) for x in default if not isinstance(x, bool)}
+            values = tuple(scalar(t) for t in items)
+            if kinds and kinds <= {int, float}:  # a list of numbers: every item must be one
+                bad = [t for t, v in zip(items, values, strict=True)
+                       if isinstance(v, str) or v is None]
+                if bad:
+                    raise MdmprobError(f"cannot parse parameter {key}={text!r}: {bad[0]!r} is not "
+                                       f"a number (default {','.join(map(str, default))})")
+            return values
+        if default is None:
+            return json.loads(text)
+        return text
+    except MdmprobError:
+        raise
+    except (ValueError, json.JSONDecodeError):
+        kind = type(default).__name__ if default is not None else "JSON"
+        raise MdmprobError(f"cannot parse parameter {key}={text!r} as {kind} "
+                           f"(default {default!r})") from None
+
+
 def _print_listing(title: str, kind: str, entries: dict[str, dict], as_json: bool) -> None:
     if as_json:
-        print(json.dumps(entries, indent=2, default=str))
+        emit(entries, True, None)
         return
     table = Table(title=title)
     table.add_column(kind, style="bold")
@@ -239,42 +333,34 @@ def _print_listing(title: str, kind: str, entries: dict[str, dict], as_json: boo
     out.print(table)
 
 
-def _print_records(records: list[dict[str, Any]], title: str) -> None:
-    table = Table(title=title)
-    columns: list[str] = []
+def print_records(records: list[dict[str, Any]], title: str) -> None:
+    """The records as a wide table: one row per setting, one column per metric (value ± se).
+    Columns only some records have (e.g. ``tau``) go into the metric's column name."""
+    if not records:
+        out.print(f"{title}: no records")
+        return
+    keys = [k for k in records[0] if k not in ("metric", "value", "se")]
+    setting_cols = [k for k in keys if all(k in r for r in records)]
+    rows: dict[tuple, dict[str, str]] = {}
+    metrics: list[str] = []
     for r in records:
-        columns += [k for k in r if k not in columns and k not in ("metric", "value", "se")]
-    for col in columns + ["metric", "value"]:
-        table.add_column(col, justify="right")
-    for r in records:
-        table.add_row(*[str(r.get(c, "")) for c in columns], r["metric"],
-                      _pm(r["value"], r["se"]))
-    out.print(table)
-
-
-def _parse_value(key: str, text: str, default: Any) -> Any:
-    from mdmprob.experiments.base import scalar
-
-    try:
-        if isinstance(default, bool):
-            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError
-            return text.lower() in ("true", "1", "yes")
-        if isinstance(default, int):
-            return int(text)
-        if isinstance(default, float):
-            return float(text)
-        if isinstance(default, tuple | list):
-            value = json.loads(text) if text.startswith("[") else [
-                scalar(t.strip()) for t in text.split(",") if t.strip()]
-            return tuple(value)
-        if default is None:
-            return json.loads(text)
-        return text
-    except (ValueError, json.JSONDecodeError):
-        kind = type(default).__name__ if default is not None else "JSON"
-        raise MdmprobError(f"cannot parse parameter {key}={text!r} as {kind} "
-                           f"(default {default!r})") from None
+        extra = [f"{k}={r[k]:g}" if isinstance(r[k], float) else f"{k}={r[k]}"
+                 for k in r if k not in setting_cols and k not in ("metric", "value", "se")]
+        name = r["metric"] + (f" ({', '.join(extra)})" if extra else "")
+        if name not in metrics:
+            metrics.append(name)
+        rows.setdefault(tuple(r[k] for k in setting_cols), {})[name] = _pm(r["value"], r["se"])
+    table = Table(title=title, caption="kl_qp = KL(q‖p) (sampling risk), kl_pq = KL(p‖q) "
+                                       "(information loss), in nats; ± one standard error")
+    for col in setting_cols:
+        table.add_column(col, justify="left", no_wrap=True)
+    for name in metrics:
+        table.add_column(name, justify="right", no_wrap=True)
+    for key, values in rows.items():
+        table.add_row(*[_cell(v) for v in key], *[values.get(m, "") for m in metrics])
+    # a wide table is read whole: never squeeze it into 80 columns when stdout is a file or pipe
+    console = out if out.is_terminal else Console(width=max(out.width, 400))
+    console.print(table, crop=False)
 
 
 def _print_report(r: dict[str, Any]) -> None:
@@ -289,7 +375,7 @@ def _print_report(r: dict[str, Any]) -> None:
     for b in r["blocks"]:
         pos = b["positions"]
         span = f"{pos[0]}..{pos[-1]}" if pos == list(range(pos[0], pos[-1] + 1)) else str(pos)
-        table.add_row(str(b["index"]), span, _pm(b["forward_tc"], b["forward_tc_se"]),
+        table.add_row(str(b["block"]), span, _pm(b["forward_tc"], b["forward_tc_se"]),
                       _pm(b["reverse_tc_mean_field"], b["reverse_tc_mean_field_se"]),
                       _pm(b["violation_mean_field"], b["violation_mean_field_se"]),
                       "exact" if b["exact"] else f"MC n={r['samples']}")
@@ -300,25 +386,41 @@ def _print_report(r: dict[str, Any]) -> None:
               f"{_pm(r['reverse_kl_mean_field'], r['reverse_kl_mean_field_se'])} nats")
 
 
+def _cell(v) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
 def _pm(value, se) -> str:
     if value is None:
         return "-"
     if math.isinf(value):
-        return "+inf"
+        return "+inf" if value > 0 else "-inf"
     return f"{value:.4g}" if se is None else f"{value:.4g} ± {se:.2g}"
 
 
-def _plain(v):
-    return list(v) if isinstance(v, tuple) else v
+def _notice(message: str) -> None:
+    from rich.text import Text
+
+    err.print(Text.assemble(("note: ", "bold yellow"), message), soft_wrap=True)
+
+
+def _compute_setup() -> None:
+    """Before a computing command: one intra-op torch thread (the engine's tensors are small and
+    many; ``MDMPROB_THREADS`` overrides)."""
+    import os
+
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("MDMPROB_THREADS", "1")))
 
 
 class _progress:
     """A rich progress bar on stderr (hidden when stderr is not a terminal)."""
 
-    def __init__(self, label: str, total: int, quiet: bool):
+    def __init__(self, label: str, total: int):
         from rich.progress import Progress
 
-        self.progress = Progress(console=err, transient=True, disable=quiet)
+        self.progress = Progress(console=err, transient=True)
         self.label, self.total = label, total
 
     def __enter__(self):
@@ -331,32 +433,37 @@ class _progress:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``mdmprob`` console script."""
-    import os
+    """Entry point of the ``mdmprob`` console script; returns the exit status."""
+    from rich.text import Text
 
-    import torch
-
-    # The engine's tensors are small and many: one intra-op thread is fastest on a CPU
-    # (MDMPROB_THREADS overrides).
-    torch.set_num_threads(int(os.environ.get("MDMPROB_THREADS", "1")))
     try:
-        app(args=argv, prog_name="mdmprob", standalone_mode=False)
+        result = app(args=argv, prog_name="mdmprob", standalone_mode=False)
     except MdmprobError as e:
-        from rich.text import Text
-
-        err.print(Text.assemble(("error: ", "bold red"), str(e)), soft_wrap=True)
-        return 2
+        code = getattr(e, "exit_code", 2)
+        label = ("interrupted: ", "bold yellow") if code != 2 else ("error: ", "bold red")
+        message = str(e).removeprefix("interrupted: ")
+        err.print(Text.assemble(label, message), soft_wrap=True)
+        return code
+    except KeyboardInterrupt:
+        err.print(Text.assemble(("interrupted", "bold yellow")))
+        return 130
     except (typer.Exit, SystemExit) as e:
-        return int(getattr(e, "exit_code", getattr(e, "code", 0)) or 0)
-    except Exception as e:  # click usage errors (unknown option, missing argument)
+        code = int(getattr(e, "exit_code", getattr(e, "code", 0)) or 0)
+        if code == 130:  # typer's answer to Ctrl-C outside a run
+            err.print(Text.assemble(("interrupted", "bold yellow")))
+        return code
+    except Exception as e:  # click usage errors (unknown option, missing argument), Abort
         # typer may bundle its own click: recognise its exceptions by what they can do
         if callable(getattr(e, "show", None)) and isinstance(getattr(e, "exit_code", None), int):
             e.show(file=sys.stderr)
             return 2
-        if type(e).__name__ == "Abort":
+        if type(e).__name__ == "Abort":  # click's answer to Ctrl-C
+            err.print(Text.assemble(("interrupted", "bold yellow")))
             return 130
         raise
-    return 0
+    if result == 130:  # typer returns 130 for Ctrl-C outside a run (commands return None)
+        err.print(Text.assemble(("interrupted", "bold yellow")))
+    return result if isinstance(result, int) else 0
 
 
 def run() -> None:

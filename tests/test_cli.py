@@ -72,3 +72,85 @@ def test_bad_input_exits_2_with_message(capsys, argv, needle):
     assert code == 2
     assert needle in err
     assert out == ""
+
+
+def test_version_and_listings_start_without_torch(tmp_path):
+    """--help, --version and the listings import neither torch nor Pyro."""
+    import subprocess
+    import sys
+
+    from mdmprob import __version__
+
+    probe = ("import sys, io, contextlib\n"
+             "from mdmprob.cli import main\n"
+             "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+             "    code = main(sys.argv[1:])\n"
+             "print(code, 'torch' in sys.modules, 'pyro' in sys.modules, out.getvalue()[:40])\n")
+    for argv in (["--help"], ["--version"], ["models"], ["decoders"], ["experiments", "--json"]):
+        done = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True,
+                              timeout=120)
+        code, torch_loaded, pyro_loaded, head = done.stdout.split(" ", 3)
+        assert (code, torch_loaded, pyro_loaded) == ("0", "False", "False"), (argv, done.stderr)
+        if argv == ["--version"]:
+            assert head.strip() == f"mdmprob {__version__}"
+
+
+def test_listings_read_from_source_equal_the_imported_ones():
+    from mdmprob import catalog
+
+    for kind in ("models", "decoders", "experiments"):
+        static = getattr(catalog, f"_static_{kind}")()
+        assert static == getattr(catalog, kind)(from_source=False), kind
+
+
+def test_listings_match_what_the_command_prints(capsys):
+    from mdmprob import catalog
+
+    for kind in ("models", "decoders", "experiments"):
+        code, out, _ = run(capsys, kind, "--json")
+        assert code == 0 and json.loads(out) == catalog.__dict__[kind](from_source=False)
+
+
+def test_info_json_is_strict_and_blocks_are_numbered_from_1(capsys):
+    code, out, _ = run(capsys, "info", "agreement", "-p", "delta=0", "--json")
+    assert code == 0 and "Infinity" not in out
+    doc = json.loads(out, parse_constant=lambda c: pytest.fail(f"non-strict JSON {c}"))
+    assert doc["reverse_kl_mean_field"] == "+inf"
+    assert [b["block"] for b in doc["blocks"]] == [i + 1 for i in range(len(doc["blocks"]))]
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["info", "agreement", "--device", "tpu"], "--device 'tpu' must be cpu, cuda or cuda:N"),
+    (["info", "block_hmm", "--samples", "100000000000"], "over the budget"),
+    (["run", "block-hmm-eta", "--backend", "spark"], "--backend 'spark' must be local or ray"),
+])
+def test_more_bad_input(capsys, argv, needle):
+    code, out, err = run(capsys, *argv)
+    assert code == 2 and needle in " ".join(err.split()) and out == ""
+
+
+def test_cuda_on_a_build_without_it_is_a_typed_error(capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this build has CUDA")
+    code, _, err = run(capsys, "info", "agreement", "--device", "cuda")
+    assert code == 2 and "sees no CUDA device" in err
+
+
+def test_an_unwritable_reproduce_folder_is_a_typed_error(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    code, _, err = run(capsys, "reproduce", "--quick", "--out", str(blocker / "out"))
+    assert code == 2 and "is not writable" in err
+
+
+def test_ctrl_c_outside_a_run_exits_130(monkeypatch, capsys):
+    import mdmprob.blockwise
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mdmprob.blockwise, "block_report", interrupt)
+    code, _, err = run(capsys, "info", "agreement")
+    assert code == 130 and "interrupted" in err

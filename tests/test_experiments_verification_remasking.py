@@ -94,7 +94,7 @@ def test_verification_cost_records_match_independent_computations(vc_sweep):
         # q is the product of those marginals; the largest ratios p/q sit at valid blocks.
         p1 = 0.82 * eta + 0.18 * (1 - eta)
         analytic = max(0.41 * (1 - eta) / (0.25 * (1 - p1)), 0.09 * (1 - eta) / (0.25 * p1))
-        m0 = _one(rows, block=0, metric="m")
+        m0 = _one(rows, block=1, metric="m")
         assert m0["expectation"] == "exact" and m0["se"] is None
         assert m0["value"] == pytest.approx(analytic, rel=1e-9)
         if eta == 0:
@@ -105,35 +105,35 @@ def test_verification_cost_records_match_independent_computations(vc_sweep):
         joint = engine.block_joint(empty, empty.bool(), s.blocks[0])
         direct = (joint - info.mean_field(joint, 3)).masked_fill(joint == -math.inf, -math.inf)
         assert m0["value"] == pytest.approx(direct.amax().exp().item(), rel=1e-12)
-        assert _one(rows, block=0, metric="forward_tc")["value"] == pytest.approx(
+        assert _one(rows, block=1, metric="forward_tc")["value"] == pytest.approx(
             info.forward_tc(joint, 3).item(), abs=1e-12)
         # both blocks against the brute-force oracle (block 2 is Monte Carlo over prefixes)
-        for m in (0, 1):
+        for m in (0, 1):  # 0-based for the oracle; records number blocks from 1
             e_m, e_tc, gap_min = _brute_block_costs(s, m)
-            got_m, got_tc = _one(rows, block=m, metric="m"), _one(rows, block=m,
-                                                                   metric="exp_forward_tc")
+            got_m, got_tc = _one(rows, block=m + 1, metric="m"), _one(rows, block=m + 1,
+                                                                       metric="exp_forward_tc")
             if m == 0:
                 assert got_m["value"] == pytest.approx(e_m, rel=1e-9)
                 assert got_tc["value"] == pytest.approx(e_tc, rel=1e-9)
-                assert _one(rows, block=m, metric="log_gap_min")["value"] == pytest.approx(
+                assert _one(rows, block=m + 1, metric="log_gap_min")["value"] == pytest.approx(
                     gap_min, abs=1e-9)
             else:
                 assert got_m["expectation"] == "mc" and got_m["se"] > 0
                 assert abs(got_m["value"] - e_m) <= 4 * got_m["se"]
                 assert abs(got_tc["value"] - e_tc) <= 4 * got_tc["se"]
-                assert _one(rows, block=m, metric="log_gap_min")["value"] >= gap_min - 1e-9
+                assert _one(rows, block=m + 1, metric="log_gap_min")["value"] >= gap_min - 1e-9
             # Prop. 5.1 pointwise, and the enumeration cost
-            assert _one(rows, block=m, metric="log_gap_min")["value"] >= -1e-12
-            assert _one(rows, block=m, metric="enumeration_cost")["value"] == 8
+            assert _one(rows, block=m + 1, metric="log_gap_min")["value"] >= -1e-12
+            assert _one(rows, block=m + 1, metric="enumeration_cost")["value"] == 8
             # the rejection corrector's empirical mean number of proposals is M
-            prop = _one(rows, block=m, metric="proposals")
+            prop = _one(rows, block=m + 1, metric="proposals")
             assert abs(prop["value"] - got_m["value"]) <= 4 * math.hypot(prop["se"],
                                                                           got_m["se"] or 0)
         mean = _by(rows, block="mean")
         assert _one(mean, metric="m")["expectation"] == "mixed"
         assert _one(mean, metric="rejection_blocks")["value"] == 2  # all blocks within budget
         assert _one(mean, metric="m")["value"] == pytest.approx(
-            (_one(rows, block=0, metric="m")["value"] + _one(rows, block=1, metric="m")["value"])
+            (_one(rows, block=1, metric="m")["value"] + _one(rows, block=2, metric="m")["value"])
             / 2, rel=1e-12)
         assert _one(mean, metric="proposals")["se"] > 0
 

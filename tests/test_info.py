@@ -1,6 +1,7 @@
 """Information measures against direct formulas, analytic values and brute-force sums."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -113,3 +114,57 @@ def test_errors_name_the_problem():
         info.entropy(a, 3)
     with pytest.raises(MdmprobError, match="NaN"):
         info.mc_mean(torch.tensor([float("nan")]))
+
+
+# ----------------------------------------------------------------------- input validation
+def _log_uniform(*shape):
+    return torch.full(shape, 1.0 / shape[-1], dtype=torch.float64).log()
+
+
+@pytest.mark.parametrize("bad,needle", [
+    (torch.full((3,), math.nan, dtype=torch.float64), "contains NaN"),
+    (torch.ones(3, dtype=torch.float64), "not normalised"),  # unnormalised: e^1 * 3 mass
+    (torch.full((3,), 1 / 3, dtype=torch.float64), "holds probabilities"),
+    (torch.tensor([0.0, math.inf, -math.inf], dtype=torch.float64), "contains +inf"),
+    (torch.tensor([1, 0, 0]), "floating tensor"),
+])
+def test_measures_refuse_what_is_not_a_log_distribution(bad, needle):
+    p = _log_uniform(3)
+    for call in (lambda: info.kl(q=bad, p=p), lambda: info.kl(p=p, q=bad),
+                 lambda: info.tv(q=bad, p=p), lambda: info.entropy(bad),
+                 lambda: info.expectation(bad, torch.zeros(3))):
+        with pytest.raises(MdmprobError, match=re.escape(needle)):
+            call()
+
+
+def test_total_correlations_check_their_table():
+    joint = torch.tensor([[0.4, 0.1], [0.1, 0.4]], dtype=torch.float64)
+    with pytest.raises(MdmprobError, match="holds probabilities"):
+        info.reverse_tc(joint, 2)
+    with pytest.raises(MdmprobError, match="event_dims=5 must be in 1..2"):
+        info.forward_tc(joint.log(), 5)
+    # the same table as log-probabilities: TC = KL(p ‖ p1 p2) by hand
+    expected = sum(p * math.log(p / 0.25) for p in (0.4, 0.1, 0.1, 0.4))
+    assert info.forward_tc(joint.log(), 2).item() == pytest.approx(expected, abs=1e-12)
+
+
+def test_normalisation_tolerance_accepts_rounding_only():
+    p = _log_uniform(4)
+    tol = info.normalisation_tolerance(torch.float64)
+    assert info.kl(q=p + tol / 2, p=p).item() >= 0  # rounding-sized: accepted
+    with pytest.raises(MdmprobError, match="not normalised"):
+        info.kl(q=p + 10 * tol, p=p)
+
+
+def test_mc_kl_counts_rounding_as_zero_and_nothing_else():
+    log_q = torch.tensor([-30.0, -12.5, -7.25], dtype=torch.float64)
+    # the same log-densities summed in another order differ by rounding only
+    rows = [[-0.1, -0.2, -0.3, -29.4], [-0.7, -0.1, -0.2, -11.5], [-1.1, -2.2, -3.3, -0.65]]
+    forward = torch.tensor([((a + b) + c) + d for a, b, c, d in rows], dtype=torch.float64)
+    backward = torch.tensor([((d + c) + b) + a for a, b, c, d in rows], dtype=torch.float64)
+    assert (forward != backward).any()  # the two evaluations do differ in the last bits
+    est = info.mc_kl(forward, backward)
+    assert (est.value, est.se) == (0.0, 0.0)
+    shifted = info.mc_kl(log_q, log_q - 1e-9)  # a real (tiny) difference is kept
+    assert shifted.value == pytest.approx(1e-9, rel=1e-6)
+    assert info.mc_kl(log_q, torch.full_like(log_q, -math.inf)).value == math.inf

@@ -76,19 +76,150 @@ def records_from(setting: dict[str, Any], metrics, keys: Iterable[str], **extra)
 
 def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
     """A named thing with parameters, as experiments' configs write it:
-    ``"llada:steps=4,block_length=3"`` -> ``("llada", {"steps": 4, "block_length": 3})``.
-    Pairs are separated by ``,`` or ``:``; values are int, float, None or text."""
+    ``"llada:steps=4:block_length=3"`` -> ``("llada", {"steps": 4, "block_length": 3})``.
+
+    Syntax: ``name`` or ``name:key=value:key=value...``; values are int, float, None or text.
+    The older ``name:key=value,key=value`` is still read (a ``,`` inside one spec), but on the
+    command line ``,`` separates list items, so write ``:`` there (see :func:`split_list`)."""
     name, _, rest = str(spec).partition(":")
     params: dict[str, Any] = {}
-    for item in filter(None, (p.strip() for p in rest.replace(":", ",").split(","))):
+    for item in filter(None, (p.strip() for p in rest.replace(",", ":").split(":"))):
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
             raise MdmprobError(f"spec {spec!r}: {item!r} is not key=value; write e.g. "
-                               "'markov_chain:length=5,vocab=2'")
+                               "'markov_chain:length=5:vocab=2'")
+        if key.strip() in params:
+            raise MdmprobError(f"spec {spec!r} sets {key.strip()!r} twice")
         params[key.strip()] = scalar(text.strip())
     if not name.strip():
-        raise MdmprobError(f"spec {spec!r} has no name")
+        raise MdmprobError(f"spec {spec!r} has no name; write e.g. 'llada:steps=4'")
     return name.strip(), params
+
+
+def split_list(text: str) -> list[str]:
+    """A command-line list ``"a,b:k=1:j=2,c"`` -> ``["a", "b:k=1:j=2", "c"]``.
+
+    ``,`` separates items. A piece that is only ``key=value`` cannot be an item (names have no
+    ``=``), so it continues the spec before it: the older ``llada:steps=2,block_length=3`` stays
+    one spec."""
+    items: list[str] = []
+    for piece in (p.strip() for p in text.split(",")):
+        if not piece:
+            continue
+        head = piece.partition("=")[0]
+        if "=" in piece and ":" not in head and items and ":" in items[-1]:
+            items[-1] += ":" + piece
+        else:
+            items.append(piece)
+    return items
+
+
+def check_decoder_specs(field: str, specs) -> None:
+    """Every spec of ``field`` names a decoder preset with valid parameters (built once)."""
+    from mdmprob.decoders import PRESETS, get_decoder
+
+    if not specs:
+        raise MdmprobError(f"{field} is empty; name at least one decoder, e.g. {field}=llada")
+    for spec in specs:
+        name, params = parse_spec(spec)
+        if name not in PRESETS:
+            raise unknown_name("decoder", name, PRESETS, hint=f"(in {field}: {spec!r})")
+        _build_checked(f"{field}: decoder {spec!r}", PRESETS[name], params, get_decoder, name)
+
+
+def check_structure_specs(field: str, specs, max_tokens: int | None = None) -> None:
+    """Every spec of ``field`` names a zoo model (or model file) with valid parameters."""
+    from mdmprob.structure import load_model
+
+    if not specs:
+        raise MdmprobError(f"{field} is empty; name at least one structure, e.g. "
+                           f"{field}=parity_block:k=4")
+    for spec in specs:
+        name, params = parse_spec(spec)
+        try:
+            s = load_model(name, **params)
+        except MdmprobError as e:
+            raise type(e)(f"{field}: structure {spec!r}: {e}") from None
+        if max_tokens is not None and s.n_tokens > max_tokens:
+            raise MdmprobError(f"{field}: structure {spec!r} has {s.n_tokens} tokens, more than "
+                               f"max_tokens={max_tokens}; choose a smaller instance")
+
+
+def check_numbers(field: str, values, *, low: float | None = None, high: float | None = None,
+                  low_open: bool = False, integer: bool = False, nonempty: bool = True) -> None:
+    """Every element of ``values`` is a number (an integer if ``integer``) in the range
+    ``[low, high]`` (``(low, high]`` if ``low_open``); ``values`` may be one number."""
+    many = isinstance(values, tuple | list)
+    items = list(values) if many else [values]
+    if many and nonempty and not items:
+        raise MdmprobError(f"{field} is empty; give at least one value")
+    kind = "an integer" if integer else "a number"
+    rng = (f" in {'(' if low_open else '['}{low if low is not None else '-inf'}, "
+           f"{high if high is not None else 'inf'}]") if low is not None or high is not None else ""
+    for v in items:
+        ok = not isinstance(v, bool) and isinstance(v, int | float) and not (
+            integer and not isinstance(v, int))
+        if ok:
+            ok = v == v and (low is None or (v > low if low_open else v >= low)) and (
+                high is None or v <= high)
+        if not ok:
+            where = f"{field}={_show(values)}" if many else f"{field}={v!r}"
+            raise MdmprobError(f"{where}: {v!r} must be {kind}{rng}")
+
+
+def check_budget(what: str, samples: int, bytes_per_sample: float, fix: str) -> None:
+    """Refuse up front (BudgetError) a request whose working memory, ``samples *
+    bytes_per_sample`` bytes, exceeds the budget: ``MDMPROB_MEMORY_BUDGET`` bytes, default half
+    of the machine's physical memory."""
+    from mdmprob.errors import BudgetError
+
+    need = float(samples) * float(bytes_per_sample)
+    budget = memory_budget()
+    if need > budget:
+        raise BudgetError(f"{what}: {samples:g} samples need about {need / 2**30:.3g} GiB of "
+                          f"memory, over the budget of {budget / 2**30:.3g} GiB "
+                          f"(MDMPROB_MEMORY_BUDGET); {fix}")
+
+
+def mc_bytes_per_sample(n_tokens: int, vocab: int) -> float:
+    """Working memory of one Monte Carlo sequence, bytes: its float64 conditionals ``[n, V]``
+    held in about 32 working copies by a decode and its exact evaluation (a generous bound)."""
+    return 32.0 * 8 * n_tokens * vocab
+
+
+def memory_budget() -> float:
+    """Bytes a single request may use: ``MDMPROB_MEMORY_BUDGET`` or half the physical memory."""
+    import os
+
+    env = os.environ.get("MDMPROB_MEMORY_BUDGET")
+    if env:
+        try:
+            return float(env)
+        except ValueError:
+            raise MdmprobError(f"MDMPROB_MEMORY_BUDGET={env!r} must be a number of bytes") from None
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2
+    except (ValueError, OSError, AttributeError):
+        return 8 * 2**30
+
+
+def _build_checked(where: str, fn, params: dict[str, Any], build, name: str) -> None:
+    import inspect
+
+    known = inspect.signature(fn).parameters
+    for key in params:
+        if key not in known:
+            raise unknown_name("parameter", key, known, hint=f"({where})")
+    try:
+        build(name, **params)
+    except MdmprobError as e:
+        raise type(e)(f"{where}: {e}") from None
+    except (TypeError, ValueError) as e:
+        raise MdmprobError(f"{where}: {e}") from None
+
+
+def _show(values) -> str:
+    return ",".join(str(v) for v in values) if isinstance(values, tuple | list) else str(values)
 
 
 def scalar(text: str):

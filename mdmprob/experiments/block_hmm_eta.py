@@ -6,8 +6,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mdmprob.errors import MdmprobError
-from mdmprob.experiments.base import Experiment, record, records_from
+from mdmprob.experiments.base import (
+    Experiment,
+    check_budget,
+    check_decoder_specs,
+    check_numbers,
+    check_structure_specs,
+    mc_bytes_per_sample,
+    parse_spec,
+    record,
+    records_from,
+)
 
 
 @dataclass
@@ -23,10 +32,16 @@ class Config:
     taus: tuple = (1e-4, 1e-6, 1e-8, 1e-10)
 
     def check(self):
-        if not self.etas or any(not 0 <= float(e) <= 0.5 for e in self.etas):
-            raise MdmprobError(f"etas={self.etas!r} must be numbers in [0, 0.5]")
-        if self.samples < 2:
-            raise MdmprobError(f"samples={self.samples} must be >= 2")
+        check_numbers("etas", self.etas, low=0, high=0.5)
+        check_numbers("taus", self.taus, low=0, low_open=True, high=1)
+        check_numbers("samples", self.samples, low=2, integer=True)
+        check_numbers("n_blocks", self.n_blocks, low=1, integer=True)
+        check_numbers("block_size", self.block_size, low=2, integer=True)
+        check_decoder_specs("decoders", self.decoders)
+        check_structure_specs("n_blocks/block_size", [
+            f"block_hmm:n_blocks={self.n_blocks}:block_size={self.block_size}"])
+        check_budget("block-hmm-eta", self.samples, mc_bytes_per_sample(
+            self.n_blocks * self.block_size, 2), "lower samples")
 
 
 class BlockHmmEta(Experiment):
@@ -48,7 +63,8 @@ class BlockHmmEta(Experiment):
 
         s = load_model("block_hmm", eta=setting["eta"], n_blocks=config.n_blocks,
                        block_size=config.block_size)
-        ev = evaluate(s, get_decoder(setting["decoder"]), Oracle(s), mode="mc",
+        name, params = parse_spec(setting["decoder"])
+        ev = evaluate(s, get_decoder(name, **params), Oracle(s), mode="mc",
                       samples=config.samples, seed=seed, taus=config.taus)
         out = records_from(setting, ev, ("kl_qp", "kl_pq", "incoherence", "violation", "nfe"))
         for tau, value in ev.incoherence_at.items():

@@ -7,41 +7,48 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mdmprob.errors import MdmprobError
-from mdmprob.experiments.base import Experiment, parse_spec, records_from
+from mdmprob.experiments.base import (
+    Experiment,
+    check_budget,
+    check_decoder_specs,
+    check_numbers,
+    check_structure_specs,
+    mc_bytes_per_sample,
+    parse_spec,
+    records_from,
+)
 
 
 @dataclass
 class Config:
-    """structures / decoders: specs ``name:key=value,...``; exact mode where V^n <= exact_limit,
+    """structures / decoders: specs ``name:key=value:key=value``; exact mode where V^n <= exact_limit,
     else Monte Carlo with ``samples`` sequences."""
 
-    structures: tuple = ("block_hmm:n_blocks=2,block_size=4,eta=1e-8", "parity_block:k=6,eta=1e-8",
-                         "markov_chain:length=6,vocab=3,block_size=3", "ising_grid:rows=2,cols=3",
+    structures: tuple = ("block_hmm:n_blocks=2:block_size=4:eta=1e-8", "parity_block:k=6:eta=1e-8",
+                         "markov_chain:length=6:vocab=3:block_size=3", "ising_grid:rows=2:cols=3",
                          "block_hmm:eta=1e-8")
     decoders: tuple = ("mean_field_blocks", "verified_blocks", "sequential:order=l2r",
                        "sequential:order=entropy", "llada:steps=2", "llada:steps=4",
-                       "llada:steps=2,remasking=random", "fast_dllm_threshold:tau=0.9",
+                       "llada:steps=2:remasking=random", "fast_dllm_threshold:tau=0.9",
                        "fast_dllm_factor:f=1.0", "eb_sampler:gamma=0.5", "mdlm:steps=3",
                        "rejection", "speculative", "importance:particles=8",
-                       "gibbs_remask:k=1,sweeps=1", "remdm:steps=4,eta=0.1")
+                       "gibbs_remask:k=1:sweeps=1", "remdm:steps=4:eta=0.1")
     samples: int = 400
     exact_limit: int = 4096
 
     def check(self):
-        for spec in self.structures:
-            parse_spec(spec)
-        for spec in self.decoders:
-            parse_spec(spec)
-        if self.samples < 2:
-            raise MdmprobError(f"samples={self.samples} must be >= 2")
+        check_structure_specs("structures", self.structures)
+        check_decoder_specs("decoders", self.decoders)
+        check_numbers("samples", self.samples, low=2, integer=True)
+        check_numbers("exact_limit", self.exact_limit, low=1, integer=True)
+        check_budget("decoder-frontier", self.samples, mc_bytes_per_sample(64, 4), "lower samples")
 
 
 class DecoderFrontier(Experiment):
     name = "decoder-frontier"
     title = "Decoder frontier: KL(q‖p) and incoherence against denoiser calls (NFE)"
     Config = Config
-    quick = {"structures": ("block_hmm:n_blocks=2,block_size=3,eta=1e-8", "agreement:delta=0.01"),
+    quick = {"structures": ("block_hmm:n_blocks=2:block_size=3:eta=1e-8", "agreement:delta=0.01"),
              "decoders": ("mean_field_blocks", "verified_blocks", "sequential:order=entropy",
                           "llada:steps=2"), "samples": 100}
 
@@ -64,19 +71,22 @@ class DecoderFrontier(Experiment):
                             mode=ev.mode)
 
     def plot(self, records, config: Config, out_dir: Path) -> list[Path]:
+        import textwrap
+
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-        from matplotlib.ticker import NullFormatter, ScalarFormatter
+        from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
         structures = list(dict.fromkeys(r["structure"] for r in records))
         decoders = list(dict.fromkeys(r["decoder"] for r in records))
         cmap = plt.get_cmap("tab20")
-        markers = "osD^v<>ph*X"
+        # a marker per decoder (15 shapes), colours from tab20: no two decoders look alike
+        markers = "osD^v<>phH*XPd8"
         style = {d: (cmap(i % 20), markers[i % len(markers)]) for i, d in enumerate(decoders)}
-        fig, axes = plt.subplots(2, len(structures), figsize=(4.6 * len(structures), 7.8),
-                                 squeeze=False)
+        fig, axes = plt.subplots(2, len(structures), figsize=(4.8 * len(structures), 8.6),
+                                 squeeze=False, layout="constrained")
         for j, st in enumerate(structures):
             by_decoder: dict[str, dict[str, Any]] = {}
             for r in records:
@@ -92,10 +102,11 @@ class DecoderFrontier(Experiment):
                         continue
                     color, marker = style[dec]
                     if math.isfinite(y):
-                        ax.scatter([nfe], [max(y, 0.0)], color=color, marker=marker, s=36,
-                                   label=dec)
+                        ax.scatter([nfe], [max(y, 0.0)], color=color, marker=marker, s=48,
+                                   edgecolors="black", linewidths=0.4, label=dec, zorder=3)
                     else:
-                        ax.scatter([nfe], [1e3], color=color, marker=marker, s=36, label=dec)
+                        ax.scatter([nfe], [1e3], color=color, marker=marker, s=48,
+                                   edgecolors="black", linewidths=0.4, label=dec, zorder=3)
                         ax.annotate("+inf", (nfe, 1e3), fontsize=7, color="red")
                     points.append((nfe, y))
                 front = _pareto(points)
@@ -104,23 +115,24 @@ class DecoderFrontier(Experiment):
                             color="black", lw=1, alpha=0.6, label="Pareto front")
                 if metric == "kl_qp":
                     ax.set_yscale("symlog", linthresh=1e-2)
-                ax.set_xscale("log")
-                ax.xaxis.set_major_formatter(ScalarFormatter())
+                ax.set_xscale("log")  # NFE spans 1 to ~100: ticks at 1, 2, 5, 10, 20, 50, ...
+                ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+                ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
                 ax.xaxis.set_minor_formatter(NullFormatter())
-                ax.set_xlabel("denoiser calls per sequence (NFE)")
+                ax.set_xlabel("denoiser calls per sequence (NFE, log scale)")
                 ax.set_ylabel("KL(q‖p) (sampling risk) [nats]" if metric == "kl_qp"
                               else "incoherence rate (τ = 1e-8) [fraction of blocks]")
-                ax.set_title(st, fontsize=8)
-                ax.grid(alpha=0.3)
+                ax.set_title(textwrap.fill(st.replace(":", " ", 1), 34), fontsize=9)
+                ax.grid(alpha=0.3, which="both")
         handles, labels = [], []
         for ax in axes.flat:
             for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
                 if lab not in labels:
                     handles.append(h)
                     labels.append(lab)
-        fig.legend(handles, labels, loc="lower center", ncol=6, fontsize=7)
-        fig.suptitle(self.title)
-        fig.tight_layout(rect=(0, 0.08, 1, 0.96))
+        fig.legend(handles, labels, loc="outside lower center", ncol=min(6, len(labels)),
+                   fontsize=8)
+        fig.suptitle(textwrap.fill(self.title, 40 * len(structures)))
         paths = [out_dir / "decoder_frontier.png", out_dir / "decoder_frontier.svg"]
         for p in paths:
             fig.savefig(p, dpi=110)

@@ -33,10 +33,19 @@ from typing import Any
 import torch
 
 from mdmprob.errors import MdmprobError
-from mdmprob.experiments.base import Experiment, parse_spec, record, records_from
+from mdmprob.experiments.base import (
+    Experiment,
+    check_budget,
+    check_decoder_specs,
+    check_numbers,
+    mc_bytes_per_sample,
+    parse_spec,
+    record,
+    records_from,
+)
 
 DECODERS = ("mean_field_blocks", "sequential:order=l2r", "sequential:order=entropy",
-            "llada:steps=4,temperature=0")
+            "llada:steps=4:temperature=0")
 METRICS = ("kl_qp", "kl_pq", "incoherence", "violation", "nfe")
 
 
@@ -44,7 +53,7 @@ METRICS = ("kl_qp", "kl_pq", "incoherence", "violation", "nfe")
 class Config:
     """n_blocks, block_size, eta: the Block-HMM; d_model, n_layers, n_heads, batch_size, lr,
     train_seed: the NeuralConfig; steps: training budgets (the model-error axis); decoders: specs
-    ``name:key=value,...`` of presets; samples: decoded sequences per evaluation (NFE, and the
+    ``name:key=value:key=value`` of presets; samples: decoded sequences per evaluation (NFE, and the
     Monte Carlo fallback); exact_limit: enumerate q when V^n is at most this; error_samples:
     contexts for model_error; checkpoint_dir: model cache (None: ``<output folder>/checkpoints``)."""
 
@@ -76,16 +85,11 @@ class Config:
             raise MdmprobError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
         if not self.decoders:
             raise MdmprobError("decoders must name at least one decoder")
-        from mdmprob.decoders.presets import PRESETS
-
-        for spec in self.decoders:
-            name, _ = parse_spec(spec)
-            if name not in PRESETS:
-                raise MdmprobError(f"decoder {spec!r}: unknown preset {name!r}; choose from "
-                                   f"{sorted(PRESETS)}")
+        check_decoder_specs("decoders", self.decoders)
         for key in ("samples", "error_samples"):
-            if getattr(self, key) < 2:
-                raise MdmprobError(f"{key}={getattr(self, key)} must be >= 2")
+            check_numbers(key, getattr(self, key), low=2, integer=True)
+            check_budget("learned-block-hmm", getattr(self, key), mc_bytes_per_sample(
+                self.n_blocks * self.block_size, 2), f"lower {key}")
 
 
 def _structure(config: Config):

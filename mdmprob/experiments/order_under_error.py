@@ -42,7 +42,7 @@ import torch
 
 from mdmprob.decoders.primitives import Score, entropy_of
 from mdmprob.errors import MdmprobError
-from mdmprob.experiments.base import Experiment, parse_spec, record
+from mdmprob.experiments.base import Experiment, check_structure_specs, parse_spec, record
 
 A42 = "assumption_4_2"  # the family name of the §4-F path-dependent error model
 TIE = 1e-10  # nats: J values this close count as equal when ranking orders
@@ -51,7 +51,7 @@ _BISECTION_STEPS = 80
 
 # ----------------------------------------------------------------------------- structures
 def parse_structure(spec: str) -> tuple[str, dict[str, Any]]:
-    """``"markov_chain:length=5,vocab=2"`` -> ``("markov_chain", {"length": 5, "vocab": 2})``."""
+    """``"markov_chain:length=5:vocab=2"`` -> ``("markov_chain", {"length": 5, "vocab": 2})``."""
     return parse_spec(spec)
 
 
@@ -244,8 +244,9 @@ class Config:
                 self.a42_structures and self.lambdas):
             raise MdmprobError("nothing to run: give structures with families and levels, or "
                                "a42_structures with lambdas")
-        for spec in (*self.structures, *self.a42_structures):
-            parse_structure(spec)
+        for field in ("structures", "a42_structures"):
+            if getattr(self, field):
+                check_structure_specs(field, getattr(self, field), self.max_tokens)
 
 
 # ----------------------------------------------------------------------------- experiment

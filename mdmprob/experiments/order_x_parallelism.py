@@ -24,8 +24,15 @@ from typing import Any
 import torch
 
 from mdmprob.errors import MdmprobError
-from mdmprob.experiments.base import Experiment, records_from
-from mdmprob.experiments.order_under_error import COLORS, load_structure, parse_structure
+from mdmprob.experiments.base import (
+    Experiment,
+    check_budget,
+    check_numbers,
+    check_structure_specs,
+    mc_bytes_per_sample,
+    records_from,
+)
+from mdmprob.experiments.order_under_error import COLORS, load_structure
 
 METRICS = ("kl_qp", "kl_pq", "tv", "violation", "incoherence", "nfe")
 
@@ -68,10 +75,10 @@ class Config:
             raise MdmprobError(f"ks={self.ks!r} must be integers >= 1 (tokens per step)")
         if not self.structures or not self.levels or not self.rules:
             raise MdmprobError("structures, levels and rules must be non-empty")
-        if self.samples < 2:
-            raise MdmprobError(f"samples={self.samples} must be >= 2")
-        for spec in self.structures:
-            parse_structure(spec)
+        check_numbers("samples", self.samples, low=2, integer=True)
+        check_budget("order-x-parallelism", self.samples, mc_bytes_per_sample(
+            self.max_tokens, 8), "lower samples")
+        check_structure_specs("structures", self.structures, self.max_tokens)
 
 
 class OrderXParallelism(Experiment):

@@ -38,7 +38,12 @@ def line_panels(records, panels, *, x: str, series: str, xlabel: str, title: str
                 ax.plot(infinite, [ax.get_ylim()[1]] * len(infinite), "^", color="red",
                         label=f"{name}: +inf")
         if logx:
-            ax.set_xscale("log")
+            xs = [float(r[x]) for r in records if r["metric"] == metric and r.get(x) is not None]
+            positive = [v for v in xs if v > 0]
+            if len(positive) < len(xs) and positive:  # eta = 0 beside small etas
+                ax.set_xscale("symlog", linthresh=min(positive))
+            elif positive:
+                ax.set_xscale("log")
         if logy and any(r["metric"] == metric and (r["value"] or 0) > 0 for r in records):
             ax.set_yscale("symlog", linthresh=1e-3)
         ax.set_xlabel(xlabel)

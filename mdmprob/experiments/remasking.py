@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from mdmprob.errors import MdmprobError
-from mdmprob.experiments.base import Experiment, record
+from mdmprob.experiments.base import Experiment, check_numbers, record
 
 EXACT_LIMIT = 4096  # V^B window states of the exact chain
 DIAGNOSTICS = ("ess_bulk", "rhat")
@@ -68,8 +68,7 @@ class Config:
             raise MdmprobError(f"ks={self.ks!r} must be integers in 1..block_size={b}")
         if not self.kernels or any(k not in KERNELS for k in self.kernels):
             raise MdmprobError(f"kernels={self.kernels!r} must be among {sorted(KERNELS)}")
-        if not self.etas or any(not 0 <= float(e) <= 0.5 for e in self.etas):
-            raise MdmprobError(f"etas={self.etas!r} must be numbers in [0, 0.5]")
+        check_numbers("etas", self.etas, low=0, high=0.5)
         if not self.sweeps or any(isinstance(n, bool) or not isinstance(n, int) or n < 0
                                   for n in self.sweeps):
             raise MdmprobError(f"sweeps={self.sweeps!r} must be integers >= 0")

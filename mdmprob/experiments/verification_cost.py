@@ -41,7 +41,13 @@ from typing import Any
 import torch
 
 from mdmprob.errors import MdmprobError
-from mdmprob.experiments.base import Experiment, record
+from mdmprob.experiments.base import (
+    Experiment,
+    check_budget,
+    check_numbers,
+    mc_bytes_per_sample,
+    record,
+)
 
 METRICS = ("m", "log_m", "exp_forward_tc", "forward_tc", "log_gap")
 
@@ -66,15 +72,16 @@ class Config:
                                        not 2 <= b <= 12 for b in self.block_sizes):
             raise MdmprobError(f"block_sizes={self.block_sizes!r} must be integers in 2..12 (the "
                                "block table has 2^B entries)")
-        if not self.etas or any(not 0 <= float(e) <= 0.5 for e in self.etas):
-            raise MdmprobError(f"etas={self.etas!r} must be numbers in [0, 0.5]")
+        check_numbers("etas", self.etas, low=0, high=0.5)
         for name in ("n_blocks", "samples", "prefix_samples", "exact_limit"):
             value = getattr(self, name)
             low = 1 if name in ("n_blocks", "exact_limit") else 2
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise MdmprobError(f"{name}={value!r} must be an integer >= {low}")
-        if not float(self.max_proposals) >= 0:
-            raise MdmprobError(f"max_proposals={self.max_proposals!r} must be a number >= 0")
+        check_numbers("max_proposals", self.max_proposals, low=0)
+        check_budget("verification-cost", max(self.samples, self.prefix_samples),
+                     mc_bytes_per_sample(self.n_blocks * max(self.block_sizes), 2),
+                     "lower samples / prefix_samples")
 
 
 def block_costs(joint: torch.Tensor, k: int) -> dict[str, torch.Tensor]:
@@ -136,7 +143,7 @@ class VerificationCost(Experiment):
             costs = block_costs(engine.block_joint(tokens, visible, block), k)
             kind = "exact" if exact else "mc"
             kinds.add(kind)
-            row = {**setting, "block": m, "expectation": kind}
+            row = {**setting, "block": m + 1, "expectation": kind}  # blocks numbered from 1
             if exact:
                 log_w = engine.log_prob_visible(tokens, visible)  # log p(x_P); 0 for m = 0
                 live = log_w > -math.inf
@@ -166,7 +173,7 @@ class VerificationCost(Experiment):
         out.append(record(mean_row, "enumeration_cost", V ** k))
 
         # the empirical cost of the optimal rejection corrector (its prefixes are exact samples)
-        expected = [next(r["value"] for r in out if r["block"] == m and r["metric"] == "m")
+        expected = [next(r["value"] for r in out if r["block"] == m + 1 and r["metric"] == "m")
                     for m in range(len(s.blocks))]
         samples = config.samples
         blocks_run = 0
@@ -192,7 +199,7 @@ class VerificationCost(Experiment):
         out = []
         for m in range(blocks_run):
             est = info.mc_mean(proposals[m])
-            out.append(record({**setting, "block": m, "expectation": "mc"}, "proposals",
+            out.append(record({**setting, "block": m + 1, "expectation": "mc"}, "proposals",
                               est.value, est.se))
         if blocks_run == config.n_blocks:
             est = info.mc_mean(proposals.mean(0))
@@ -210,9 +217,9 @@ class VerificationCost(Experiment):
         etas = sorted({r["eta"] for r in records})
         sizes = sorted({r["block_size"] for r in records})
         colors = {e: plt.cm.viridis(i / max(1, len(etas) - 1) * 0.85) for i, e in enumerate(etas)}
-        panels = [("mean", "mean over blocks"), (0, "block 1 (prefix empty: w = prior)")]
-        if any(r["block"] == 1 for r in records):
-            panels.append((1, "block 2 (prefix = block 1)"))
+        panels = [("mean", "mean over blocks"), (1, "block 1 (prefix empty: w = prior)")]
+        if any(r["block"] == 2 for r in records):
+            panels.append((2, "block 2 (prefix = block 1)"))
         styles = {"m": ("-", "o", "optimal M: E[sup p/q]"),
                   "exp_forward_tc": ("--", "s", "bound E[exp(forward TC)] (Prop. 5.1)"),
                   "proposals": ("none", "x", "rejection(): mean proposals (±1 se)")}
@@ -262,7 +269,7 @@ class VerificationCost(Experiment):
         for b in config.block_sizes:
             for eta in config.etas:
                 b, eta = int(b), float(eta)
-                run = [m for m in range(config.n_blocks) if (b, eta, m, "proposals") in by]
+                run = [m for m in range(1, config.n_blocks + 1) if (b, eta, m, "proposals") in by]
                 if run:
                     prop = [by[(b, eta, m, "proposals")] for m in run]
                     ms = [by[(b, eta, m, "m")] for m in run]
