@@ -4,9 +4,12 @@ Every query takes ``tokens: LongTensor[B, n]`` and ``visible: BoolTensor[B, n]``
 tokens enter as indicator log-potentials ``[B, n, V]``, so one compiled graph serves every
 mask pattern in a batch. Elimination follows a min-fill order from :mod:`mdmprob.graph`, so
 the cost is ``B * V^(width+1)`` per variable, never ``V^n``. The per-step kernel is a
-log-space sum-product (max-product for the most likely completion) with Pyro's NaN-safe log;
-all conditionals come from one forward elimination plus its adjoint (autograd of log Z with
-respect to the evidence potentials).
+log-space sum-product (max-product for the most likely completion) with Pyro's NaN-safe log.
+
+All conditionals come from two passes of messages over the elimination tree, with steps of
+equal shape stacked into one op (:mod:`mdmprob.messages`); ``method="autograd"`` keeps the first
+implementation (one forward elimination plus its adjoint, the gradient of log Z with respect to
+the evidence potentials) as the reference the tests compare against.
 """
 
 from __future__ import annotations
@@ -20,11 +23,12 @@ from pyro.ops.special import safe_log
 
 from mdmprob.compile import FactorGraph
 from mdmprob.config import default_device, default_dtype
-from mdmprob.errors import BudgetError, EvidenceError, StructureError
+from mdmprob.errors import BudgetError, EvidenceError, MdmprobError, StructureError
 from mdmprob.graph import elimination_order
 from mdmprob.sampling import gumbel_argmax
 
 DEFAULT_BUDGET = 2**25  # elements of the largest intermediate table (256 MiB in float64)
+METHODS = ("messages", "autograd")
 
 _Term = tuple[tuple[int, ...], torch.Tensor]  # (variables, table [Bb, card...]) with Bb in {1, B}
 
@@ -34,9 +38,8 @@ class _Plan:
     """A compiled elimination: per step, which terms to align (permutation, broadcast shape) onto
     the eliminated variable's clique, and which axis to reduce."""
 
-    order: tuple[int, ...]
-    cliques: tuple[tuple[int, ...], ...]  # variables of each eliminated variable's bucket
     largest: int  # entries of the largest clique table, per sequence
+    total: int  # entries of all clique tables together, per sequence
     steps: tuple  # (v, clique, ((term id, perm, shape), ...), axis, out vars)
     final: tuple  # (term id, vars) of the terms left over the kept variables
 
@@ -50,25 +53,37 @@ class ExactEngine:
         dtype: the floating precision (default from ``MDMPROB_DTYPE``; float64).
         budget: largest intermediate table, in elements (batch included), before a
             :class:`~mdmprob.errors.BudgetError` is raised instead of allocating it.
+        method: how :meth:`conditionals` and :meth:`log_prob_visible` are computed:
+            ``"messages"`` (default; two passes of stacked messages) or ``"autograd"`` (the
+            reference: one elimination and its gradient).
     """
 
-    def __init__(self, graph: FactorGraph, device=None, dtype=None, budget: int = DEFAULT_BUDGET):
+    def __init__(self, graph: FactorGraph, device=None, dtype=None, budget: int = DEFAULT_BUDGET,
+                 method: str = "messages"):
         self.graph = graph
-        self.device = torch.device(device) if device is not None else default_device()
-        self.dtype = dtype if dtype is not None else default_dtype()
+        self.device = _check_device(device) if device is not None else default_device()
+        self.dtype = _check_dtype(dtype) if dtype is not None else default_dtype()
         self.budget = int(budget)
+        if method not in METHODS:
+            raise MdmprobError(f"method={method!r} is not one of {list(METHODS)}")
+        self.method = method
         self.n = graph.n_tokens
         self.vocab = graph.cards[0] if graph.n_tokens else 0
         # each factor's table with a leading broadcast batch axis: [1, card(v_1), ...]
         self._tables = [f.table.to(self.device, self.dtype).unsqueeze(0) for f in graph.factors]
         self._plan = cache(self._make_plan)
+        self._tree = None
 
     # ------------------------------------------------------------------ queries
     def log_prob_visible(self, tokens, visible=None) -> torch.Tensor:
         """``log p(x_visible)`` per sequence, shape ``[B]`` (``-inf`` for impossible evidence)."""
         tokens, visible = self.check(tokens, visible)
         with torch.no_grad():
-            return self._log_z(self._evidence(tokens, visible)) - self.log_normalizer
+            evidence = self._evidence(tokens, visible)
+            if self.method == "messages":
+                self._check_memory(tokens.shape[0], keep=False)
+                return self._message_tree().log_z(evidence) - self.log_normalizer
+            return self._log_z(evidence) - self.log_normalizer
 
     @property
     def log_normalizer(self) -> float:
@@ -94,19 +109,47 @@ class ExactEngine:
 
         Visible positions come back as their indicator (0 at the token, -inf elsewhere).
         Where the evidence itself is impossible (``p(x_visible) = 0``) the conditional is
-        undefined; masked positions of such rows are returned uniform.
+        undefined; masked positions of such rows are returned uniform. A decoder that asks one
+        window at a time carries messages from call to call with :meth:`incremental`.
         """
         tokens, visible = self.check(tokens, visible)
+        if self.method == "messages":
+            self._check_memory(tokens.shape[0], keep=True)
+            with torch.no_grad():
+                evidence = self._evidence(tokens, visible)
+                out, log_z, _, _ = self._message_tree().conditionals(evidence)
+            return self._undefined_rows(out, log_z == -math.inf, evidence, visible)
+        return self._conditionals_autograd(tokens, visible)
+
+    def incremental(self, full_fraction: float = 0.25):
+        """A :class:`~mdmprob.messages.IncrementalConditionals` on this engine: conditionals of
+        one window at a time whose cost follows the window, carrying messages between calls."""
+        from mdmprob.messages import IncrementalConditionals
+
+        return IncrementalConditionals(self, full_fraction=full_fraction)
+
+    def _conditionals_autograd(self, tokens, visible) -> torch.Tensor:
+        """The reference: conditionals as the gradient of log Z with respect to the evidence."""
         evidence = self._evidence(tokens, visible).requires_grad_(True)
         with torch.enable_grad():
             log_z = self._log_z(evidence)
             (grad,) = torch.autograd.grad(log_z.sum(), evidence)
         out = safe_log(grad.detach().clamp(min=0, max=1))
         out = out - torch.logsumexp(out, -1, keepdim=True).nan_to_num(nan=0.0, neginf=0.0)
-        impossible = (log_z.detach() == -math.inf)[:, None, None].expand_as(out)
-        undefined = torch.where(visible[..., None], evidence.detach(),
+        return self._undefined_rows(out, log_z.detach() == -math.inf, evidence.detach(), visible)
+
+    def _undefined_rows(self, out, impossible, evidence, visible) -> torch.Tensor:
+        """Rows with impossible evidence: the indicator where visible, uniform where masked."""
+        undefined = torch.where(visible[..., None], evidence,
                                 out.new_full((), -math.log(self.vocab)))
-        return torch.where(impossible, undefined, out)
+        return torch.where(impossible[:, None, None], undefined, out)
+
+    def _message_tree(self):
+        if self._tree is None:
+            from mdmprob.messages import MessageTree
+
+            self._tree = MessageTree(self)
+        return self._tree
 
     def block_joint(self, tokens, visible, positions) -> torch.Tensor:
         """``log p(x_S | x_visible)`` as a table of shape ``[B] + [V] * |S|`` (axes in the order of
@@ -184,6 +227,33 @@ class ExactEngine:
             )
         return tokens, visible
 
+    def _check_window(self, window, tokens) -> torch.Tensor:
+        window = torch.as_tensor(window)
+        if window.dtype != torch.bool or window.shape != tokens.shape:
+            raise EvidenceError(f"window must be a bool tensor of shape {tuple(tokens.shape)} "
+                                f"(the tokens' shape), got {window.dtype} "
+                                f"{tuple(window.shape)}")
+        return window.to(self.device)
+
+    def _check_memory(self, batch: int, keep: bool) -> None:
+        """A BudgetError, before allocating, when the message tables of ``batch`` sequences
+        cannot fit in the device's free memory (or the largest one is over the budget)."""
+        plan = self._plan((), False)
+        if plan.largest * batch > self.budget:
+            raise BudgetError(
+                f"exact elimination needs a table of {plan.largest * batch:.3g} entries "
+                f"({batch} sequences x {plan.largest:.3g}), over the budget of {self.budget:.3g}; "
+                "use fewer sequences per call, the Monte Carlo estimators, or a larger budget")
+        # the collect pass keeps each clique table, its inputs and a down message: ~4 copies
+        need = 4 * plan.total * batch * torch.finfo(self.dtype).bits // 8
+        free = _free_memory(self.device)
+        if free is not None and need > free:
+            fits = max(1, free // max(1, need // max(batch, 1)))
+            raise BudgetError(
+                f"the exact conditionals of {batch} sequences need about {need / 2**30:.3g} GiB "
+                f"of {self.device} memory and {free / 2**30:.3g} GiB are free; call with at most "
+                f"about {fits} sequences at a time")
+
     def _check_positions(self, positions, visible) -> tuple[int, ...]:
         positions = tuple(int(p) for p in positions)
         if len(set(positions)) != len(positions) or any(not 0 <= p < self.n for p in positions):
@@ -219,7 +289,7 @@ class ExactEngine:
             for u in vs:
                 holding.setdefault(u, set()).add(i)
         next_id = len(live)
-        cliques, steps, largest = [], [], 1
+        steps, largest, total = [], 1, 0
         for v in order:
             bucket = [(i, live[i]) for i in sorted(holding.pop(v, ()))]
             clique = tuple(sorted(set().union({v}, *(set(vs) for _, vs in bucket))))
@@ -234,11 +304,11 @@ class ExactEngine:
             for u in out_vars:
                 holding.setdefault(u, set()).add(next_id)
             next_id += 1
-            cliques.append(clique)
             steps.append((v, clique, aligned, 1 + clique.index(v), out_vars))
-            largest = max(largest, math.prod(self.graph.cards[u] for u in clique))
+            size = math.prod(self.graph.cards[u] for u in clique)
+            largest, total = max(largest, size), total + size
         final = tuple(live.items())
-        return _Plan(tuple(order), tuple(cliques), largest, tuple(steps), final)
+        return _Plan(largest, total, tuple(steps), final)
 
     def _eliminate(self, evidence, keep, *, maximize=False, latents_first=False, record=None):
         plan = self._plan(tuple(keep), latents_first)
@@ -289,6 +359,40 @@ class ExactEngine:
                     value[v] = gumbel_argmax(logits, generator)
             out = torch.stack([value[i] for i in range(self.n)], dim=1)
         return torch.where(visible, tokens, out)
+
+
+def _check_device(device) -> torch.device:
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise MdmprobError(f"device={device!r} is not a torch device; use 'cpu' or 'cuda' "
+                           "(or 'cuda:N')") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise MdmprobError(f"device={str(device)!r} but torch sees no CUDA device; use 'cpu'")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise MdmprobError(f"device={str(device)!r} is not supported; use 'cpu' or 'cuda'")
+    return device
+
+
+def _check_dtype(dtype) -> torch.dtype:
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point or dtype.itemsize < 4:
+        raise MdmprobError(f"dtype={dtype!r} is not a floating dtype the engine computes in; "
+                           "use torch.float64 (the default) or torch.float32")
+    return dtype
+
+
+def _free_memory(device: torch.device) -> int | None:
+    """Free bytes on ``device`` (None when unknown)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 def _alignment(vars_: tuple[int, ...], clique: tuple[int, ...], cards) -> tuple[tuple, tuple]:
