@@ -238,6 +238,7 @@ class IncrementalConditionals:
         self.tree = engine._message_tree()
         self.full_fraction = float(full_fraction)
         self.evidence: torch.Tensor | None = None
+        self.recomputed = 0  # messages the last call computed (a full pass: every up and down)
 
     def conditionals(self, tokens, visible=None, window=None) -> torch.Tensor:
         """``log p(x_i = v | x_visible)`` on ``window``, ``[B, n, V]`` (see the class docstring);
@@ -261,7 +262,9 @@ class IncrementalConditionals:
                 or len(tree.roots) != 1):
             out, log_z, up, down = tree.conditionals(evidence)
             self._reset(evidence, up, down)
+            self.recomputed = 2 * len(tree.steps)
             return out, log_z == -math.inf
+        self.recomputed = 0
         changed = (self.evidence != evidence).any(-1).any(0).nonzero().flatten().tolist()
         self.evidence = evidence
         self._ev = evidence.permute(1, 2, 0)
@@ -316,6 +319,7 @@ class IncrementalConditionals:
             start = max(start, index[k])
         common = set(path[start:])
         self._down_valid = common if self._down_valid is None else self._down_valid & common
+        self._down_new = {k: d for k, d in self._down_new.items() if k in self._down_valid}
 
     def _up(self, k: int) -> torch.Tensor:
         """The up message of step ``k``, ``[Bb, *sep]``, recomputing stale ones (no recursion)."""
@@ -332,6 +336,7 @@ class IncrementalConditionals:
             todo.pop()
             step = self.tree.steps[s]
             self._up_new[s] = _logsumexp(self._table(s), (step.axis,))
+            self.recomputed += 1
         return self._cached_up(k)
 
     def _cached_up(self, k):
@@ -363,6 +368,7 @@ class IncrementalConditionals:
                 t = t + _align(self._up(c2), perm, shape)
             d = _logsumexp(t, reduce)
             self._down_new[c] = d
+            self.recomputed += 1
             if self._down_valid is not None:
                 self._down_valid.add(c)
         return d
