@@ -24,7 +24,7 @@ from pyro.ops.special import safe_log
 from mdmprob.compile import FactorGraph
 from mdmprob.config import default_device, default_dtype
 from mdmprob.errors import BudgetError, EvidenceError, MdmprobError, StructureError
-from mdmprob.graph import elimination_order
+from mdmprob.graph import elimination_order, shallow_elimination_order
 from mdmprob.sampling import gumbel_argmax
 
 DEFAULT_BUDGET = 2**25  # elements of the largest intermediate table (256 MiB in float64)
@@ -72,7 +72,7 @@ class ExactEngine:
         # each factor's table with a leading broadcast batch axis: [1, card(v_1), ...]
         self._tables = [f.table.to(self.device, self.dtype).unsqueeze(0) for f in graph.factors]
         self._plan = cache(self._make_plan)
-        self._tree = None
+        self._trees: dict[bool, object] = {}
 
     # ------------------------------------------------------------------ queries
     def log_prob_visible(self, tokens, visible=None) -> torch.Tensor:
@@ -144,12 +144,15 @@ class ExactEngine:
                                 out.new_full((), -math.log(self.vocab)))
         return torch.where(impossible[:, None, None], undefined, out)
 
-    def _message_tree(self):
-        if self._tree is None:
+    def _message_tree(self, shallow: bool = True):
+        """The stacked message tree: on the shallow order for whole-sequence queries (few
+        sequential groups), on the min-fill order for incremental ones (a window's messages
+        stay local)."""
+        if shallow not in self._trees:
             from mdmprob.messages import MessageTree
 
-            self._tree = MessageTree(self)
-        return self._tree
+            self._trees[shallow] = MessageTree(self, shallow=shallow)
+        return self._trees[shallow]
 
     def block_joint(self, tokens, visible, positions) -> torch.Tensor:
         """``log p(x_S | x_visible)`` as a table of shape ``[B] + [V] * |S|`` (axes in the order of
@@ -273,8 +276,10 @@ class ExactEngine:
         terms = self._eliminate(evidence, keep=())
         return _combine(terms, (), evidence.shape[0], self.device, self.dtype)
 
-    def _make_plan(self, keep: tuple[int, ...], latents_first: bool) -> _Plan:
-        if latents_first:
+    def _make_plan(self, keep: tuple[int, ...], latents_first: bool, shallow: bool = False) -> _Plan:
+        if shallow:
+            order, _ = shallow_elimination_order(self.graph, keep=keep)
+        elif latents_first:
             latents = range(self.n, self.graph.n_variables)
             first, _ = elimination_order(self.graph, keep=set(keep) | set(range(self.n)))
             rest, _ = _order_after(self.graph, first, keep)

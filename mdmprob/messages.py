@@ -37,11 +37,13 @@ class MessageTree:
 
     Args:
         engine: an :class:`~mdmprob.exact.ExactEngine`; its factor tables, device and dtype.
+        shallow: eliminate on :func:`~mdmprob.graph.shallow_elimination_order` (few sequential
+            groups) instead of the min-fill order.
     """
 
-    def __init__(self, engine):
+    def __init__(self, engine, shallow: bool = True):
         self.engine = engine
-        graph, plan = engine.graph, engine._plan((), False)
+        graph, plan = engine.graph, engine._plan((), False, shallow)
         self.n, self.vocab = engine.n, engine.vocab
         self.device, self.dtype = engine.device, engine.dtype
         n_factors = len(graph.factors)
@@ -235,7 +237,7 @@ class IncrementalConditionals:
 
     def __init__(self, engine, full_fraction: float = 0.25):
         self.engine = engine
-        self.tree = engine._message_tree()
+        self.tree = engine._message_tree(shallow=False)
         self.full_fraction = float(full_fraction)
         self.evidence: torch.Tensor | None = None
         self.recomputed = 0  # messages the last call computed (a full pass: every up and down)

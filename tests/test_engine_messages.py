@@ -67,12 +67,15 @@ def test_messages_match_the_reference_on_longer_block_hmms(params, device):
 
 
 def test_equal_steps_are_stacked(device):
-    """A chain of equal blocks runs as one op per position of a block plus one per link of the
-    latent chain: the number of stacked groups grows with the depth, not with the tokens."""
+    """Steps of equal shape at equal height run as one op: on the min-fill order one op per
+    position of a block plus one per link of the latent chain; on the shallow order the chain
+    halves each round, so the number of sequential groups grows like log2(blocks)."""
     s = load_model("block_hmm", n_blocks=64)
-    tree = s.engine(device=device)._message_tree()
-    assert len(tree.steps) == 64 * 15  # 8 tokens, 7 latents per block
-    assert len(tree.groups) <= 64 + 16
+    engine = s.engine(device=device)
+    deep, shallow = engine._message_tree(shallow=False), engine._message_tree()
+    assert len(deep.steps) == len(shallow.steps) == 64 * 15  # 8 tokens, 7 latents per block
+    assert len(deep.groups) <= 64 + 16
+    assert len(shallow.groups) <= 2 * 6 + 16
 
 
 def test_disconnected_structures(device):
@@ -160,7 +163,7 @@ def test_incremental_recomputes_only_what_the_window_needs(device):
         state.conditionals(full, visible, window)
         counts.append(state.recomputed)
         visible[:, block] = True
-    assert counts[0] == 2 * len(engine._message_tree().steps)  # the first call: a full pass
+    assert counts[0] == 2 * len(engine._message_tree(shallow=False).steps)  # the first call: a full pass
     assert max(counts[1:]) <= 64
     assert max(counts[1:]) - min(counts[1:]) <= 8
 
