@@ -82,6 +82,8 @@ class MessageTree:
                 self.steps[c].parent = k
             if step.v < self.n:
                 self.token_step[step.v] = k
+        self.parent = [step.parent for step in self.steps]
+        self.tin, self.tout = _dfs_numbers(self.steps, self.roots)
         self._group()
 
     # ------------------------------------------------------------------ the two passes
@@ -239,8 +241,9 @@ class IncrementalConditionals:
         self.engine = engine
         self.tree = engine._message_tree(shallow=False)
         self.full_fraction = float(full_fraction)
-        self.evidence: torch.Tensor | None = None
         self.recomputed = 0  # messages the last call computed (a full pass: every up and down)
+        self._tokens: torch.Tensor | None = None  # the last call's evidence, [B, n] each
+        self._visible: torch.Tensor | None = None
 
     def conditionals(self, tokens, visible=None, window=None) -> torch.Tensor:
         """``log p(x_i = v | x_visible)`` on ``window``, ``[B, n, V]`` (see the class docstring);
@@ -249,57 +252,65 @@ class IncrementalConditionals:
         tokens, visible = engine.check(tokens, visible)
         if window is not None:
             window = engine._check_window(window, tokens)
-        engine._check_memory(tokens.shape[0], keep=True)
-        evidence = engine._evidence(tokens, visible)
-        with torch.no_grad():
-            out, impossible = self._conditionals(evidence, window)
-        return engine._undefined_rows(out, impossible, evidence, visible)
+        return self.update(torch.where(visible, tokens, 0), visible, window)
 
-    def _conditionals(self, evidence: torch.Tensor, window: torch.Tensor | None):
-        """``(log p [B, n, V], impossible evidence [B])``."""
-        tree = self.tree
-        positions = None if window is None else window.any(0).nonzero().flatten().tolist()
-        fresh = self.evidence is None or self.evidence.shape != evidence.shape
-        if (fresh or positions is None or len(positions) > self.full_fraction * tree.n
-                or len(tree.roots) != 1):
-            out, log_z, up, down = tree.conditionals(evidence)
-            self._reset(evidence, up, down)
-            self.recomputed = 2 * len(tree.steps)
-            return out, log_z == -math.inf
-        self.recomputed = 0
-        changed = (self.evidence != evidence).any(-1).any(0).nonzero().flatten().tolist()
-        self.evidence = evidence
-        self._ev = evidence.permute(1, 2, 0)
-        self._invalidate([tree.token_step[i] for i in changed])
-        batch = evidence.shape[0]
-        out = evidence.new_full((batch, tree.n, tree.vocab), -math.log(tree.vocab))
-        impossible = torch.zeros(batch, dtype=torch.bool, device=evidence.device)
-        if positions:
-            margs = []
-            for i in positions:
-                k = tree.token_step[i]
-                step = tree.steps[k]
-                others = tuple(j for j in range(len(step.cards)) if j != step.axis)
-                margs.append(_logsumexp(self._belief(k), others).expand(-1, batch))
-            marg = torch.stack(margs).permute(2, 0, 1)  # [B, |positions|, V]
-            impossible = (marg == -math.inf).all(-1).any(-1)  # every belief sums to the same Z
-            out[:, positions] = _normalise(marg)
-        return out, impossible
+    def update(self, tokens: torch.Tensor, visible: torch.Tensor, window) -> torch.Tensor:
+        """:meth:`conditionals` on checked inputs (tokens in ``0..V-1`` on the engine's device)."""
+        engine, tree = self.engine, self.tree
+        batch = tokens.shape[0]
+        with torch.no_grad():
+            if window is None:  # every position: the shallow full pass; nothing worth carrying
+                self._tokens = None
+                self.recomputed = 2 * len(tree.steps)
+                return engine.conditionals(tokens, visible)
+            positions = window.any(0).nonzero().flatten().tolist()
+            fresh = self._tokens is None or self._tokens.shape != tokens.shape
+            if fresh or len(positions) > self.full_fraction * tree.n or len(tree.roots) != 1:
+                engine._check_memory(batch, keep=True)
+                evidence = engine._evidence(tokens, visible)
+                out, log_z, up, down = tree.conditionals(evidence)
+                self._reset(tokens, visible, evidence, up, down)
+                self.recomputed = 2 * len(tree.steps)
+                return engine._undefined_rows(out, log_z == -math.inf, evidence, visible)
+            self.recomputed = 0
+            differs = (visible != self._visible) | (visible & (tokens != self._tokens))
+            changed = differs.any(0).nonzero().flatten()
+            self._tokens, self._visible = tokens, visible
+            if len(changed):
+                fresh_ev = engine._evidence(tokens[:, changed], visible[:, changed])
+                self._ev.index_copy_(0, changed, fresh_ev.permute(1, 2, 0))
+                self._invalidate([tree.token_step[i] for i in changed.tolist()])
+            out = self._ev.new_full((batch, tree.n, tree.vocab), -math.log(tree.vocab))
+            if positions:
+                margs = []
+                for i in positions:
+                    k = tree.token_step[i]
+                    step = tree.steps[k]
+                    others = tuple(j for j in range(len(step.cards)) if j != step.axis)
+                    margs.append(_logsumexp(self._belief(k), others).expand(-1, batch))
+                marg = torch.stack(margs).permute(2, 0, 1)  # [B, |positions|, V]
+                impossible = (marg == -math.inf).all(-1).any(-1)  # every belief sums to Z
+                cols = torch.tensor(positions, device=tokens.device)
+                out[:, cols] = engine._undefined_rows(
+                    _normalise(marg), impossible, self._ev[cols].permute(2, 0, 1),
+                    visible[:, cols])
+            return out
 
     # ------------------------------------------------------------------ cache bookkeeping
-    def _reset(self, evidence, up, down) -> None:
-        self.evidence = evidence
-        self._ev = evidence.permute(1, 2, 0)
+    def _reset(self, tokens, visible, evidence, up, down) -> None:
+        self._tokens, self._visible = tokens, visible
+        self._ev = evidence.permute(1, 2, 0).contiguous()  # [n, V, B], updated in place
         self._up_full, self._down_full = up, down
         self._up_new: dict[int, torch.Tensor] = {}
         self._up_stale: set[int] = set()
         self._down_new: dict[int, torch.Tensor] = {}
-        self._down_valid: set[int] | None = None  # None: every down message of the full pass
+        # a down message stays valid iff every position changed since it was computed lies
+        # below its step: in DFS numbers, tin[k] <= min tin and tout[k] >= max tout of those
+        self._full_span = (math.inf, -math.inf)  # (min tin, max tout) changed since the full pass
 
     def _invalidate(self, changed_steps) -> None:
-        if not changed_steps:
-            return
-        parent = [s.parent for s in self.tree.steps]
+        tree = self.tree
+        parent = tree.parent
         for k in changed_steps:  # up messages above a changed token
             while k is not None:
                 if k in self._up_stale and k not in self._up_new:
@@ -307,21 +318,11 @@ class IncrementalConditionals:
                 self._up_new.pop(k, None)
                 self._up_stale.add(k)
                 k = parent[k]
-        # down messages stay valid only on the common path from the changed tokens to the root
-        path = []
-        k = changed_steps[0]
-        while k is not None:
-            path.append(k)
-            k = parent[k]
-        index = {k: j for j, k in enumerate(path)}
-        start = 0
-        for k in changed_steps[1:]:
-            while k not in index:
-                k = parent[k]
-            start = max(start, index[k])
-        common = set(path[start:])
-        self._down_valid = common if self._down_valid is None else self._down_valid & common
-        self._down_new = {k: d for k, d in self._down_new.items() if k in self._down_valid}
+        lo = min(tree.tin[k] for k in changed_steps)
+        hi = max(tree.tout[k] for k in changed_steps)
+        self._full_span = (min(self._full_span[0], lo), max(self._full_span[1], hi))
+        self._down_new = {k: d for k, d in self._down_new.items()
+                          if tree.tin[k] <= lo and tree.tout[k] >= hi}
 
     def _up(self, k: int) -> torch.Tensor:
         """The up message of step ``k``, ``[Bb, *sep]``, recomputing stale ones (no recursion)."""
@@ -371,16 +372,15 @@ class IncrementalConditionals:
             d = _logsumexp(t, reduce)
             self._down_new[c] = d
             self.recomputed += 1
-            if self._down_valid is not None:
-                self._down_valid.add(c)
         return d
 
     def _cached_down(self, k):
-        if self._down_valid is not None and k not in self._down_valid:
-            return None
         if k in self._down_new:
             return self._down_new[k]
         tree = self.tree
+        lo, hi = self._full_span
+        if tree.tin[k] > lo or tree.tout[k] < hi:
+            return None
         p = tree.steps[k].parent
         slot = [c for c, *_ in tree.steps[p].children].index(k)
         gi, row = tree.where[p]
@@ -437,6 +437,26 @@ class _Group:
     down: Spec | None = None  # where the down messages come from (None: roots)
 
 
+def _dfs_numbers(steps, roots) -> tuple[list[int], list[int]]:
+    """Entry and exit numbers of a depth-first walk: ``a`` is an ancestor-or-self of ``x`` iff
+    ``tin[a] <= tin[x]`` and ``tout[x] <= tout[a]``."""
+    tin, tout = [0] * len(steps), [0] * len(steps)
+    clock = 0
+    for root in roots:
+        todo = [(root, False)]
+        while todo:
+            k, done = todo.pop()
+            if done:
+                tout[k] = clock
+                clock += 1
+                continue
+            tin[k] = clock
+            clock += 1
+            todo.append((k, True))
+            todo.extend((c, False) for c, *_ in steps[k].children)
+    return tin, tout
+
+
 def _spec(pairs, sizes, device) -> Spec:
     """How to gather rows ``pairs = [(producer key, row), ...]`` from stacked producers."""
     keys = list(dict.fromkeys(key for key, _ in pairs))
@@ -461,8 +481,9 @@ def _gather(spec: Spec, store: dict) -> torch.Tensor:
     if spec[0] == "one":
         return store[spec[1]].index_select(0, spec[2])
     parts = [store[key].index_select(0, rows) for key, rows in spec[1]]
-    batch = max(p.shape[-1] for p in parts)
-    parts = [p.expand(*p.shape[:-1], batch) for p in parts]
+    # a message may be constant (size 1) along a variable where another is not: broadcast
+    shape = torch.broadcast_shapes(*(p.shape[1:] for p in parts))
+    parts = [p.expand(p.shape[0], *shape) for p in parts]
     return torch.cat(parts).index_select(0, spec[2])
 
 

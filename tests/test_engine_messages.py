@@ -121,7 +121,9 @@ def _random_walk(structure, device, seed, steps=40, batch=12, uniform_tokens=Fal
         cols = window.any(0)
         assert_log_close(got[:, cols], want[:, cols], TIGHT)
         outside, full = got[:, ~cols], want[:, ~cols]  # finite, or the full answer
-        assert (outside.isfinite().all(-1) | (outside == full).all(-1)).all()
+        same = (outside.isinf() == full.isinf()).all(-1) & (
+            (outside - full).nan_to_num(nan=0.0).abs() <= TIGHT).all(-1)
+        assert (outside.isfinite().all(-1) | same).all()
         visible = visible ^ (torch.rand(batch, n, generator=gen) < 0.15)
         if step % 4 == 3:
             tokens = torch.where(torch.rand(batch, n, generator=gen) < 0.2,
@@ -165,7 +167,8 @@ def test_incremental_recomputes_only_what_the_window_needs(device):
         visible[:, block] = True
     assert counts[0] == 2 * len(engine._message_tree(shallow=False).steps)  # the first call: a full pass
     assert max(counts[1:]) <= 64
-    assert max(counts[1:]) - min(counts[1:]) <= 8
+    early, late = sorted(counts[1:9]), sorted(counts[-8:])
+    assert late[4] <= early[4] + 1  # medians: no growth along the sequence
 
 
 # ---------------------------------------------------------------------------- the oracle

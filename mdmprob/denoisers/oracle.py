@@ -37,7 +37,8 @@ class Oracle(Denoiser):
             self._state = self.engine.incremental()
         if window is not None:
             window = window & ~visible  # visible rows are the point mass anyway
-        return self._state.conditionals(torch.where(visible, tokens, 0), visible, window)
+        # tokens were checked by Denoiser.check: skip the engine's second check
+        return self._state.update(torch.where(visible, tokens, 0), visible, window)
 
     def __repr__(self) -> str:
         return f"Oracle({self.structure.name})"
