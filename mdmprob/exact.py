@@ -267,7 +267,8 @@ class ExactEngine:
 
     # ------------------------------------------------------------------ elimination
     def _evidence(self, tokens, visible) -> torch.Tensor:
-        onehot = torch.nn.functional.one_hot(tokens.clamp(0, self.vocab - 1), self.vocab).bool()
+        # a comparison, not one_hot: one_hot builds an int64 table first (5x slower on the CPU)
+        onehot = tokens[..., None] == torch.arange(self.vocab, device=tokens.device)
         allowed = onehot | ~visible[..., None]
         return torch.zeros(allowed.shape, device=self.device, dtype=self.dtype).masked_fill(
             ~allowed, -math.inf)
