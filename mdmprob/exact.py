@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import cache
+from functools import lru_cache
 
 import torch
 from pyro.ops.special import safe_log
@@ -71,7 +71,7 @@ class ExactEngine:
         self.vocab = graph.cards[0] if graph.n_tokens else 0
         # each factor's table with a leading broadcast batch axis: [1, card(v_1), ...]
         self._tables = [f.table.to(self.device, self.dtype).unsqueeze(0) for f in graph.factors]
-        self._plan = cache(self._make_plan)
+        self._plan = lru_cache(maxsize=256)(self._make_plan)  # keyed by visibility for MAP
         self._trees: dict[bool, object] = {}
 
     # ------------------------------------------------------------------ queries
@@ -193,7 +193,20 @@ class ExactEngine:
         False, the token part of the joint maximiser ``argmax_{x_masked, z} p(x_masked, z | .)``.
         """
         tokens, visible = self.check(tokens, visible)
-        return self._backtrack(tokens, visible, maximize=True, latents_first=marginalize_latents)
+        if not marginalize_latents or self.graph.n_variables == self.n or not len(tokens):
+            return self._backtrack(tokens, visible, maximize=True,
+                                   latents_first=marginalize_latents)
+        # Plan per visibility pattern with the visible tokens conditioned on (sliced out of
+        # their factors): latents then need not be summed out around them, which keeps the
+        # tables small (a width-6 network needed 5e7 entries for two rows without this).
+        patterns, inverse = torch.unique(visible, dim=0, return_inverse=True)
+        out = torch.empty_like(tokens)
+        for j, pattern in enumerate(patterns):
+            rows = (inverse == j).nonzero().flatten()
+            seen = tuple(pattern.nonzero().flatten().tolist())
+            out[rows] = self._backtrack(tokens[rows], visible[rows], maximize=True,
+                                        latents_first=True, seen=seen)
+        return out
 
     # ------------------------------------------------------------------ input checks
     def check(self, tokens, visible):
@@ -229,6 +242,20 @@ class ExactEngine:
                 f"range for vocab={self.vocab}; use 0..{self.vocab - 1} (mask the position instead)"
             )
         return tokens, visible
+
+    def _conditioned_tables(self, tokens, seen) -> list[torch.Tensor]:
+        """Factor tables with the ``seen`` tokens' axes sliced at each row's token: ``[B, ...]``
+        over the factor's other variables (in order); untouched tables stay ``[1, ...]``."""
+        seen, rows = set(seen), torch.arange(tokens.shape[0], device=self.device)
+        out = []
+        for f, t in zip(self.graph.factors, self._tables, strict=True):
+            if seen.isdisjoint(f.variables):
+                out.append(t)
+                continue
+            index = (rows,) + tuple(tokens[:, u] if u in seen else slice(None)
+                                    for u in f.variables)
+            out.append(t.expand(len(rows), *t.shape[1:])[index])
+        return out
 
     def _check_window(self, window, tokens) -> torch.Tensor:
         window = torch.as_tensor(window)
@@ -277,18 +304,22 @@ class ExactEngine:
         terms = self._eliminate(evidence, keep=())
         return _combine(terms, (), evidence.shape[0], self.device, self.dtype)
 
-    def _make_plan(self, keep: tuple[int, ...], latents_first: bool, shallow: bool = False) -> _Plan:
+    def _make_plan(self, keep: tuple[int, ...], latents_first: bool, shallow: bool = False,
+                   seen: tuple[int, ...] = ()) -> _Plan:
+        """The elimination plan; ``seen`` tokens are conditioned on (their factors sliced), so
+        they leave every factor and are eliminated alone."""
+        graph = _without(self.graph, set(seen)) if seen else self.graph
         if shallow:
-            order, _ = shallow_elimination_order(self.graph, keep=keep)
+            order, _ = shallow_elimination_order(graph, keep=keep)
         elif latents_first:
-            latents = range(self.n, self.graph.n_variables)
-            first, _ = elimination_order(self.graph, keep=set(keep) | set(range(self.n)))
-            rest, _ = _order_after(self.graph, first, keep)
+            latents = range(self.n, graph.n_variables)
+            first, _ = elimination_order(graph, keep=set(keep) | set(range(self.n)))
+            rest, _ = _order_after(graph, first, keep)
             order = first + rest
             assert set(first) == set(latents)
         else:
-            order, _ = elimination_order(self.graph, keep=keep)
-        live = {i: tuple(f.variables) for i, f in enumerate(self.graph.factors)}
+            order, _ = elimination_order(graph, keep=keep)
+        live = {i: tuple(f.variables) for i, f in enumerate(graph.factors)}
         live.update({len(self.graph.factors) + i: (i,) for i in range(self.n)})
         holding: dict[int, set[int]] = {}  # variable -> ids of the live tables over it
         for i, vs in live.items():
@@ -316,8 +347,9 @@ class ExactEngine:
         final = tuple(live.items())
         return _Plan(largest, total, tuple(steps), final)
 
-    def _eliminate(self, evidence, keep, *, maximize=False, latents_first=False, record=None):
-        plan = self._plan(tuple(keep), latents_first)
+    def _eliminate(self, evidence, keep, *, maximize=False, latents_first=False, record=None,
+                   seen=(), tables=None):
+        plan = self._plan(tuple(keep), latents_first, False, seen)
         batch = evidence.shape[0]
         if plan.largest * batch > self.budget:
             raise BudgetError(
@@ -326,7 +358,7 @@ class ExactEngine:
                 "use fewer sequences per call, the Monte Carlo estimators, or a larger budget"
             )
         # unbind: one gradient buffer per position instead of a full-size one per slice
-        tables = list(self._tables) + list(evidence.unbind(1))
+        tables = list(self._tables if tables is None else tables) + list(evidence.unbind(1))
         for v, clique, aligned, axis, _ in plan.steps:
             table = None
             for i, perm, shape in aligned:
@@ -343,12 +375,14 @@ class ExactEngine:
             tables.append(table.amax(axis) if use_max else _logsumexp(table, axis))
         return [(vs, tables[i]) for i, vs in plan.final]
 
-    def _backtrack(self, tokens, visible, generator=None, maximize=False, latents_first=False):
+    def _backtrack(self, tokens, visible, generator=None, maximize=False, latents_first=False,
+                   seen=()):
         record: list = []
         with torch.no_grad():
             evidence = self._evidence(tokens, visible)
+            tables = self._conditioned_tables(tokens, seen) if seen else None
             self._eliminate(evidence, keep=(), maximize=maximize, latents_first=latents_first,
-                            record=record)
+                            record=record, seen=seen, tables=tables)
             batch = tokens.shape[0]
             rows = torch.arange(batch, device=self.device)
             value: dict[int, torch.Tensor] = {}
@@ -399,6 +433,16 @@ def _free_memory(device: torch.device) -> int | None:
     except OSError:
         pass
     return None
+
+
+def _without(graph: FactorGraph, seen: set[int]) -> FactorGraph:
+    """The graph's scopes with the ``seen`` variables removed from every factor."""
+    from mdmprob.compile import Factor
+
+    reduced = FactorGraph(names=graph.names, cards=graph.cards, n_tokens=graph.n_tokens)
+    reduced.factors = [Factor(tuple(u for u in f.variables if u not in seen), torch.zeros(()),
+                              f.site) for f in graph.factors]
+    return reduced
 
 
 def _alignment(vars_: tuple[int, ...], clique: tuple[int, ...], cards) -> tuple[tuple, tuple]:

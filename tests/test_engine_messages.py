@@ -240,3 +240,46 @@ def test_an_impossible_batch_is_a_budget_error_before_allocating(device, monkeyp
         engine.conditionals(tokens, None)
     assert engine.conditionals(tokens[:1], None).shape == (1, 6, 2)
     assert math.isfinite(engine.log_prob(tokens[:1]).item())
+
+
+# ---------------------------------------------------------------------------- marginal MAP
+def test_marginal_map_plans_with_the_visible_tokens(device):
+    """Summing the latent out first joins all its children: a table of V^6 x K entries with no
+    evidence. With four of the six tokens visible the plan conditions on them (slices them out
+    of their factors) and needs only K x V^2 entries per row; the answer is brute force's."""
+    #        z
+    #   / / / \ \ \
+    # x0 x1 x2 x3 x4 x5
+    def star():
+        import pyro
+        import pyro.distributions as dist
+        from pyro.ops.indexing import Vindex
+        emit = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6], [0.3, 0.4, 0.3]],
+                            dtype=torch.float64)
+        z = pyro.sample("z", dist.Categorical(torch.tensor([0.5, 0.3, 0.2])))
+        for i in range(6):
+            pyro.sample(f"x{i}", dist.Categorical(Vindex(emit)[z]))
+
+    from mdmprob import Structure
+    s = Structure(star, [f"x{i}" for i in range(6)], vocab=3)
+    engine = ExactEngine(s.factor_graph, device=device, budget=500)
+    hidden = torch.zeros(1, 6, dtype=torch.bool)
+    with pytest.raises(BudgetError, match="2.19e\\+03 entries"):
+        engine.most_likely(torch.zeros(1, 6, dtype=torch.long), hidden)
+    joint = brute.token_log_joint(s)
+    gen = torch.Generator().manual_seed(2)
+    tokens = torch.randint(0, 3, (40, 6), generator=gen)
+    visible = torch.zeros(40, 6, dtype=torch.bool)
+    for b in range(40):  # four visible positions per row, in varying patterns
+        visible[b, torch.randperm(6, generator=gen)[:4]] = True
+    got = engine.most_likely(tokens, visible).cpu()
+    checked = 0
+    for b in range(40):
+        best = brute.masked_argmax(brute.masked_posterior(joint, tokens[b], visible[b]))
+        if best is None:
+            continue
+        want = tokens[b].clone()
+        want[~visible[b]] = torch.tensor(best)
+        assert torch.equal(got[b], want)
+        checked += 1
+    assert checked >= 20
