@@ -29,6 +29,7 @@ from mdmprob.sampling import gumbel_argmax
 
 DEFAULT_BUDGET = 2**25  # elements of the largest intermediate table (256 MiB in float64)
 METHODS = ("messages", "autograd")
+_PROBE_BYTES = 2**28  # message tables below this size are allocated without asking for memory
 
 _Term = tuple[tuple[int, ...], torch.Tensor]  # (variables, table [Bb, card...]) with Bb in {1, B}
 
@@ -276,6 +277,8 @@ class ExactEngine:
                 "use fewer sequences per call, the Monte Carlo estimators, or a larger budget")
         # the collect pass keeps each clique table, its inputs and a down message: ~4 copies
         need = 4 * plan.total * batch * torch.finfo(self.dtype).bits // 8
+        if need < _PROBE_BYTES:  # not worth asking the system (a file read per call)
+            return
         free = _free_memory(self.device)
         if free is not None and need > free:
             fits = max(1, free // max(1, need // max(batch, 1)))

@@ -255,7 +255,8 @@ class IncrementalConditionals:
         return self.update(torch.where(visible, tokens, 0), visible, window)
 
     def update(self, tokens: torch.Tensor, visible: torch.Tensor, window) -> torch.Tensor:
-        """:meth:`conditionals` on checked inputs (tokens in ``0..V-1`` on the engine's device)."""
+        """:meth:`conditionals` on checked inputs on the engine's device: tokens in ``0..V-1``,
+        0 at masked positions (another value there is still exact, but counts as a change)."""
         engine, tree = self.engine, self.tree
         batch = tokens.shape[0]
         with torch.no_grad():
@@ -273,7 +274,7 @@ class IncrementalConditionals:
                 self.recomputed = 2 * len(tree.steps)
                 return engine._undefined_rows(out, log_z == -math.inf, evidence, visible)
             self.recomputed = 0
-            differs = (visible != self._visible) | (visible & (tokens != self._tokens))
+            differs = (visible != self._visible) | (tokens != self._tokens)  # 0 where masked
             changed = differs.any(0).nonzero().flatten()
             self._tokens, self._visible = tokens, visible
             if len(changed):

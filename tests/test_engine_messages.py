@@ -235,6 +235,7 @@ def test_an_impossible_batch_is_a_budget_error_before_allocating(device, monkeyp
 
     engine = zoo("block_hmm-eta0.1").engine(device=device)
     monkeypatch.setattr(exact, "_free_memory", lambda device: 10_000)
+    monkeypatch.setattr(exact, "_PROBE_BYTES", 0)  # ask for every size, not only past 256 MiB
     tokens = torch.zeros(1000, 6, dtype=torch.long)
     with pytest.raises(BudgetError, match=r"1000 sequences need about .* at most about \d+"):
         engine.conditionals(tokens, None)
