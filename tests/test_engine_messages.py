@@ -284,3 +284,20 @@ def test_marginal_map_plans_with_the_visible_tokens(device):
         assert torch.equal(got[b], want)
         checked += 1
     assert checked >= 20
+
+
+def test_a_denoiser_without_a_window_path_answers_in_full():
+    """The base class accepts ``window`` and answers every row (predict_window -> predict)."""
+    from mdmprob.denoisers.base import Denoiser
+
+    class Counting(Denoiser):
+        vocab, n_tokens, device, dtype = 3, 4, torch.device("cpu"), torch.float64
+
+        def predict(self, tokens):
+            return torch.log_softmax(torch.arange(12.0, dtype=self.dtype).reshape(1, 4, 3)
+                                     .expand(tokens.shape[0], -1, -1), -1)
+
+    d = Counting()
+    tokens = torch.tensor([[0, 3, 3, 2], [3, 3, 1, 3]])
+    window = torch.tensor([[False, True, False, False], [True, False, False, False]])
+    assert torch.equal(d(tokens, window=window), d(tokens))
