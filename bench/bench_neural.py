@@ -32,11 +32,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -48,27 +46,18 @@ from mdmprob.denoisers import Oracle, model_error
 from mdmprob.denoisers.neural import NeuralConfig
 from mdmprob.training import train
 
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import loadavg, timed  # noqa: E402
+
 FULL = {"model": "block_hmm", "params": {}, "d_model": 64, "n_layers": 2, "n_heads": 4,
         "steps": 300, "batch": 256, "decode": 256, "repeats": 3, "error_num": 2000}
 QUICK = {"model": "markov_chain", "params": {}, "d_model": 32, "n_layers": 2, "n_heads": 4,
          "steps": 20, "batch": 64, "decode": 32, "repeats": 1, "error_num": 500}
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _timed(fn, device: torch.device):
-    _sync(device)
-    start = time.perf_counter()
-    out = fn()
-    _sync(device)
-    return time.perf_counter() - start, out
-
-
-def _loadavg() -> list[float]:
-    return list(os.getloadavg()) if hasattr(os, "getloadavg") else [math.nan] * 3
+    wall, _, out = timed(fn, device)
+    return wall, out
 
 
 def bench(settings: dict, device: torch.device) -> dict:
@@ -133,7 +122,7 @@ def main(argv=None) -> int:
     result["env"] = {"device": str(device), "gpu": torch.cuda.get_device_name(device)
                      if device.type == "cuda" else None, "threads": torch.get_num_threads(),
                      "torch": torch.__version__, "python": platform.python_version(),
-                     "cpu": platform.processor() or platform.machine(), "loadavg": _loadavg(),
+                     "cpu": platform.processor() or platform.machine(), "loadavg": loadavg(),
                      "dtype": str(torch.get_default_dtype()), "quick": args.quick}
     r, tr = result, result["train"]
     print(f"neural MDM on {r['structure']} (n={r['n_tokens']}, V={r['vocab']}, "

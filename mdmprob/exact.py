@@ -4,27 +4,32 @@ Every query takes ``tokens: LongTensor[B, n]`` and ``visible: BoolTensor[B, n]``
 tokens enter as indicator log-potentials ``[B, n, V]``, so one compiled graph serves every
 mask pattern in a batch. Elimination follows a min-fill order from :mod:`mdmprob.graph`, so
 the cost is ``B * V^(width+1)`` per variable, never ``V^n``. The per-step kernel is a
-log-space sum-product (max-product for the most likely completion) with Pyro's NaN-safe log;
-all conditionals come from one forward elimination plus its adjoint (autograd of log Z with
-respect to the evidence potentials).
+log-space sum-product (max-product for the most likely completion) with Pyro's NaN-safe log.
+
+All conditionals come from two passes of messages over the elimination tree, with steps of
+equal shape stacked into one op (:mod:`mdmprob.messages`); ``method="autograd"`` keeps the first
+implementation (one forward elimination plus its adjoint, the gradient of log Z with respect to
+the evidence potentials) as the reference the tests compare against.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import cache
+from functools import lru_cache
 
 import torch
 from pyro.ops.special import safe_log
 
 from mdmprob.compile import FactorGraph
 from mdmprob.config import default_device, default_dtype
-from mdmprob.errors import BudgetError, EvidenceError, StructureError
-from mdmprob.graph import elimination_order
+from mdmprob.errors import BudgetError, EvidenceError, MdmprobError, StructureError
+from mdmprob.graph import elimination_order, shallow_elimination_order
 from mdmprob.sampling import gumbel_argmax
 
 DEFAULT_BUDGET = 2**25  # elements of the largest intermediate table (256 MiB in float64)
+METHODS = ("messages", "autograd")
+_PROBE_BYTES = 2**28  # message tables below this size are allocated without asking for memory
 
 _Term = tuple[tuple[int, ...], torch.Tensor]  # (variables, table [Bb, card...]) with Bb in {1, B}
 
@@ -34,9 +39,8 @@ class _Plan:
     """A compiled elimination: per step, which terms to align (permutation, broadcast shape) onto
     the eliminated variable's clique, and which axis to reduce."""
 
-    order: tuple[int, ...]
-    cliques: tuple[tuple[int, ...], ...]  # variables of each eliminated variable's bucket
     largest: int  # entries of the largest clique table, per sequence
+    total: int  # entries of all clique tables together, per sequence
     steps: tuple  # (v, clique, ((term id, perm, shape), ...), axis, out vars)
     final: tuple  # (term id, vars) of the terms left over the kept variables
 
@@ -50,25 +54,37 @@ class ExactEngine:
         dtype: the floating precision (default from ``MDMPROB_DTYPE``; float64).
         budget: largest intermediate table, in elements (batch included), before a
             :class:`~mdmprob.errors.BudgetError` is raised instead of allocating it.
+        method: how :meth:`conditionals` and :meth:`log_prob_visible` are computed:
+            ``"messages"`` (default; two passes of stacked messages) or ``"autograd"`` (the
+            reference: one elimination and its gradient).
     """
 
-    def __init__(self, graph: FactorGraph, device=None, dtype=None, budget: int = DEFAULT_BUDGET):
+    def __init__(self, graph: FactorGraph, device=None, dtype=None, budget: int = DEFAULT_BUDGET,
+                 method: str = "messages"):
         self.graph = graph
-        self.device = torch.device(device) if device is not None else default_device()
-        self.dtype = dtype if dtype is not None else default_dtype()
+        self.device = _check_device(device) if device is not None else default_device()
+        self.dtype = _check_dtype(dtype) if dtype is not None else default_dtype()
         self.budget = int(budget)
+        if method not in METHODS:
+            raise MdmprobError(f"method={method!r} is not one of {list(METHODS)}")
+        self.method = method
         self.n = graph.n_tokens
         self.vocab = graph.cards[0] if graph.n_tokens else 0
         # each factor's table with a leading broadcast batch axis: [1, card(v_1), ...]
         self._tables = [f.table.to(self.device, self.dtype).unsqueeze(0) for f in graph.factors]
-        self._plan = cache(self._make_plan)
+        self._plan = lru_cache(maxsize=256)(self._make_plan)  # keyed by visibility for MAP
+        self._trees: dict[bool, object] = {}
 
     # ------------------------------------------------------------------ queries
     def log_prob_visible(self, tokens, visible=None) -> torch.Tensor:
         """``log p(x_visible)`` per sequence, shape ``[B]`` (``-inf`` for impossible evidence)."""
         tokens, visible = self.check(tokens, visible)
         with torch.no_grad():
-            return self._log_z(self._evidence(tokens, visible)) - self.log_normalizer
+            evidence = self._evidence(tokens, visible)
+            if self.method == "messages":
+                self._check_memory(tokens.shape[0], keep=False)
+                return self._message_tree().log_z(evidence) - self.log_normalizer
+            return self._log_z(evidence) - self.log_normalizer
 
     @property
     def log_normalizer(self) -> float:
@@ -94,19 +110,50 @@ class ExactEngine:
 
         Visible positions come back as their indicator (0 at the token, -inf elsewhere).
         Where the evidence itself is impossible (``p(x_visible) = 0``) the conditional is
-        undefined; masked positions of such rows are returned uniform.
+        undefined; masked positions of such rows are returned uniform. A decoder that asks one
+        window at a time carries messages from call to call with :meth:`incremental`.
         """
         tokens, visible = self.check(tokens, visible)
+        if self.method == "messages":
+            self._check_memory(tokens.shape[0], keep=True)
+            with torch.no_grad():
+                evidence = self._evidence(tokens, visible)
+                out, log_z, _, _ = self._message_tree().conditionals(evidence)
+            return self._undefined_rows(out, log_z == -math.inf, evidence, visible)
+        return self._conditionals_autograd(tokens, visible)
+
+    def incremental(self, full_fraction: float = 0.25):
+        """A :class:`~mdmprob.messages.IncrementalConditionals` on this engine: conditionals of
+        one window at a time whose cost follows the window, carrying messages between calls."""
+        from mdmprob.messages import IncrementalConditionals
+
+        return IncrementalConditionals(self, full_fraction=full_fraction)
+
+    def _conditionals_autograd(self, tokens, visible) -> torch.Tensor:
+        """The reference: conditionals as the gradient of log Z with respect to the evidence."""
         evidence = self._evidence(tokens, visible).requires_grad_(True)
         with torch.enable_grad():
             log_z = self._log_z(evidence)
             (grad,) = torch.autograd.grad(log_z.sum(), evidence)
         out = safe_log(grad.detach().clamp(min=0, max=1))
         out = out - torch.logsumexp(out, -1, keepdim=True).nan_to_num(nan=0.0, neginf=0.0)
-        impossible = (log_z.detach() == -math.inf)[:, None, None].expand_as(out)
-        undefined = torch.where(visible[..., None], evidence.detach(),
+        return self._undefined_rows(out, log_z.detach() == -math.inf, evidence.detach(), visible)
+
+    def _undefined_rows(self, out, impossible, evidence, visible) -> torch.Tensor:
+        """Rows with impossible evidence: the indicator where visible, uniform where masked."""
+        undefined = torch.where(visible[..., None], evidence,
                                 out.new_full((), -math.log(self.vocab)))
-        return torch.where(impossible, undefined, out)
+        return torch.where(impossible[:, None, None], undefined, out)
+
+    def _message_tree(self, shallow: bool = True):
+        """The stacked message tree: on the shallow order for whole-sequence queries (few
+        sequential groups), on the min-fill order for incremental ones (a window's messages
+        stay local)."""
+        if shallow not in self._trees:
+            from mdmprob.messages import MessageTree
+
+            self._trees[shallow] = MessageTree(self, shallow=shallow)
+        return self._trees[shallow]
 
     def block_joint(self, tokens, visible, positions) -> torch.Tensor:
         """``log p(x_S | x_visible)`` as a table of shape ``[B] + [V] * |S|`` (axes in the order of
@@ -147,7 +194,20 @@ class ExactEngine:
         False, the token part of the joint maximiser ``argmax_{x_masked, z} p(x_masked, z | .)``.
         """
         tokens, visible = self.check(tokens, visible)
-        return self._backtrack(tokens, visible, maximize=True, latents_first=marginalize_latents)
+        if not marginalize_latents or self.graph.n_variables == self.n or not len(tokens):
+            return self._backtrack(tokens, visible, maximize=True,
+                                   latents_first=marginalize_latents)
+        # Plan per visibility pattern with the visible tokens conditioned on (sliced out of
+        # their factors): latents then need not be summed out around them, which keeps the
+        # tables small (a width-6 network needed 5e7 entries for two rows without this).
+        patterns, inverse = torch.unique(visible, dim=0, return_inverse=True)
+        out = torch.empty_like(tokens)
+        for j, pattern in enumerate(patterns):
+            rows = (inverse == j).nonzero().flatten()
+            seen = tuple(pattern.nonzero().flatten().tolist())
+            out[rows] = self._backtrack(tokens[rows], visible[rows], maximize=True,
+                                        latents_first=True, seen=seen)
+        return out
 
     # ------------------------------------------------------------------ input checks
     def check(self, tokens, visible):
@@ -184,6 +244,49 @@ class ExactEngine:
             )
         return tokens, visible
 
+    def _conditioned_tables(self, tokens, seen) -> list[torch.Tensor]:
+        """Factor tables with the ``seen`` tokens' axes sliced at each row's token: ``[B, ...]``
+        over the factor's other variables (in order); untouched tables stay ``[1, ...]``."""
+        seen, rows = set(seen), torch.arange(tokens.shape[0], device=self.device)
+        out = []
+        for f, t in zip(self.graph.factors, self._tables, strict=True):
+            if seen.isdisjoint(f.variables):
+                out.append(t)
+                continue
+            index = (rows,) + tuple(tokens[:, u] if u in seen else slice(None)
+                                    for u in f.variables)
+            out.append(t.expand(len(rows), *t.shape[1:])[index])
+        return out
+
+    def _check_window(self, window, tokens) -> torch.Tensor:
+        window = torch.as_tensor(window)
+        if window.dtype != torch.bool or window.shape != tokens.shape:
+            raise EvidenceError(f"window must be a bool tensor of shape {tuple(tokens.shape)} "
+                                f"(the tokens' shape), got {window.dtype} "
+                                f"{tuple(window.shape)}")
+        return window.to(self.device)
+
+    def _check_memory(self, batch: int, keep: bool) -> None:
+        """A BudgetError, before allocating, when the message tables of ``batch`` sequences
+        cannot fit in the device's free memory (or the largest one is over the budget)."""
+        plan = self._plan((), False)
+        if plan.largest * batch > self.budget:
+            raise BudgetError(
+                f"exact elimination needs a table of {plan.largest * batch:.3g} entries "
+                f"({batch} sequences x {plan.largest:.3g}), over the budget of {self.budget:.3g}; "
+                "use fewer sequences per call, the Monte Carlo estimators, or a larger budget")
+        # the collect pass keeps each clique table, its inputs and a down message: ~4 copies
+        need = 4 * plan.total * batch * torch.finfo(self.dtype).bits // 8
+        if need < _PROBE_BYTES:  # not worth asking the system (a file read per call)
+            return
+        free = _free_memory(self.device)
+        if free is not None and need > free:
+            fits = max(1, free // max(1, need // max(batch, 1)))
+            raise BudgetError(
+                f"the exact conditionals of {batch} sequences need about {need / 2**30:.3g} GiB "
+                f"of {self.device} memory and {free / 2**30:.3g} GiB are free; call with at most "
+                f"about {fits} sequences at a time")
+
     def _check_positions(self, positions, visible) -> tuple[int, ...]:
         positions = tuple(int(p) for p in positions)
         if len(set(positions)) != len(positions) or any(not 0 <= p < self.n for p in positions):
@@ -194,7 +297,8 @@ class ExactEngine:
 
     # ------------------------------------------------------------------ elimination
     def _evidence(self, tokens, visible) -> torch.Tensor:
-        onehot = torch.nn.functional.one_hot(tokens.clamp(0, self.vocab - 1), self.vocab).bool()
+        # a comparison, not one_hot: one_hot builds an int64 table first (5x slower on the CPU)
+        onehot = tokens[..., None] == torch.arange(self.vocab, device=tokens.device)
         allowed = onehot | ~visible[..., None]
         return torch.zeros(allowed.shape, device=self.device, dtype=self.dtype).masked_fill(
             ~allowed, -math.inf)
@@ -203,23 +307,29 @@ class ExactEngine:
         terms = self._eliminate(evidence, keep=())
         return _combine(terms, (), evidence.shape[0], self.device, self.dtype)
 
-    def _make_plan(self, keep: tuple[int, ...], latents_first: bool) -> _Plan:
-        if latents_first:
-            latents = range(self.n, self.graph.n_variables)
-            first, _ = elimination_order(self.graph, keep=set(keep) | set(range(self.n)))
-            rest, _ = _order_after(self.graph, first, keep)
+    def _make_plan(self, keep: tuple[int, ...], latents_first: bool, shallow: bool = False,
+                   seen: tuple[int, ...] = ()) -> _Plan:
+        """The elimination plan; ``seen`` tokens are conditioned on (their factors sliced), so
+        they leave every factor and are eliminated alone."""
+        graph = _without(self.graph, set(seen)) if seen else self.graph
+        if shallow:
+            order, _ = shallow_elimination_order(graph, keep=keep)
+        elif latents_first:
+            latents = range(self.n, graph.n_variables)
+            first, _ = elimination_order(graph, keep=set(keep) | set(range(self.n)))
+            rest, _ = _order_after(graph, first, keep)
             order = first + rest
             assert set(first) == set(latents)
         else:
-            order, _ = elimination_order(self.graph, keep=keep)
-        live = {i: tuple(f.variables) for i, f in enumerate(self.graph.factors)}
+            order, _ = elimination_order(graph, keep=keep)
+        live = {i: tuple(f.variables) for i, f in enumerate(graph.factors)}
         live.update({len(self.graph.factors) + i: (i,) for i in range(self.n)})
         holding: dict[int, set[int]] = {}  # variable -> ids of the live tables over it
         for i, vs in live.items():
             for u in vs:
                 holding.setdefault(u, set()).add(i)
         next_id = len(live)
-        cliques, steps, largest = [], [], 1
+        steps, largest, total = [], 1, 0
         for v in order:
             bucket = [(i, live[i]) for i in sorted(holding.pop(v, ()))]
             clique = tuple(sorted(set().union({v}, *(set(vs) for _, vs in bucket))))
@@ -234,14 +344,15 @@ class ExactEngine:
             for u in out_vars:
                 holding.setdefault(u, set()).add(next_id)
             next_id += 1
-            cliques.append(clique)
             steps.append((v, clique, aligned, 1 + clique.index(v), out_vars))
-            largest = max(largest, math.prod(self.graph.cards[u] for u in clique))
+            size = math.prod(self.graph.cards[u] for u in clique)
+            largest, total = max(largest, size), total + size
         final = tuple(live.items())
-        return _Plan(tuple(order), tuple(cliques), largest, tuple(steps), final)
+        return _Plan(largest, total, tuple(steps), final)
 
-    def _eliminate(self, evidence, keep, *, maximize=False, latents_first=False, record=None):
-        plan = self._plan(tuple(keep), latents_first)
+    def _eliminate(self, evidence, keep, *, maximize=False, latents_first=False, record=None,
+                   seen=(), tables=None):
+        plan = self._plan(tuple(keep), latents_first, False, seen)
         batch = evidence.shape[0]
         if plan.largest * batch > self.budget:
             raise BudgetError(
@@ -250,7 +361,7 @@ class ExactEngine:
                 "use fewer sequences per call, the Monte Carlo estimators, or a larger budget"
             )
         # unbind: one gradient buffer per position instead of a full-size one per slice
-        tables = list(self._tables) + list(evidence.unbind(1))
+        tables = list(self._tables if tables is None else tables) + list(evidence.unbind(1))
         for v, clique, aligned, axis, _ in plan.steps:
             table = None
             for i, perm, shape in aligned:
@@ -267,12 +378,14 @@ class ExactEngine:
             tables.append(table.amax(axis) if use_max else _logsumexp(table, axis))
         return [(vs, tables[i]) for i, vs in plan.final]
 
-    def _backtrack(self, tokens, visible, generator=None, maximize=False, latents_first=False):
+    def _backtrack(self, tokens, visible, generator=None, maximize=False, latents_first=False,
+                   seen=()):
         record: list = []
         with torch.no_grad():
             evidence = self._evidence(tokens, visible)
+            tables = self._conditioned_tables(tokens, seen) if seen else None
             self._eliminate(evidence, keep=(), maximize=maximize, latents_first=latents_first,
-                            record=record)
+                            record=record, seen=seen, tables=tables)
             batch = tokens.shape[0]
             rows = torch.arange(batch, device=self.device)
             value: dict[int, torch.Tensor] = {}
@@ -289,6 +402,50 @@ class ExactEngine:
                     value[v] = gumbel_argmax(logits, generator)
             out = torch.stack([value[i] for i in range(self.n)], dim=1)
         return torch.where(visible, tokens, out)
+
+
+def _check_device(device) -> torch.device:
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise MdmprobError(f"device={device!r} is not a torch device; use 'cpu' or 'cuda' "
+                           "(or 'cuda:N')") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise MdmprobError(f"device={str(device)!r} but torch sees no CUDA device; use 'cpu'")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise MdmprobError(f"device={str(device)!r} is not supported; use 'cpu' or 'cuda'")
+    return device
+
+
+def _check_dtype(dtype) -> torch.dtype:
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point or dtype.itemsize < 4:
+        raise MdmprobError(f"dtype={dtype!r} is not a floating dtype the engine computes in; "
+                           "use torch.float64 (the default) or torch.float32")
+    return dtype
+
+
+def _free_memory(device: torch.device) -> int | None:
+    """Free bytes on ``device`` (None when unknown)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _without(graph: FactorGraph, seen: set[int]) -> FactorGraph:
+    """The graph's scopes with the ``seen`` variables removed from every factor."""
+    from mdmprob.compile import Factor
+
+    reduced = FactorGraph(names=graph.names, cards=graph.cards, n_tokens=graph.n_tokens)
+    reduced.factors = [Factor(tuple(u for u in f.variables if u not in seen), torch.zeros(()),
+                              f.site) for f in graph.factors]
+    return reduced
 
 
 def _alignment(vars_: tuple[int, ...], clique: tuple[int, ...], cards) -> tuple[tuple, tuple]:

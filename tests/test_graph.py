@@ -13,7 +13,7 @@ from networkx.algorithms.approximation import treewidth_min_fill_in
 from pyro.ops.indexing import Vindex
 
 from mdmprob import Structure, load_model
-from mdmprob.graph import elimination_order, interaction_graph
+from mdmprob.graph import elimination_order, interaction_graph, shallow_elimination_order
 
 
 @functools.cache
@@ -131,3 +131,47 @@ def test_width_no_worse_than_networkx_on_random_networks(spec):
     # and never below the largest factor, which any elimination must hold at once
     assert ours >= max((len(f.variables) - 1 for f in graph.factors), default=0)
     assert replayed_width(graph, elimination_order(graph)[0]) == ours
+
+
+@pytest.mark.parametrize("name,params", CASES, ids=[f"{n}-{p}" for n, p in CASES])
+def test_shallow_order_keeps_the_min_fill_width(name, params):
+    graph = model(name, **params).factor_graph
+    order, width = shallow_elimination_order(graph)
+    assert sorted(order) == list(range(graph.n_variables))
+    assert width == elimination_order(graph)[1]
+    assert replayed_width(graph, order) <= width
+
+
+@given(spec=brute.networks())
+def test_shallow_order_on_random_networks(spec):
+    graph = brute.build_network(spec).factor_graph
+    keep = {0} if graph.n_variables > 2 else set()
+    order, width = shallow_elimination_order(graph, keep=keep)
+    assert sorted(order) == sorted(set(range(graph.n_variables)) - keep)
+    assert width == elimination_order(graph, keep=keep)[1]
+
+
+def test_shallow_order_halves_a_chain_each_round():
+    """The latent chain of a 64-block Block-HMM (cliques of three fit in its width): each round
+    eliminates non-adjacent links, so the elimination tree is about log2(64) rounds deep above
+    the blocks, where the min-fill order's is 64 deep."""
+    # Z_1 -> Z_2 -> ... -> Z_64, each emitting a block of 8 bits with a parity
+    graph = model("block_hmm", n_blocks=64).factor_graph
+    order, width = shallow_elimination_order(graph)
+    assert width == elimination_order(graph)[1]
+    assert tree_height(graph, order) <= 2 * 6 + 16
+    assert tree_height(graph, elimination_order(graph)[0]) >= 64
+
+
+def tree_height(graph, order) -> int:
+    """Height of the elimination tree of ``order``: a variable sits one above the highest
+    variable whose elimination put a message on it (replayed on the networkx graph)."""
+    g = nx.relabel_nodes(interaction_graph(graph), {n: i for i, n in enumerate(graph.names)})
+    height = dict.fromkeys(g.nodes, 0)
+    for v in order:
+        nbrs = list(g.neighbors(v))
+        for u in nbrs:
+            height[u] = max(height[u], height[v] + 1)
+        g.add_edges_from((a, b) for i, a in enumerate(nbrs) for b in nbrs[i + 1:])
+        g.remove_node(v)
+    return max(height.values())

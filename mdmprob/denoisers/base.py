@@ -28,16 +28,35 @@ class Denoiser:
     def mask_id(self) -> int:
         return self.vocab
 
-    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
-        """``log p_theta(x_i | x_visible)``, ``[B, n, V]``; visible rows are their point mass."""
+    def __call__(self, tokens: torch.Tensor, window: torch.Tensor | None = None) -> torch.Tensor:
+        """``log p_theta(x_i | x_visible)``, ``[B, n, V]``; visible rows are their point mass.
+
+        ``window`` (optional ``BoolTensor[B, n]``) marks the positions whose rows the caller
+        needs; the other rows may hold any finite values or the full answer. A denoiser that
+        can answer a window for less (the oracle) overrides :meth:`predict_window`."""
         tokens = self.check(tokens)
-        out = self.predict(tokens)
+        if window is None:
+            out = self.predict(tokens)
+        else:
+            out = self.predict_window(tokens, self.check_window(window, tokens))
         visible = tokens != self.mask_id
         point = _point_mass(tokens.clamp(max=self.vocab - 1), self.vocab, out.dtype)
         return torch.where(visible[..., None], point, out)
 
     def predict(self, tokens: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def predict_window(self, tokens: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+        """:meth:`predict` restricted to ``window``; by default the whole :meth:`predict`."""
+        return self.predict(tokens)
+
+    def check_window(self, window, tokens: torch.Tensor) -> torch.Tensor:
+        """Validate a window: a bool tensor of the tokens' shape ``[B, n]``."""
+        window = torch.as_tensor(window)
+        if window.dtype != torch.bool or window.shape != tokens.shape:
+            raise EvidenceError(f"window must be a bool tensor of shape {tuple(tokens.shape)} "
+                                f"(the tokens' shape), got {window.dtype} {tuple(window.shape)}")
+        return window.to(tokens.device)
 
     def leave_one_out(self, tokens: torch.Tensor) -> torch.Tensor:
         """``log p_theta(x_i | x_{visible \\ i})`` at every visible position (masked rows as in
@@ -69,6 +88,7 @@ class Denoiser:
 
 
 def _point_mass(tokens: torch.Tensor, vocab: int, dtype) -> torch.Tensor:
-    onehot = torch.nn.functional.one_hot(tokens, vocab).bool()
+    # a comparison, not one_hot: one_hot builds an int64 table first (5x slower on the CPU)
+    onehot = tokens[..., None] == torch.arange(vocab, device=tokens.device)
     return torch.zeros(onehot.shape, dtype=dtype, device=tokens.device).masked_fill(~onehot,
                                                                                     -math.inf)

@@ -9,17 +9,36 @@ from mdmprob.structure import Structure
 
 
 class Oracle(Denoiser):
-    """Exact conditionals of ``structure`` (one contraction plus its adjoint per call)."""
+    """Exact conditionals of ``structure``.
+
+    The oracle carries the engine's messages from call to call
+    (:meth:`~mdmprob.exact.ExactEngine.incremental`): a call with a ``window`` recomputes only
+    the messages that the tokens changed since the last call and that the window needs, so a
+    decoder that commits one window at a time pays for its windows, not for the whole sequence
+    at every step. A call without a window answers every position (one stacked two-pass sweep).
+    """
 
     def __init__(self, structure: Structure, device=None, dtype=None):
         self.structure = structure
         self.engine = structure.engine(device=device, dtype=dtype)
         self.vocab, self.n_tokens = structure.vocab, structure.n_tokens
         self.device, self.dtype = self.engine.device, self.engine.dtype
+        self._state = None
 
     def predict(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self._conditionals(tokens, None)
+
+    def predict_window(self, tokens: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+        return self._conditionals(tokens, window)
+
+    def _conditionals(self, tokens, window):
         visible = tokens != self.mask_id
-        return self.engine.conditionals(torch.where(visible, tokens, 0), visible)
+        if self._state is None:
+            self._state = self.engine.incremental()
+        if window is not None:
+            window = window & ~visible  # visible rows are the point mass anyway
+        # tokens were checked by Denoiser.check: skip the engine's second check
+        return self._state.update(torch.where(visible, tokens, 0), visible, window)
 
     def __repr__(self) -> str:
         return f"Oracle({self.structure.name})"
