@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 import pyro
 import pyro.poutine as poutine
 import torch
+from pyro.distributions import MaskedMixture
 from pyro.distributions.util import scale_and_mask
 from pyro.ops import packed
 from pyro.poutine.messenger import Messenger
@@ -145,11 +146,13 @@ class _Prepare(Messenger):
         if msg["type"] != "sample":
             return
         fn, name = msg["fn"], msg["name"]
-        if isinstance(fn, _Subsample):
+        if isinstance(fn, _Subsample):  # a pyro.plate is being built
             if fn.subsample_size is not None and fn.subsample_size < fn.size:
                 raise _Refusal(
                     f"pyro.plate {name!r} subsamples {fn.subsample_size} of {fn.size} elements; a "
                     "subsampled plate is a random estimate, not a joint law: drop subsample_size")
+            if self.nesting == 0:  # its dims would collide with the enumeration's: measure first
+                raise _DeeperPlates(None)
             return
         depth = max((-f.dim for f in msg["cond_indep_stack"] if f.vectorized), default=0)
         if depth > self.nesting:
@@ -164,15 +167,21 @@ class _Prepare(Messenger):
 
 
 def _not_enumerable(name: str, fn) -> str:
-    support = getattr(fn, "support", None)
-    if support is not None and not support.is_discrete:
-        what = f"continuous (support {support})"
-    elif support is not None:
+    base = fn
+    while hasattr(base, "base_dist"):  # ExpandedDistribution, MaskedDistribution, Independent
+        base = base.base_dist
+    support = getattr(base, "support", None)
+    if isinstance(base, MaskedMixture):
+        what = ("a MaskedMixture, which Pyro cannot enumerate (it is meant for observed sites); "
+                "for a latent, select the component's parameters with torch.where or Vindex")
+    elif support is not None and support.is_discrete:
         what = f"discrete but not finitely supported (support {support})"
+    elif support is not None:
+        what = f"continuous (support {support})"
     else:
-        what = "without a finite support"
-    return (f"site {name!r} ({type(fn).__name__}) is not enumerable: it is {what}. mdmprob needs "
-            "discrete, finitely supported sites (Categorical, Bernoulli, OneHotCategorical, "
+        what = "without a finite enumerate_support"
+    return (f"site {name!r} ({type(base).__name__}) is not enumerable: it is {what}. mdmprob "
+            "needs discrete, finitely supported sites (Categorical, Bernoulli, OneHotCategorical, "
             "Binomial, ...). A continuous global can be fixed with poutine.condition(model, "
             f"data={{{name!r}: value}}); a count can be written as a Categorical over 0..max.")
 
@@ -189,12 +198,26 @@ def _float64():
 
 
 def _enumerated_trace(model: Callable[[], object]):
-    nesting = 0  # first try without plates; a deeper plate restarts the trace left of it
+    nesting = 0  # first try without plates; a plate restarts the trace left of its dims
     while True:
         try:
             return _trace_once(model, nesting)
         except _DeeperPlates as deeper:
-            nesting = max(nesting + 1, deeper.depth)
+            depth = _plate_nesting(model) if deeper.depth is None else deeper.depth
+            nesting = max(nesting + 1, depth)
+
+
+def _plate_nesting(model) -> int:
+    """How many batch dims the model's vectorized plates take (``max_plate_nesting``), from one
+    ordinary run of it (as TraceEnum_ELBO guesses it); 1 if that run fails."""
+    try:
+        with torch.random.fork_rng(), _float64(), pyro.validation_enabled(False), \
+                torch.no_grad():
+            trace = poutine.trace(model).get_trace()
+    except Exception:
+        return 1
+    return max((-f.dim for node in trace.nodes.values() if node["type"] == "sample"
+                for f in node["cond_indep_stack"] if f.vectorized), default=0)
 
 
 def _trace_once(model, nesting: int):
