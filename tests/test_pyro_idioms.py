@@ -14,9 +14,11 @@ A plated token site's elements are its batch entries in row-major order (``x[i, 
 from __future__ import annotations
 
 import itertools
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import brute
 import pyro
@@ -27,7 +29,8 @@ import torch
 from pyro.infer import TraceEnum_ELBO, config_enumerate, infer_discrete
 from pyro.ops.indexing import Vindex
 
-from mdmprob import Structure
+from mdmprob import Structure, load_model
+from mdmprob.cli import main
 
 ATOL = 1e-9
 
@@ -395,3 +398,41 @@ def test_model_constants_are_traced_in_float64():
     assert table.dtype == torch.float64
     assert table[0].item() == math.log(0.1)  # not log(float32(0.1)) = log(0.1) + 1.5e-9
     assert torch.get_default_dtype() == old
+
+
+# ---------------------------------------------------------------------------- the plated zoo HMM
+def test_plated_hmm_is_independent_hmms(device):
+    """The zoo's plated_hmm against a hand-written forward algorithm per sequence."""
+    n_seqs, length, K, V, stay, noise = 2, 3, 3, 2, 0.8, 0.15
+    s = load_model("plated_hmm", n_seqs=n_seqs, length=length, n_states=K, vocab=V, stay=stay,
+                   noise=noise)
+    assert s.tokens == [f"y_{t}[{b}]" for b in range(n_seqs) for t in range(length)]
+    trans = torch.full((K, K), (1 - stay) / (K - 1), dtype=torch.float64)
+    trans.fill_diagonal_(stay)
+    emit = torch.tensor([[1 - noise, noise], [noise, 1 - noise], [1 - noise, noise]],
+                        dtype=torch.float64)  # state z emits z mod 2 with 1 - noise
+    every = torch.cartesian_prod(*[torch.arange(V)] * (n_seqs * length))
+    want = torch.zeros(len(every), dtype=torch.float64)
+    for b in range(n_seqs):
+        alpha = torch.full((len(every), K), 1.0 / K, dtype=torch.float64)
+        for t in range(length):
+            if t:
+                alpha = alpha @ trans
+            alpha = alpha * emit[:, every[:, b * length + t]].T
+        want += alpha.sum(-1).log()
+    got = s.engine(device=device).log_prob(every).cpu()
+    torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
+
+
+def test_info_on_a_plated_hmm_file(tmp_path, capsys):
+    """`mdmprob info path/to/model.py` on a model file with a plate of sequences."""
+    path = tmp_path / "my_hmm.py"
+    path.write_text((Path(__file__).parents[1] / "models" / "plated_hmm.py").read_text())
+    code = main(["info", str(path), "-p", "n_seqs=3", "-p", "length=2", "--json"])
+    doc = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert doc["n_tokens"] == 6 and len(doc["blocks"]) == 3
+    assert doc["latents"] == [f"z_{t}[{b}]" for t in range(2) for b in range(3)]
+    # independent sequences: every block has the same forward TC
+    tcs = [b["forward_tc"] for b in doc["blocks"]]
+    assert tcs[0] > 0 and tcs == pytest.approx([tcs[0]] * 3, abs=1e-12)
