@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -345,6 +346,14 @@ class _Grounded:
 
 def _ground_factors(trace, sites: list[_Site], index: dict[str, int], graph: FactorGraph):
     owner = {s.symbol: s for s in sites if s.symbol is not None}
+    low = [(s.name, s.node["unscaled_log_prob"].dtype) for s in sites
+           if s.node["unscaled_log_prob"].dtype != torch.float64]
+    if low:  # constants made inside the model are float64; these come from outside it
+        warnings.warn(
+            f"site {low[0][0]!r} computes its log-probability in {low[0][1]}, which limits "
+            "every exact result to that precision; "
+            "create the model's tensors with dtype=torch.float64 (those made inside the model "
+            "already are)", stacklevel=4)
     plate_of_symbol = {sym: name for name, sym in trace.plate_to_symbol.items()}
     grounded = _Grounded({}, {}, {})
     scales: dict[float, str] = {}

@@ -436,3 +436,14 @@ def test_info_on_a_plated_hmm_file(tmp_path, capsys):
     # independent sequences: every block has the same forward TC
     tcs = [b["forward_tc"] for b in doc["blocks"]]
     assert tcs[0] > 0 and tcs == pytest.approx([tcs[0]] * 3, abs=1e-12)
+
+
+def test_a_float32_table_from_outside_the_model_is_warned_about():
+    probs = torch.tensor([0.1, 0.9], dtype=torch.float32)
+
+    def model():
+        pyro.sample("x", dist.Categorical(probs))
+
+    with pytest.warns(UserWarning, match=r"site 'x' computes its log-probability in "
+                                         r"torch\.float32.*dtype=torch\.float64"):
+        Structure(model, ["x"], vocab=2)
