@@ -94,7 +94,7 @@ class FactorGraph:
 
 
 def compile_model(model: Callable[[], object], tokens: Sequence[str], vocab: int, *,
-                  replay_check: bool = True, replay_samples: int = 3,
+                  replay_check: bool = True, replay_samples: int | None = None,
                   seed: int = 0) -> FactorGraph:
     """Trace ``model()`` once with every discrete site enumerated and return its factor graph.
 
@@ -106,6 +106,8 @@ def compile_model(model: Callable[[], object], tokens: Sequence[str], vocab: int
         vocab: V; the token value k is the k-th value of the site's support.
         replay_check: rerun the model on ``replay_samples`` samples of the compiled graph
             (seeded by ``seed``) and raise :class:`ReplayMismatchError` on any disagreement.
+            The default is 3 reruns, fewer for models of over 1000 sites (at least one: a rerun
+            exercises every site, so a large model checks each line of its code many times).
     """
     declared = [str(t) for t in tokens]
     if len(set(declared)) != len(declared):
@@ -121,6 +123,8 @@ def compile_model(model: Callable[[], object], tokens: Sequence[str], vocab: int
     graph = FactorGraph(names=names, cards=cards, n_tokens=len(token_names))
     grounded = _ground_factors(trace, sites, {n: i for i, n in enumerate(names)}, graph)
     if replay_check:
+        if replay_samples is None:
+            replay_samples = max(1, min(3, 3000 // max(len(sites), 1)))
         _replay_check(model, sites, graph, grounded, int(replay_samples), int(seed))
     return graph
 
