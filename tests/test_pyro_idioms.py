@@ -74,6 +74,26 @@ def hmm_over_sequences():
                  evidence=["y_1"])
 
 
+def pyro_hmm_example():
+    # the shape of Pyro's examples/hmm.py model_1: plate sequences (dim -2) x tones (dim -1);
+    # hidden x_t[b] are the tokens, y_t[b, tone] observed; probs_y[x.squeeze(-1)] as written there
+    probs_x, probs_y = _stochastic(2, 2, seed=28), _rand(2, 3, seed=29)
+    data = (_rand(2, 2, 3, seed=30) > 0.5).double()  # [time, sequence, tone]
+
+    def model():
+        tones = pyro.plate("tones", 3, dim=-1)
+        with pyro.plate("sequences", 2, dim=-2):
+            x = 0
+            for t in pyro.markov(range(2)):
+                x = pyro.sample(f"x_{t}", dist.Categorical(Vindex(probs_x)[x]))
+                with tones:
+                    pyro.sample(f"y_{t}", dist.Bernoulli(Vindex(probs_y)[x.squeeze(-1)]),
+                                obs=data[t])
+
+    return Idiom("pyro_hmm_example", model, ["x_0", "x_1"], {"x_0": (2, 1), "x_1": (2, 1)},
+                 nesting=2, evidence=["x_0"])
+
+
 def factorial_hmm():
     # two hidden chains w_t, x_t (each Markov); y_t | w_t, x_t; a plate of 2 sequences
     tw, tx = _stochastic(2, 2, seed=4), _stochastic(2, 2, seed=5)
@@ -135,6 +155,22 @@ def markov_history_2():
 
     return Idiom("markov_history_2", model, ["x_0", "x_1", "x_2"],
                  {f"x_{t}": (2,) for t in range(3)}, evidence=["x_1"])
+
+
+def plate_inside_markov():
+    # x_t[i] | x_{t-1}[i]: the plate is built once and entered at each step (Pyro's HMM examples)
+    init, trans = _stochastic(2, seed=26), _stochastic(2, 2, seed=27)
+
+    def model():
+        x = None
+        items = pyro.plate("items", 2)
+        for t in pyro.markov(range(3)):
+            with items:
+                x = pyro.sample(f"x_{t}", dist.Categorical(init if x is None
+                                                           else Vindex(trans)[x]))
+
+    return Idiom("plate_inside_markov", model, ["x_0", "x_1", "x_2"],
+                 {f"x_{t}": (2,) for t in range(3)}, evidence=["x_2"])
 
 
 def plate_with_mask_and_scale():
@@ -212,8 +248,8 @@ def sequential_plate():
                  {f"x_{i}": () for i in range(3)}, nesting=0, evidence=["x_0"])
 
 
-IDIOMS = [hmm_over_sequences, factorial_hmm, nested_bernoulli_plates, masked_mixture,
-          markov_history_2, plate_with_mask_and_scale, factors_in_a_plate,
+IDIOMS = [hmm_over_sequences, pyro_hmm_example, factorial_hmm, nested_bernoulli_plates, masked_mixture,
+          markov_history_2, plate_inside_markov, plate_with_mask_and_scale, factors_in_a_plate,
           observed_with_obs_mask, one_hot_and_binomial_tokens, sequential_plate]
 
 
