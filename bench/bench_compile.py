@@ -3,9 +3,9 @@
 For n_blocks = 8, 16, ..., ``--max-blocks`` (the paper's Block-HMM, 8 tokens per block), in one
 run: the compile without the replay check (trace under enumeration, grounding), the replay check
 alone (reruns of the model on samples of the compiled graph: 3, one past 1000 sites), and, as
-the baseline, one plain ``poutine.trace`` of the model (Pyro running it once, sampling). Reported: seconds (median of
-``--repeats``), the ratios compile / plain trace and replay / compile, and log-log slopes of time
-vs n_blocks (linear: ~1).
+the baseline, one plain ``poutine.trace`` of the model (Pyro running it once, sampling).
+Reported: seconds (median of ``--repeats``), the ratios compile / plain trace and replay /
+compile, and log-log slopes of time vs n_blocks (linear: ~1).
 
     .venv/bin/python bench/bench_compile.py              # up to 512 blocks
     .venv/bin/python bench/bench_compile.py --quick      # up to 64 blocks
