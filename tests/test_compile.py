@@ -257,6 +257,21 @@ def test_a_plate_over_observations_only_is_summed():
     torch.testing.assert_close(obs.table, emit.log()[:, data].sum(-1))
 
 
+def test_a_masked_plate_over_observations_sums_the_kept_elements():
+    # z -> obs[i] (observed, plate of 4, elements 1 and 2 masked out)
+    emit = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6]])
+    data = torch.tensor([0, 2, 2, 1])
+    keep = torch.tensor([True, False, False, True])
+
+    def m():
+        z = pyro.sample("z", dist.Categorical(torch.tensor([0.5, 0.5])))
+        with pyro.plate("data", 4), poutine.mask(mask=keep):
+            pyro.sample("obs", dist.Categorical(Vindex(emit)[z]), obs=data)
+
+    obs = {f.site: f for f in compiled(m, ["z"], vocab=2).factors}["obs"]
+    torch.testing.assert_close(obs.table, emit.log()[:, data[keep]].sum(-1))
+
+
 def test_tokens_pick_elements_and_names_must_exist():
     def m():
         with pyro.plate("items", 3):
