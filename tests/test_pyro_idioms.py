@@ -142,6 +142,20 @@ def masked_mixture():
     return Idiom("masked_mixture", model, ["z"], {"z": (3,)}, value=lambda site, k: k.double())
 
 
+def gaussian_mixture():
+    # z[i] (tokens, plate of 3) -> obs[i] ~ Normal(loc[z[i]], 1), observed: a continuous
+    # likelihood is a factor over the latents it reads
+    weights, locs = _stochastic(2, seed=31), torch.tensor([-1.0, 2.0], dtype=torch.float64)
+    data = torch.tensor([0.3, -1.2, 2.5], dtype=torch.float64)
+
+    def model():
+        with pyro.plate("points", 3):
+            z = pyro.sample("z", dist.Categorical(weights))
+            pyro.sample("obs", dist.Normal(Vindex(locs)[z], 1.0), obs=data)
+
+    return Idiom("gaussian_mixture", model, ["z"], {"z": (3,)})
+
+
 def markov_history_2():
     # x_t | x_{t-2}, x_{t-1}, a plate of 2 sequences, 3 steps
     t2 = _stochastic(2, 2, 2, seed=12)
@@ -248,7 +262,7 @@ def sequential_plate():
                  {f"x_{i}": () for i in range(3)}, nesting=0, evidence=["x_0"])
 
 
-IDIOMS = [hmm_over_sequences, pyro_hmm_example, factorial_hmm, nested_bernoulli_plates, masked_mixture,
+IDIOMS = [hmm_over_sequences, pyro_hmm_example, factorial_hmm, nested_bernoulli_plates, masked_mixture, gaussian_mixture,
           markov_history_2, plate_inside_markov, plate_with_mask_and_scale, factors_in_a_plate,
           observed_with_obs_mask, one_hot_and_binomial_tokens, sequential_plate]
 
