@@ -357,8 +357,7 @@ def _ground_factors(trace, sites: list[_Site], index: dict[str, int], graph: Fac
             f"site {low[0][0]!r} computes its log-probability in {low[0][1]}, which limits "
             "every exact result to that precision; "
             "create the model's tensors with dtype=torch.float64 (those made inside the model "
-            "already are)", stacklevel=4)
-    plate_of_symbol = {sym: name for name, sym in trace.plate_to_symbol.items()}
+            "already are)", stacklevel=5)
     grounded = _Grounded({}, {}, {})
     scales: dict[float, str] = {}
     for s in sites:
@@ -369,7 +368,8 @@ def _ground_factors(trace, sites: list[_Site], index: dict[str, int], graph: Fac
             table = packed.scale_and_mask(pk["unscaled_log_prob"], mask=pk["mask"])
         dims = table._pyro_dims
         enum = [d for d in dims if d in owner]
-        strange = [d for d in dims if d not in owner and d not in plate_of_symbol]
+        own_plates = {trace.plate_to_symbol[p[0]] for p in s.plates}
+        strange = [d for d in dims if d not in owner and d not in own_plates]
         if strange:
             raise StructureError(f"site {s.name!r} has a batch dimension that is neither a plate "
                                  "of it nor an enumerated variable; " + CONTROL_FLOW_HINT)
@@ -405,7 +405,7 @@ def _ground_factors(trace, sites: list[_Site], index: dict[str, int], graph: Fac
                                                                 owner[d].plate_names))]
                               for d in enum)
             terms.append((variables, cut))
-            if s.symbol is not None:
+            if s.symbol in enum:  # (a one-state site's own dim is squeezed away)
                 grounded.own[index[s.element_name(element)]] = (variables, cut)
             if (cut != 0).any():  # a zero table (pyro.deterministic, log 1) carries nothing
                 name = f"{s.name}[{','.join(map(str, element))}]" if element else s.name

@@ -450,3 +450,21 @@ def test_the_replay_check_accepts_every_zoo_model():
         again = compile_model(load_model(name).model, graph.names[:graph.n_tokens],
                               graph.cards[0], replay_samples=5, seed=1)
         assert again.names == graph.names
+
+
+def test_a_plated_one_state_latent_reading_a_global():
+    # g -> one[i] (one state each, log 1 squeezed away), g -> x[i]
+    pg, px = torch.tensor([0.3, 0.7]), torch.tensor([[0.9, 0.1], [0.2, 0.8]])
+
+    def m():
+        g = pyro.sample("g", dist.Categorical(pg))
+        with pyro.plate("items", 2):
+            pyro.sample("one", dist.Categorical(Vindex(torch.ones(2, 1))[g]))
+            pyro.sample("x", dist.Categorical(Vindex(px)[g]))
+
+    s = Structure(m, ["x"], vocab=2)
+    assert s.factor_graph.names == ["x[0]", "x[1]", "g", "one[0]", "one[1]"]
+    assert s.factor_graph.cards == [2, 2, 2, 1, 1]
+    every = torch.cartesian_prod(torch.arange(2), torch.arange(2))
+    want = (pg[:, None] * px[:, every[:, 0]] * px[:, every[:, 1]]).sum(0).log()
+    torch.testing.assert_close(s.engine().log_prob(every), want, atol=1e-12, rtol=0)
