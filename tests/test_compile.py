@@ -437,7 +437,7 @@ def test_control_flow_on_sampled_values_is_caught_by_the_replay(model, tokens, p
     # without the check the same model compiles to another one: p(x1 = 1) = 0.9, truth 0.5
     if model is escapes_by_any:
         s = Structure(model, tokens, vocab=2, replay_check=False)
-        p = s.engine().conditionals(torch.zeros(1, 2, dtype=torch.long),
+        p = s.engine(device="cpu").conditionals(torch.zeros(1, 2, dtype=torch.long),
                                     torch.zeros(1, 2, dtype=torch.bool))[0, 1].exp()
         assert p[1].item() == pytest.approx(0.9, abs=1e-12)
 
@@ -452,7 +452,7 @@ def test_the_replay_check_accepts_every_zoo_model():
         assert again.names == graph.names
 
 
-def test_a_plated_one_state_latent_reading_a_global():
+def test_a_plated_one_state_latent_reading_a_global(device):
     # g -> one[i] (one state each, log 1 squeezed away), g -> x[i]
     pg, px = torch.tensor([0.3, 0.7]), torch.tensor([[0.9, 0.1], [0.2, 0.8]])
 
@@ -467,4 +467,5 @@ def test_a_plated_one_state_latent_reading_a_global():
     assert s.factor_graph.cards == [2, 2, 2, 1, 1]
     every = torch.cartesian_prod(torch.arange(2), torch.arange(2))
     want = (pg[:, None] * px[:, every[:, 0]] * px[:, every[:, 1]]).sum(0).log()
-    torch.testing.assert_close(s.engine().log_prob(every), want, atol=1e-12, rtol=0)
+    got = s.engine(device=device).log_prob(every).cpu()
+    torch.testing.assert_close(got, want, atol=1e-12, rtol=0)
