@@ -394,7 +394,7 @@ def _ground_factors(trace, sites: list[_Site], index: dict[str, int], graph: Fac
         sliced = [symbol[p[0]] for p in ground if symbol[p[0]] in dims]
         summed = [symbol[p[0]] for p in s.plates if p[0] not in used and symbol[p[0]] in dims]
         order = sliced + summed + enum
-        t = table.permute([dims.index(d) for d in order]).to(torch.float64)
+        t = table.permute([dims.index(d) for d in order]).to("cpu", torch.float64)
         if summed:  # plates only observations live in: a product over their elements
             t = t.sum(tuple(range(len(sliced), len(sliced) + len(summed))))
         terms = grounded.terms.setdefault(s.name, [])
