@@ -273,9 +273,10 @@ def sequential_plate():
                  {f"x_{i}": () for i in range(3)}, nesting=0, evidence=["x_0"])
 
 
-IDIOMS = [hmm_over_sequences, pyro_hmm_example, factorial_hmm, nested_bernoulli_plates, masked_mixture, gaussian_mixture,
-          markov_history_2, plate_inside_markov, plate_with_mask_and_scale, factors_in_a_plate,
-          observed_with_obs_mask, one_hot_and_binomial_tokens, sequential_plate]
+IDIOMS = [hmm_over_sequences, pyro_hmm_example, factorial_hmm, nested_bernoulli_plates,
+          masked_mixture, gaussian_mixture, markov_history_2, plate_inside_markov,
+          plate_with_mask_and_scale, factors_in_a_plate, observed_with_obs_mask,
+          one_hot_and_binomial_tokens, sequential_plate]
 
 
 # ---------------------------------------------------------------------------- oracles
