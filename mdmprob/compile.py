@@ -106,8 +106,8 @@ def compile_model(model: Callable[[], object], tokens: Sequence[str], vocab: int
         vocab: V; the token value k is the k-th value of the site's support.
         replay_check: rerun the model on ``replay_samples`` samples of the compiled graph
             (seeded by ``seed``) and raise :class:`ReplayMismatchError` on any disagreement.
-            The default is 3 reruns, fewer for models of over 1000 sites (at least one: a rerun
-            exercises every site, so a large model checks each line of its code many times).
+            The default is 3 reruns, 1 for models of over 1000 sites (a rerun exercises every
+            site, so a large model checks each line of its code many times).
     """
     declared = [str(t) for t in tokens]
     if len(set(declared)) != len(declared):
@@ -124,7 +124,7 @@ def compile_model(model: Callable[[], object], tokens: Sequence[str], vocab: int
     grounded = _ground_factors(trace, sites, {n: i for i, n in enumerate(names)}, graph)
     if replay_check:
         if replay_samples is None:
-            replay_samples = max(1, min(3, 3000 // max(len(sites), 1)))
+            replay_samples = 3 if len(sites) <= 1000 else 1
         _replay_check(model, sites, graph, grounded, int(replay_samples), int(seed))
     return graph
 
