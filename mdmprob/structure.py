@@ -21,7 +21,6 @@ import inspect
 import pkgutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +38,9 @@ class Structure:
 
     Attributes:
         model: a Pyro model taking no arguments.
-        tokens: names of the token sites, in sequence order.
+        tokens: the token sites in sequence order, as declared (a plated site's name stands for
+            all its elements; ``"x[3]"`` picks one); after construction, the token variables'
+            names, one per position (``["x[0]", "x[1]", ...]``).
         vocab: vocabulary size V; every token takes values ``0 .. V-1``.
         blocks: decoding blocks, a partition of ``0 .. n-1``, decoded in the listed order
             (default: one block of every position).
@@ -47,6 +48,8 @@ class Structure:
             block; column m may only read positions of blocks ``<= m``) or ``[B]`` (one check
             per sequence). Used for the violation rate.
         name, params, description: how it was built, for reports.
+        replay_check: rerun the model on samples of its compiled graph to catch control flow
+            on sampled values (default True; costs a few model runs).
     """
 
     model: Callable[[], Any]
@@ -57,14 +60,18 @@ class Structure:
     name: str = "custom"
     params: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    replay_check: bool = True
 
     def __post_init__(self):
-        self.tokens = list(self.tokens)
-        if not isinstance(self.vocab, int) or self.vocab < 2:
+        declared = [self.tokens] if isinstance(self.tokens, str) else list(self.tokens)
+        if isinstance(self.vocab, bool) or not isinstance(self.vocab, int) or self.vocab < 2:
             raise StructureError(f"vocab must be an integer >= 2, got {self.vocab!r}")
-        n = len(self.tokens)
-        if n == 0:
+        if not declared:
             raise StructureError("a structure needs at least one token site")
+        graph = compile_model(self.model, declared, self.vocab, replay_check=self.replay_check)
+        self._factor_graph = graph
+        self.tokens = graph.names[: graph.n_tokens]
+        n = len(self.tokens)
         blocks = [list(range(n))] if self.blocks is None else [list(map(int, b))
                                                                 for b in self.blocks]
         flat = sorted(p for b in blocks for p in b)
@@ -79,10 +86,10 @@ class Structure:
     def n_tokens(self) -> int:
         return len(self.tokens)
 
-    @cached_property
+    @property
     def factor_graph(self) -> FactorGraph:
-        """The compiled factor graph (traced once, on first use)."""
-        return compile_model(self.model, self.tokens, self.vocab)
+        """The compiled factor graph (traced once, when the structure is created)."""
+        return self._factor_graph
 
     def engine(self, device=None, dtype=None, budget: int | None = None):
         """The exact engine for this structure on ``device``/``dtype`` (cached)."""

@@ -11,16 +11,17 @@
 # %% [markdown]
 # # 2. Writing your own structure
 #
-# A *structure* is an ordinary Pyro model with one discrete sample site per token (and per
-# latent), plus a declaration of which sites are the tokens, the vocabulary size, the decoding
-# blocks and, optionally, a constraint predicate. mdmprob traces the model once under parallel
-# enumeration, compiles it into a factor graph and answers every query exactly by variable
-# elimination.
+# A *structure* is an ordinary Pyro model over discrete sample sites (plates, `pyro.markov`,
+# `pyro.factor` and observations included), plus a declaration of which sites are the tokens,
+# the vocabulary size, the decoding blocks and, optionally, a constraint predicate. mdmprob traces
+# the model once under parallel enumeration, compiles it into a factor graph (a plated site becomes
+# one variable per element, `b[0]`, `b[1]`, ...), checks it by rerunning the model on samples of
+# the graph, and answers every query exactly by variable elimination.
 #
 # This tutorial writes two new constraints in the two ways Pyro offers:
 #
-# 1. **exactly one hot**: a latent picks the hot position; the tokens are deterministic given it
-#    (`logits=` with `-inf` for hard zeros, indexed with `Vindex`);
+# 1. **exactly one hot**: a latent picks the hot position; the tokens, one `pyro.plate` of K
+#    elements, are deterministic given it (`logits=` with `-inf` for hard zeros, `Vindex`);
 # 2. **a Latin rectangle**: every row and every column of a grid holds distinct symbols
 #    (pairwise `pyro.factor` terms that are `-inf` on a clash).
 #
@@ -74,9 +75,12 @@ def show(fig, name):
 # ## 1. Exactly one hot, with a latent and hard zeros
 #
 # A latent `z` chooses which of K binary tokens is hot: token i is 1 exactly when `z == i`.
-# The per-token table `[K, 2]` of logits is indexed by the *sampled* `z` with `Vindex`, never
-# with a Python `if` (under enumeration `z` is a tensor of all its values at once). Hard zeros
-# are written as `logits=` with `-inf`: `probs=` would be clamped by torch to 1e-16.
+# The K tokens are one site `b` in a `pyro.plate` of K positions, as a Pyro user writes
+# independent copies; `tokens=["b"]` stands for its elements `b[0], ..., b[K-1]` in order.
+# Whether position i is hot is a tensor expression of the *sampled* `z` (`z == arange(K)`),
+# used to index the logits with `Vindex`, never a Python `if` (under enumeration `z` is a tensor
+# of all its values at once). Hard zeros are written as `logits=` with `-inf`: `probs=` would be
+# clamped by torch to 1e-16.
 #
 # The constraint predicate returns one column per decoding block; column m may only read
 # blocks ≤ m: "at most one hot so far" for the first block, "exactly one hot" for the last.
@@ -89,18 +93,19 @@ off_on = torch.tensor([[0.0, NEG_INF], [NEG_INF, 0.0]], dtype=torch.float64)  # 
 
 def one_hot_model():
     z = pyro.sample("z", dist.Categorical(weights))
-    for i in range(K):
-        table = off_on[(torch.arange(K) == i).long()]  # [K, 2]: logits of b_i given z
-        pyro.sample(f"b_{i}", dist.Categorical(logits=Vindex(table)[z]))
+    with pyro.plate("positions", K):
+        hot = (z == torch.arange(K)).long()  # [..., K]: is position i the chosen one?
+        pyro.sample("b", dist.Categorical(logits=Vindex(off_on)[hot]))
 
 
 def one_hot_ok(x):  # x: LongTensor[B, K] -> satisfied [B, n_blocks]
     return torch.stack([x[:, :2].sum(-1) <= 1, x.sum(-1) == 1], -1)
 
 
-one_hot = mdmprob.Structure(one_hot_model, tokens=[f"b_{i}" for i in range(K)], vocab=2,
+one_hot = mdmprob.Structure(one_hot_model, tokens=["b"], vocab=2,
                             blocks=[[0, 1], [2, 3]], constraint=one_hot_ok, name="one_hot")
-print(one_hot)
+print(one_hot, one_hot.tokens)
+assert one_hot.tokens == [f"b[{i}]" for i in range(K)]
 
 # %% [markdown]
 # ## 2. A Latin rectangle, with `pyro.factor`
@@ -322,7 +327,28 @@ def branching_model():
 
 
 try:
-    mdmprob.Structure(branching_model, ["x", "y"], vocab=3).engine()
+    mdmprob.Structure(branching_model, ["x", "y"], vocab=3)
 except mdmprob.StructureError as err:
     lines = str(err).splitlines()
     print(lines[0], "...", lines[-1])
+
+# %% [markdown]
+# Worse, some branches do *not* fail under enumeration: `(x == 0).any()` is simply true when `x`
+# holds all its values, so the trace sees one branch and would compile another model. After
+# compiling, mdmprob reruns the model on a few samples of the compiled graph and compares every
+# site's log-probability; the first site that differs is named.
+
+# %%
+def silently_branching_model():
+    x = pyro.sample("x", dist.Categorical(torch.ones(3) / 3))
+    if (x == 0).any():  # wrong: true for every x under enumeration
+        pyro.sample("y", dist.Categorical(torch.ones(3) / 3))
+    else:
+        pyro.sample("y", dist.Categorical(torch.tensor([0.5, 0.5, 0.0])))
+
+
+try:
+    mdmprob.Structure(silently_branching_model, ["x", "y"], vocab=3)
+    raise AssertionError("the replay check should have refused this model")
+except mdmprob.StructureError as err:
+    print(type(err).__name__, ":", err)
