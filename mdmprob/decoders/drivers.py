@@ -188,6 +188,8 @@ def enumerate_states(decoder, denoiser, start: torch.Tensor, windows, *, oracle=
             tokens = torch.where(sel, values, tokens[row])
             w, step, opened = w[row], step[row] + 1, opened[row]
         lq, seq = lq[row] + lp.to(dtype), seq[row]
+        # merge, move finished windows on (a function of the state), merge what that made equal
+        tokens, w, step, opened, lq, seq = _merge(tokens, w, step, opened, lq, seq)
         tokens, w, step, opened = _advance(tokens, w, step, opened, wmask, mask)
         tokens, w, step, opened, lq, seq = _merge(tokens, w, step, opened, lq, seq)
     final = torch.cat(done_tokens) if done_tokens else torch.zeros(0, n, dtype=torch.long,
@@ -246,15 +248,26 @@ def _advance(tokens, w, step, opened, wmask, mask):
 
 
 def _merge(tokens, w, step, opened, lq, seq):
-    """Merge equal states (same sequence id, tokens and counters), summing their probability."""
+    """Merge equal states (same sequence id, tokens and counters), summing their probability.
+    States are keyed by one int64 mixed-radix code when it fits (a 1-D sort), else row-wise."""
     if tokens.shape[0] <= 1:
         return tokens, w, step, opened, lq, seq
-    key = torch.cat([seq[:, None], tokens, w[:, None], step[:, None], opened[:, None]], -1)
-    unique, inverse = torch.unique(key, dim=0, return_inverse=True)
-    lq = _scatter_logsumexp(lq, inverse, unique.shape[0])
+    cols = torch.cat([seq[:, None], tokens, w[:, None], step[:, None], opened[:, None]], -1)
+    radix = cols.amax(0) + 1
+    if float(radix.double().log2().sum()) < 62:
+        key = torch.zeros_like(seq)
+        for j in range(cols.shape[1]):
+            key = key * radix[j] + cols[:, j]
+        _, inverse = torch.unique(key, return_inverse=True)
+    else:
+        _, inverse = torch.unique(cols, dim=0, return_inverse=True)
+    size = int(inverse.max()) + 1
+    rep = torch.zeros(size, dtype=torch.long, device=seq.device).scatter_(
+        0, inverse, torch.arange(seq.shape[0], device=seq.device))
+    lq = _scatter_logsumexp(lq, inverse, size)
     live = lq > -math.inf
-    unique, lq = unique[live], lq[live]
-    return unique[:, 1:-3], unique[:, -3], unique[:, -2], unique[:, -1], lq, unique[:, 0]
+    rep, lq = rep[live], lq[live]
+    return tokens[rep], w[rep], step[rep], opened[rep], lq, seq[rep]
 
 
 def _corrector_outcomes(decoder, denoiser, tokens, w, windows, target):

@@ -224,7 +224,7 @@ class EvenSplit(CommitRule):
             raise MdmprobError(
                 f"steps={self.steps} is the total over {n_windows} blocks and must be divisible by "
                 f"it (LLaDA's generate asserts the same); use a multiple such as steps="
-                f"{n_windows * -(-self.steps // n_windows)}, or steps_per_block=")
+                f"{n_windows * -(-self.steps // n_windows)}, or steps_per='window'")
         return self.steps // n_windows
 
     def count(self, step, ranked_scores, order):
@@ -236,11 +236,11 @@ class EvenSplit(CommitRule):
 
 
 class Threshold(CommitRule):
-    """Fast-dLLM threshold: every candidate whose score (max probability) is >= tau, and at least
-    the top one."""
+    """Fast-dLLM threshold: every candidate whose confidence is >= tau, and at least the top
+    one."""
 
     def __init__(self, tau: float = 0.9):
-        if not (isinstance(tau, int | float) and 0 < tau <= 1):
+        if isinstance(tau, bool) or not (isinstance(tau, int | float) and 0 < tau <= 1):
             raise MdmprobError(f"threshold tau={tau!r} must be in (0, 1]")
         self.tau, self.name = float(tau), f"threshold(tau={tau})"
 
@@ -249,19 +249,36 @@ class Threshold(CommitRule):
 
 
 class Factor(CommitRule):
-    """Fast-dLLM factor rule as written in the paper: the largest n with (n + 1)(1 - c_(n)) < f,
-    c_(n) the n-th largest confidence; at least one."""
+    """Fast-dLLM factor rule on the ranked confidences c_(1) >= c_(2) >= ...; at least one.
 
-    def __init__(self, f: float = 1.0):
-        if not (isinstance(f, int | float) and f > 0):
-            raise MdmprobError(f"factor f={f!r} must be > 0")
-        self.f, self.name = float(f), f"factor(f={f})"
+    ``variant="strict"`` (the paper): the largest n with (n + 1)(1 - c_(n)) < f.
+    ``variant="reference"`` (the published code): the largest n with c_(n) >= 1 - f / (n + 1)
+    (non-strict), and all m candidates when that n is m - 1 (the last two masks of a window then
+    always go together).
+    """
+
+    VARIANTS = {"reference": "non-strict test; all candidates when only the last one fails "
+                             "(the published code)",
+                "strict": "the paper's rule: largest n with (n + 1)(1 - c_(n)) < f"}
+
+    def __init__(self, f: float = 1.0, variant: str = "strict"):
+        if isinstance(f, bool) or not (isinstance(f, int | float) and f > 0 and math.isfinite(f)):
+            raise MdmprobError(f"factor f={f!r} must be a finite number > 0")
+        if variant not in self.VARIANTS:
+            raise unknown_name("factor rule variant", str(variant), self.VARIANTS)
+        self.f, self.variant = float(f), variant
+        self.name = f"factor(f={f})" if variant == "strict" else f"factor(f={f}, reference)"
 
     def count(self, step, ranked_scores, order):
         n = torch.arange(1, ranked_scores.shape[-1] + 1, device=ranked_scores.device)
-        ok = ((n + 1) * (1 - ranked_scores) < self.f) & (n <= step.n_candidates[:, None])
-        largest = torch.where(ok, n, torch.zeros_like(n)).amax(-1)
-        return largest.clamp(min=1)
+        m = step.n_candidates
+        within = n <= m[:, None]
+        if self.variant == "strict":
+            ok = ((n + 1) * (1 - ranked_scores) < self.f) & within
+            return torch.where(ok, n, torch.zeros_like(n)).amax(-1).clamp(min=1)
+        ok = (ranked_scores >= 1 - self.f / (n + 1).to(ranked_scores.dtype)) & within
+        largest = torch.where(ok, n, torch.zeros_like(n)).amax(-1).clamp(min=1)
+        return torch.where(largest == m - 1, m, largest)
 
 
 class EntropyBudget(CommitRule):
