@@ -255,10 +255,8 @@ def _merge(tokens, w, step, opened, lq, seq):
     cols = torch.cat([seq[:, None], tokens, w[:, None], step[:, None], opened[:, None]], -1)
     radix = cols.amax(0) + 1
     if float(radix.double().log2().sum()) < 62:
-        key = torch.zeros_like(seq)
-        for j in range(cols.shape[1]):
-            key = key * radix[j] + cols[:, j]
-        _, inverse = torch.unique(key, return_inverse=True)
+        weight = torch.cat([radix.flip(0).cumprod(0).flip(0)[1:], radix.new_ones(1)])
+        _, inverse = torch.unique((cols * weight).sum(-1), return_inverse=True)
     else:
         _, inverse = torch.unique(cols, dim=0, return_inverse=True)
     size = int(inverse.max()) + 1

@@ -113,35 +113,33 @@ class SelectionStep:
         cand = view.candidates
         B, n = cand.shape
         device = cand.device
-        row = torch.arange(B, device=device)
+        V = self.values_lp.shape[-1]
         lp = torch.zeros(B, dtype=self.values_lp.dtype, device=device)
         if rule.commit.stochastic:
             probs = rule.commit.probs(view)
-            sel = torch.zeros_like(cand)
-            values = torch.zeros(B, n, dtype=torch.long, device=device)
+            tree = _Tree(B, device)
             for p in range(n):
+                row = tree.row
                 take = probs[row, p].log()[:, None] + self._value_options(row, p, forced)
                 skip = torch.log1p(-probs[row, p])[:, None]
                 opts = torch.cat([take, skip], -1)  # [K, V + 1]: a value, or stay masked
-                keep_only = torch.full_like(opts, -math.inf)
-                keep_only[:, -1] = 0.0
-                opts = torch.where(cand[row, p][:, None], opts, keep_only)
-                parent, choice, olp = _branch(opts)
-                row, sel, values, lp = row[parent], sel[parent], values[parent], lp[parent] + olp
-                committed = choice < opts.shape[-1] - 1
-                sel[:, p] = committed
-                values[:, p] = torch.where(committed, choice, values[:, p])
-            return row, sel, values, lp
+                opts = torch.where(cand[row, p][:, None], opts, _last_only(opts))
+                parent, olp = tree.branch(p, opts)
+                lp = lp[parent] + olp
+            out, _ = tree.columns(n, V)
+            return tree.row, out < V, out, lp
         if self.draws_random:
             if forced is not None:
                 raise ValueError("sample-then-choose steps are not replayed with forced values")
-            draws = torch.zeros(B, n, dtype=torch.long, device=device)
+            tree = _Tree(B, device)
             for p in range(n):
+                row = tree.row
                 opts = self._value_options(row, p, None)
                 opts = torch.where(cand[row, p][:, None], opts, _first_only(opts))
-                parent, choice, olp = _branch(opts)
-                row, draws, lp = row[parent], draws[parent], lp[parent] + olp
-                draws[:, p] = torch.where(cand[row, p], choice, draws[:, p])
+                parent, olp = tree.branch(p, opts)
+                lp = lp[parent] + olp
+            draws, _ = tree.columns(n, 0)
+            row = tree.row
             sub = _subview(view, row)
             keys = self._keys(sub, draws)
             above, tied, r = _boundary(keys, sub.candidates, self._count(sub, keys))
@@ -151,16 +149,18 @@ class SelectionStep:
         keys = self._keys(view, draws)
         above, tied, r = _boundary(keys, cand, self._count(view, keys))
         row, sel, lp = _tie_subsets(above, tied, r, self.random_ties)
-        values = torch.zeros(row.shape[0], n, dtype=torch.long, device=device)
+        tree = _Tree(row.shape[0], device)
+        tree.row = row
         for p in range(n):
-            if not sel[:, p].any():
+            need = sel[:, p]
+            if not need.any():
                 continue
-            opts = self._value_options(row, p, forced)
-            opts = torch.where(sel[:, p][:, None], opts, _first_only(opts))
-            parent, choice, olp = _branch(opts)
-            row, sel, values, lp = row[parent], sel[parent], values[parent], lp[parent] + olp
-            values[:, p] = torch.where(sel[:, p], choice, values[:, p])
-        return row, sel, values, lp
+            opts = self._value_options(tree.row, p, forced)
+            opts = torch.where(need[tree.root][:, None], opts, _first_only(opts))
+            parent, olp = tree.branch(p, opts)
+            lp = lp[parent] + olp
+        values, root = tree.columns(n, 0)
+        return tree.row, sel[root], values, lp
 
     # ------------------------------------------------------------------------------- helpers
     def _value_options(self, row, p, forced) -> torch.Tensor:
@@ -342,12 +342,15 @@ def _tie_subsets(above, tied, r, random_ties: bool):
     B, n = tied.shape
     device = tied.device
     row = torch.arange(B, device=device)
-    if not random_ties:
+    t = tied.sum(-1)
+    if not random_ties or ((r == 0) | (r == t)).all():  # no row has a choice to make
         lowest = tied & (tied.long().cumsum(-1) - 1 < r[:, None])
         return row, above | lowest, torch.zeros(B, dtype=torch.float64, device=device)
-    sel, taken = above.clone(), torch.zeros(B, dtype=torch.long, device=device)
+    tree = _Tree(B, device)
+    taken = torch.zeros(B, dtype=torch.long, device=device)
     left = tied.long().flip(-1).cumsum(-1).flip(-1)  # tied positions at p or after
     for p in range(n):
+        row = tree.row
         t = tied[row, p]
         if not t.any():
             continue
@@ -356,12 +359,42 @@ def _tie_subsets(above, tied, r, random_ties: bool):
         can_skip = ~t | (left[row, p] - 1 >= need)
         opts = torch.stack([torch.where(can_skip, 0.0, -math.inf),
                             torch.where(can_take, 0.0, -math.inf)], -1).to(torch.float64)
-        parent, choice, _ = _branch(opts)
-        row, sel, taken = row[parent], sel[parent], taken[parent]
-        took = choice == 1
-        sel[:, p] = sel[:, p] | took
-        taken = taken + took.long()
-    return row, sel, -_log_comb(tied.sum(-1)[row], r[row])
+        parent, _ = tree.branch(p, opts)
+        taken = taken[parent] + tree.last_choice
+    took, _ = tree.columns(n, 0)
+    row = tree.row
+    return row, above[row] | (took == 1), -_log_comb(tied.sum(-1)[row], r[row])
+
+
+class _Tree:
+    """A position-by-position expansion of outcomes. Each level records (parent, choice) and
+    ``columns`` rebuilds the chosen values by walking the parents back, so no ``[K, n]`` tensor
+    is copied per level. ``root`` is each outcome's starting outcome, ``row`` its state row."""
+
+    def __init__(self, B: int, device):
+        self.row = torch.arange(B, device=device)
+        self.root = self.row
+        self.levels: list[tuple[int, torch.Tensor, torch.Tensor]] = []
+        self.last_choice = None
+
+    def branch(self, p: int, opts: torch.Tensor):
+        """Expand every outcome into its options at position ``p``: ``(parent, lp)``."""
+        parent, choice, lp = _branch(opts)
+        self.levels.append((p, parent, choice))
+        self.row, self.root = self.row[parent], self.root[parent]
+        self.last_choice = choice
+        return parent, lp
+
+    def columns(self, n: int, fill: int):
+        """``(chosen [K, n] (``fill`` where nothing was chosen), root [K])``."""
+        K = self.row.shape[0]
+        device = self.row.device
+        out = torch.full((K, n), fill, dtype=torch.long, device=device)
+        idx = torch.arange(K, device=device)
+        for p, parent, choice in reversed(self.levels):
+            out[:, p] = choice[idx]
+            idx = parent[idx]
+        return out, idx
 
 
 def _branch(options_lp: torch.Tensor):
@@ -371,6 +404,13 @@ def _branch(options_lp: torch.Tensor):
                           f"x {options_lp.shape[1]} options; use Monte Carlo mode")
     parent, choice = (options_lp > -math.inf).nonzero(as_tuple=True)
     return parent, choice, options_lp[parent, choice]
+
+
+def _last_only(opts: torch.Tensor) -> torch.Tensor:
+    """One certain option (the last index)."""
+    out = torch.full_like(opts, -math.inf)
+    out[:, -1] = 0.0
+    return out
 
 
 def _first_only(opts: torch.Tensor) -> torch.Tensor:
