@@ -25,7 +25,7 @@ from mdmprob.decoders.primitives import (
     Threshold,
     WholeWindow,
 )
-from mdmprob.denoisers import Oracle, Table
+from mdmprob.denoisers import Oracle, Perturbed, Table
 
 sys.path.insert(0, str(Path(__file__).parent))
 from naive_decoders import NaiveDecoder  # noqa: E402
@@ -102,3 +102,56 @@ def test_run_frequencies_follow_the_exact_law_with_random_ties():
     assert ((freq - q).abs() <= 4 * se + 1e-12).all()
     # and the run's log q is the marginal q(x) (tie branches summed)
     torch.testing.assert_close(run.log_q, q.log()[codes], atol=1e-10, rtol=0)
+
+
+def test_bad_options_raise_typed_errors_naming_the_value():
+    from mdmprob.decoders import fast_dllm_factor, fast_dllm_threshold, get_decoder, llada
+    from mdmprob.errors import MdmprobError, UnknownNameError
+
+    with pytest.raises(UnknownNameError, match="unknown llada parameter 'stepz'.*steps"):
+        get_decoder("llada", stepz=3)
+    with pytest.raises(UnknownNameError, match="'maxprob'.*max_prob"):
+        fast_dllm_threshold(confidence="maxprob")
+    with pytest.raises(UnknownNameError, match="'paper'"):
+        fast_dllm_factor(variant="paper")
+    with pytest.raises(UnknownNameError, match="'first'"):
+        llada(ties="first")
+    with pytest.raises(UnknownNameError, match="'block'"):
+        llada(steps_per="block")
+    with pytest.raises(UnknownNameError, match="'calls'"):
+        llada(nfe="calls")
+    with pytest.raises(MdmprobError, match="top_p=1.5"):
+        llada(top_p=1.5)
+    with pytest.raises(MdmprobError, match="top_p=0"):
+        llada(top_p=0)
+    with pytest.raises(MdmprobError, match="top_k=0"):
+        llada(top_k=0)
+    with pytest.raises(UnknownNameError, match="'greedy'"):
+        Decoder("d", NegEntropy(), PerStep(1), "all", 1.0, top_p=0.5, nucleus="greedy")
+    with pytest.raises(MdmprobError, match="nfe='reference'"):
+        Decoder("d", NegEntropy(), PerStep(1), "all", 1.0, nfe="reference")
+    den = Table.random(4, 2, seed=0)
+    with pytest.raises(MdmprobError, match="window='blocks'.*not built on a structure"):
+        Decoder("d", NegEntropy(), PerStep(1), "blocks", 1.0).run(den, 2)
+    with pytest.raises(MdmprobError, match="steps=3 is the total over 2 blocks"):
+        llada(3, block_length=2).distribution(den)
+    with pytest.raises(MdmprobError, match=r"initial has shape \(3,\)"):
+        llada(2).run(den, 2, initial=torch.tensor([0, 1, 2]))
+    with pytest.raises(MdmprobError, match="differs from the prompt"):
+        llada(2, temperature=0.0).log_prob(den, torch.tensor([[0, 0, 0, 0]]),
+                                           initial=torch.tensor([1, 2, 2, 2]))
+
+
+def test_blocks_are_never_lost():
+    from mdmprob.decoders import mean_field_blocks
+
+    s = load_model("block_hmm", n_blocks=2, block_size=3, eta=0.05)
+    o = Oracle(s)
+    pert = Perturbed(o, "temperature", 0.5)
+    table = Table.from_denoiser(pert)
+    assert pert.blocks == table.blocks == [list(b) for b in s.blocks]
+    q_pert = mean_field_blocks().distribution(pert)
+    torch.testing.assert_close(mean_field_blocks().distribution(table), q_pert)
+    # decoding the whole sequence as one window is another decoder
+    whole = Decoder("mf-all", SCORES["l2r"](), WholeWindow(), "all", 1.0).distribution(pert)
+    assert (whole.exp() - q_pert.exp()).abs().max() > 1e-3

@@ -132,11 +132,12 @@ def initial_tokens(denoiser, initial, num: int) -> torch.Tensor:
     if initial is None:
         return torch.full((num, n), denoiser.mask_id, dtype=torch.long, device=denoiser.device)
     initial = torch.as_tensor(initial)
+    shape = tuple(initial.shape)
     if initial.dim() == 1:
         initial = initial[None]
     if initial.dim() != 2 or initial.shape[-1] != n or initial.shape[0] not in (1, num):
         raise MdmprobError(
-            f"initial has shape {tuple(initial.shape)}; it must be [n], [1, n] or [num, n] with "
+            f"initial has shape {shape}; it must be [n], [1, n] or [num, n] with "
             f"n = {n}, num = {num} (mask id {denoiser.mask_id} where the decoder decodes)")
     initial = denoiser.check(initial)
     return initial.expand(num, n).clone()
