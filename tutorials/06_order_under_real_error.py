@@ -171,8 +171,9 @@ show(fig, "training_curve")
 # k positions per step, the positions chosen by the order: L2R (most significant digit first),
 # R2L (least significant first, the order in which carries propagate), random, and low-confidence
 # (the positions whose greedy digit has the highest probability first). We use k = 1 and
-# k = D + 1 (all answer digits in one step). With k = D + 1 every order commits all positions at once from the same prediction, so the
-# four orders must give identical answers there: a built-in sanity check.
+# k = D + 1 (all answer digits in one step). With k = D + 1 every order commits all positions at
+# once from the same prediction, so the four orders must give identical answers there: a built-in
+# sanity check.
 
 # %%
 K_VALUES = (1, D + 1)
