@@ -52,7 +52,9 @@ class Decoder(DecoderBase):
         temperature: values are drawn from softmax(log p_theta / T); T = 0 is argmax.
         corrector: a block-level corrector (rejection, speculative, exact block) that replaces
             the step loop inside each window.
-        top_k, top_p, nucleus: truncation of the value law (:class:`ValueLaw`).
+        top_k: keep the values at least as probable as the k-th (:class:`ValueLaw`).
+        top_p: keep the nucleus of mass p (:class:`ValueLaw`).
+        nucleus: ``"standard"`` or ``"drop_crossing"`` (:class:`ValueLaw`).
         ties: ``"random"`` (a uniform choice among equal keys) or ``"lowest_position"``.
         nfe: ``"steps"`` or ``"reference"`` (see :data:`NFE_ACCOUNTING`; needs an even split).
     """
