@@ -184,7 +184,8 @@ def enumerate_states(decoder, denoiser, start: torch.Tensor, windows, *, oracle=
                 values.append(v)
                 lp.append(p)
                 offset += len(part)
-            row, sel, values, lp = (torch.cat(t) for t in (row, sel, values, lp))
+            row, sel, values, lp = (t[0] if len(t) == 1 else torch.cat(t)
+                                    for t in (row, sel, values, lp))
             tokens = torch.where(sel, values, tokens[row])
             w, step, opened = w[row], step[row] + 1, opened[row]
         lq, seq = lq[row] + lp.to(dtype), seq[row]

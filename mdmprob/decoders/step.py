@@ -120,10 +120,12 @@ class SelectionStep:
             tree = _Tree(B, device)
             for p in range(n):
                 row = tree.row
-                take = probs[row, p].log()[:, None] + self._value_options(row, p, forced)
-                skip = torch.log1p(-probs[row, p])[:, None]
-                opts = torch.cat([take, skip], -1)  # [K, V + 1]: a value, or stay masked
-                opts = torch.where(cand[row, p][:, None], opts, _last_only(opts))
+                opts = torch.empty(row.shape[0], V + 1, dtype=lp.dtype, device=device)
+                # [K, V + 1]: commit a value, or stay masked (certain off the candidates)
+                live = cand[row, p]
+                pr = torch.where(live, probs[row, p], torch.zeros_like(lp))
+                opts[:, :V] = pr.log()[:, None] + self._value_options(row, p, forced)
+                opts[:, V] = torch.log1p(-pr)
                 parent, olp = tree.branch(p, opts)
                 lp = lp[parent] + olp
             out, _ = tree.columns(n, V)
@@ -389,12 +391,13 @@ class _Tree:
         """``(chosen [K, n] (``fill`` where nothing was chosen), root [K])``."""
         K = self.row.shape[0]
         device = self.row.device
-        out = torch.full((K, n), fill, dtype=torch.long, device=device)
+        cols = [None] * n
         idx = torch.arange(K, device=device)
         for p, parent, choice in reversed(self.levels):
-            out[:, p] = choice[idx]
+            cols[p] = choice[idx]
             idx = parent[idx]
-        return out, idx
+        filler = torch.full((K,), fill, dtype=torch.long, device=device)
+        return torch.stack([filler if c is None else c for c in cols], -1), idx
 
 
 def _branch(options_lp: torch.Tensor):
@@ -404,13 +407,6 @@ def _branch(options_lp: torch.Tensor):
                           f"x {options_lp.shape[1]} options; use Monte Carlo mode")
     parent, choice = (options_lp > -math.inf).nonzero(as_tuple=True)
     return parent, choice, options_lp[parent, choice]
-
-
-def _last_only(opts: torch.Tensor) -> torch.Tensor:
-    """One certain option (the last index)."""
-    out = torch.full_like(opts, -math.inf)
-    out[:, -1] = 0.0
-    return out
 
 
 def _first_only(opts: torch.Tensor) -> torch.Tensor:
