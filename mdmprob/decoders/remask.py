@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 
+from mdmprob.decoders import drivers
 from mdmprob.decoders.primitives import ValueLaw
 from mdmprob.decoders.protocol import (
     DecoderBase,
@@ -378,8 +379,6 @@ class RemaskDecoder(DecoderBase):
                      max_states: int = 2**16) -> torch.Tensor:
         """The exact law of the output, ``[V] * n``: each window's exact chain q^(sweeps) given
         every prefix (the windows are decoded in order)."""
-        from mdmprob.decoders import drivers
-
         _no_prompt(self.name, initial)
         n, V = denoiser.n_tokens, denoiser.vocab
         if V ** n > 2**20:

@@ -116,32 +116,18 @@ class SelectionStep:
         V = self.values_lp.shape[-1]
         lp = torch.zeros(B, dtype=self.values_lp.dtype, device=device)
         if rule.commit.stochastic:
-            probs = rule.commit.probs(view)
-            tree = _Tree(B, device)
-            for p in range(n):
-                row = tree.row
-                opts = torch.empty(row.shape[0], V + 1, dtype=lp.dtype, device=device)
-                # [K, V + 1]: commit a value, or stay masked (certain off the candidates)
-                live = cand[row, p]
-                pr = torch.where(live, probs[row, p], torch.zeros_like(lp))
-                opts[:, :V] = pr.log()[:, None] + self._value_options(row, p, forced)
-                opts[:, V] = torch.log1p(-pr)
-                parent, olp = tree.branch(p, opts)
-                lp = lp[parent] + olp
-            out, _ = tree.columns(n, V)
-            return tree.row, out < V, out, lp
+            probs = torch.where(cand, rule.commit.probs(view), torch.zeros_like(lp)[:, None])
+            opts = torch.empty(B, n, V + 1, dtype=lp.dtype, device=device)
+            # per position: commit a value, or stay (masked, or visible: certain)
+            opts[..., :V] = probs.log()[..., None] + self._all_value_options(forced)
+            opts[..., V] = torch.log1p(-probs)
+            row, out, lp = _product(opts)
+            return row, out < V, out, lp
         if self.draws_random:
             if forced is not None:
                 raise ValueError("sample-then-choose steps are not replayed with forced values")
-            tree = _Tree(B, device)
-            for p in range(n):
-                row = tree.row
-                opts = self._value_options(row, p, None)
-                opts = torch.where(cand[row, p][:, None], opts, _first_only(opts))
-                parent, olp = tree.branch(p, opts)
-                lp = lp[parent] + olp
-            draws, _ = tree.columns(n, 0)
-            row = tree.row
+            row, draws, lp = _product(torch.where(cand[..., None], self.values_lp,
+                                                  _first_only(self.values_lp)))
             sub = _subview(view, row)
             keys = self._keys(sub, draws)
             above, tied, r = _boundary(keys, sub.candidates, self._count(sub, keys))
@@ -151,20 +137,20 @@ class SelectionStep:
         keys = self._keys(view, draws)
         above, tied, r = _boundary(keys, cand, self._count(view, keys))
         row, sel, lp = _tie_subsets(above, tied, r, self.random_ties)
-        tree = _Tree(row.shape[0], device)
-        tree.row = row
-        for p in range(n):
-            need = sel[:, p]
-            if not need.any():
-                continue
-            opts = self._value_options(tree.row, p, forced)
-            opts = torch.where(need[tree.root][:, None], opts, _first_only(opts))
-            parent, olp = tree.branch(p, opts)
-            lp = lp[parent] + olp
-        values, root = tree.columns(n, 0)
-        return tree.row, sel[root], values, lp
+        values_lp = self._all_value_options(forced)[row]
+        parent, values, vlp = _product(torch.where(sel[..., None], values_lp,
+                                                   _first_only(values_lp)))
+        return row[parent], sel[parent], values, lp[parent] + vlp
 
     # ------------------------------------------------------------------------------- helpers
+    def _all_value_options(self, forced) -> torch.Tensor:
+        """log-probability ``[B, n, V]`` of each value, restricted to ``forced`` if given."""
+        if forced is None:
+            return self.values_lp
+        V = self.values_lp.shape[-1]
+        hot = torch.nn.functional.one_hot(forced.clamp(0, V - 1), V).bool()
+        return self.values_lp.masked_fill(~hot, -math.inf)
+
     def _value_options(self, row, p, forced) -> torch.Tensor:
         """log-probability ``[K, V]`` of each value at position ``p`` for states ``row``."""
         opts = self.values_lp[row, p]
@@ -412,8 +398,34 @@ def _branch(options_lp: torch.Tensor):
 def _first_only(opts: torch.Tensor) -> torch.Tensor:
     """One certain option (index 0): a position the expansion passes over."""
     out = torch.full_like(opts, -math.inf)
-    out[:, 0] = 0.0
+    out[..., 0] = 0.0
     return out
+
+
+def _product(options_lp: torch.Tensor):
+    """Every combination of one option per position, per row: ``options_lp [B, n, C]`` ->
+    ``(row [K], choice [K, n], lp [K])`` over the options with positive probability. The K
+    outcomes are decoded from a mixed-radix counter (no intermediate expansions)."""
+    B, n, C = options_lp.shape
+    device = options_lp.device
+    valid = options_lp > -math.inf
+    counts = valid.sum(-1)  # [B, n]
+    total = counts.prod(-1)  # [B]; 0 when some position has no option
+    K = int(total.sum())
+    if K > EXPANSION_BUDGET * 4:
+        raise BudgetError(f"exact enumeration of one step reached {K} outcomes; use Monte Carlo "
+                          "mode")
+    option = torch.sort((~valid).to(torch.int8), dim=-1, stable=True).indices  # valid first
+    stride = torch.cat([counts.flip(-1).cumprod(-1).flip(-1)[:, 1:],
+                        torch.ones(B, 1, dtype=counts.dtype, device=device)], -1)
+    row = torch.repeat_interleave(torch.arange(B, device=device), total)
+    offset = torch.cumsum(total, 0) - total
+    j = torch.arange(K, device=device) - offset[row]
+    digit = (j[:, None] // stride[row]) % counts[row].clamp(min=1)  # [K, n]
+    cell = (row * n)[:, None] + torch.arange(n, device=device)  # flat (row, position)
+    choice = option.reshape(-1).take(cell * C + digit)
+    lp = options_lp.reshape(-1).take(cell * C + choice).sum(-1)
+    return row, choice, lp
 
 
 def _bernoulli_lp(probs, sel, cand) -> torch.Tensor:
