@@ -94,14 +94,14 @@ def test_run_frequencies_follow_the_exact_law_with_random_ties():
     s = load_model("block_hmm", n_blocks=2, block_size=3, eta=0.0)
     o = Oracle(s)
     d = Decoder("entropy-k2", NegEntropy(), PerStep(2), "all", 1.0)
-    q = d.distribution(o).reshape(-1).exp()
+    q = d.distribution(o).reshape(-1).exp().cpu()
     run = d.run(o, 20000, seed=11)
-    codes = (run.tokens * 2 ** torch.arange(5, -1, -1)).sum(-1)
+    codes = (run.tokens.cpu() * 2 ** torch.arange(5, -1, -1)).sum(-1)
     freq = torch.bincount(codes, minlength=64).double() / 20000
     se = (q * (1 - q) / 20000).sqrt()
     assert ((freq - q).abs() <= 4 * se + 1e-12).all()
     # and the run's log q is the marginal q(x) (tie branches summed)
-    torch.testing.assert_close(run.log_q, q.log()[codes], atol=1e-10, rtol=0)
+    torch.testing.assert_close(run.log_q.cpu(), q.log()[codes], atol=1e-10, rtol=0)
 
 
 def test_bad_options_raise_typed_errors_naming_the_value():
