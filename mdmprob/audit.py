@@ -149,7 +149,7 @@ def audit(sampler, structure, *, samples: int = 1000, batch: int = 100,
           lm_options: dict[str, Any] | None = None, time_limit: float = 300.0,
           size_check: int = 32, alpha: float = ALPHA, tau: float = 1e-8,
           exact_limit: int = EXACT_LIMIT, out: str | Path | None = None,
-          device=None, progress: Callable[[int, int], None] | None = None) -> AuditReport:
+          denoiser=None, device=None, progress: Callable[[int, int], None] | None = None) -> AuditReport:
     """Audit ``sampler`` against ``structure`` (a Structure, or a zoo name).
 
     Args:
@@ -166,6 +166,8 @@ def audit(sampler, structure, *, samples: int = 1000, batch: int = 100,
         size_check: extra single-row calls for the batch-size check (0: skip it).
         alpha: significance of each statistical detector.
         out: a folder; each call's outputs are saved there and an interrupted audit resumes.
+        denoiser: the model behind the OracleLM (default: the structure's exact Oracle); the
+            presets' laws are computed with it too, p stays the structure's.
     """
     from mdmprob.structure import Structure, load_model
 
@@ -181,7 +183,13 @@ def audit(sampler, structure, *, samples: int = 1000, batch: int = 100,
         raise MdmprobError(f"alpha={alpha!r} must be in (0, 1)")
     fn, name = load_sampler(sampler)
     params = dict(params or {})
-    lm = OracleLM(structure, device=device, **(lm_options or {}))
+    if denoiser is not None and (denoiser.vocab, denoiser.n_tokens) != (structure.vocab,
+                                                                         structure.n_tokens):
+        raise MdmprobError(f"denoiser {denoiser!r} has vocab={denoiser.vocab}, n_tokens="
+                           f"{denoiser.n_tokens}; the structure has vocab={structure.vocab}, "
+                           f"n_tokens={structure.n_tokens}")
+    lm = OracleLM(structure if denoiser is None else denoiser, device=device,
+                  **(lm_options or {}))
     n, V = structure.n_tokens, structure.vocab
     prompt = [int(v) for v in prompt]
     if len(prompt) >= n or any(not 0 <= v < V for v in prompt):
@@ -241,7 +249,7 @@ def audit(sampler, structure, *, samples: int = 1000, batch: int = 100,
     fits = []
     for spec in presets:
         try:
-            q = preset_table(spec, structure, device=lm.device)
+            q = preset_table(spec, structure, device=lm.device, denoiser=denoiser)
         except BudgetError as e:
             notes.append(f"preset {spec} skipped: {e}")
             continue
@@ -251,7 +259,8 @@ def audit(sampler, structure, *, samples: int = 1000, batch: int = 100,
     ref_fit = target if reference == "target" else next((f for f in fits if f.name == reference),
                                                           None)
     ref_table = table if reference == "target" else (
-        None if ref_fit is None else preset_table(reference, structure, device=lm.device).reshape(-1))
+        None if ref_fit is None else preset_table(reference, structure, device=lm.device,
+                                                  denoiser=denoiser).reshape(-1))
     findings.append(_tail(tokens, ref_table, ref_fit, V, alpha))
     findings.append(_seed(calls, alpha))
     findings.append(_batch(calls, singles, lm, alpha))
@@ -413,8 +422,9 @@ def parse_preset(spec: str) -> tuple[str, dict[str, Any]]:
     return name, params
 
 
-def preset_table(spec: str, structure, device=None) -> torch.Tensor:
-    """The exact decoder-induced law ``log q`` of a preset (oracle denoiser), shape ``[V] * n``."""
+def preset_table(spec: str, structure, device=None, denoiser=None) -> torch.Tensor:
+    """The exact decoder-induced law ``log q`` of a preset run on ``denoiser`` (default: the
+    structure's oracle), shape ``[V] * n``."""
     from mdmprob.decoders import get_decoder
     from mdmprob.denoisers.oracle import Oracle
 
@@ -423,8 +433,37 @@ def preset_table(spec: str, structure, device=None) -> torch.Tensor:
         decoder = get_decoder(name, **params)
     except TypeError as e:
         raise MdmprobError(f"preset {spec!r}: {e}") from None
-    oracle = Oracle(structure, device=device)
-    return decoder.distribution(oracle, blocks=structure.blocks, target=structure)
+    if denoiser is None:
+        denoiser = Oracle(structure, device=device)
+    # once decoders take an initial state, a prompted audit passes it here:
+    # decoder.distribution(denoiser, ..., initial=prompt)
+    return decoder.distribution(denoiser, blocks=structure.blocks, target=structure)
+
+
+def parse_sampler_params(pairs: Sequence[str]) -> dict[str, Any]:
+    """``["steps=4", "remasking=random"]`` -> ``{"steps": 4, "remasking": "random"}`` (values
+    read as JSON where they parse, else kept as strings)."""
+    params: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key.strip():
+            raise MdmprobError(f"sampler parameter {pair!r} is not key=value; write e.g. "
+                               "-p steps=4")
+        try:
+            params[key.strip()] = json.loads(text)
+        except json.JSONDecodeError:
+            params[key.strip()] = text
+    return params
+
+
+def parse_prompt(text: str | None) -> list[int]:
+    """``"0,2,1"`` -> ``[0, 2, 1]``."""
+    if not text:
+        return []
+    try:
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise MdmprobError(f"prompt {text!r} must be comma-separated token ids, e.g. 0,2") from None
 
 
 # ------------------------------------------------------------------------------ measures
@@ -812,5 +851,5 @@ def _pm(v, se) -> str:
 
 
 __all__ = ["ALPHA", "AuditReport", "Finding", "LawFit", "SamplerError", "SamplerTimeout",
-           "audit", "default_presets", "load_sampler", "parse_preset",
-           "preset_table"]
+           "audit", "default_presets", "load_sampler", "parse_preset", "parse_prompt",
+           "parse_sampler_params", "preset_table"]
