@@ -67,11 +67,14 @@ class HuggingFaceMLM(Denoiser):
         structure: optional exact target, as for :class:`~mdmprob.denoisers.neural.Neural`.
         shift: position i reads the model's output at ``i - shift`` (0: masked LMs and LLaDA;
             1: Dream, whose logits are next-token logits; position 0 reads output 0).
+        context, positions: a fixed row of model ids (e.g. a whole protein with its CLS/SEP)
+            whose ``positions`` (n of them) hold mdmprob's tokens; replaces prefix/suffix.
     """
 
     def __init__(self, model, token_map: Sequence[int], n_tokens: int, mask_token_id: int,
                  device=None, dtype=None, *, prefix: Sequence[int] = (),
-                 suffix: Sequence[int] = (), structure=None, shift: int = 0):
+                 suffix: Sequence[int] = (), structure=None, shift: int = 0,
+                 context: Sequence[int] | None = None, positions: Sequence[int] | None = None):
         if not isinstance(model, torch.nn.Module):
             raise MdmprobError(f"model must be a torch.nn.Module (a transformers masked-LM "
                                f"model), got {type(model).__name__}")
@@ -93,6 +96,17 @@ class HuggingFaceMLM(Denoiser):
                                "next-token logits)")
         if mask_token_id in ids:
             raise MdmprobError(f"mask_token_id={mask_token_id} is also in token_map={ids}")
+        if (context is None) != (positions is None):
+            raise MdmprobError("context and positions go together: give both or neither")
+        if context is not None:
+            context, positions = [int(i) for i in context], [int(i) for i in positions]
+            if len(positions) != n_tokens or len(set(positions)) != n_tokens or \
+                    not all(0 <= i < len(context) for i in positions):
+                raise MdmprobError(f"positions={positions} must be {n_tokens} distinct indices "
+                                   f"into the context of length {len(context)}")
+            if prefix or suffix:
+                raise MdmprobError("give either context/positions or prefix/suffix, not both")
+            prefix = [i for i in context if i >= 0]  # checked below as model ids
         extra = [list(prefix), list(suffix)]
         if not all(_int(i) and i >= 0 for part in extra for i in part):
             raise MdmprobError(f"prefix={prefix!r} and suffix={suffix!r} must be lists of "
@@ -119,6 +133,9 @@ class HuggingFaceMLM(Denoiser):
         self.mask_token_id = int(mask_token_id)
         self.prefix, self.suffix = extra
         self.shift = int(shift)
+        self.context, self.positions = context, positions
+        if context is not None:
+            self.prefix = []
         # mdmprob id -> model id, the mask id V last
         self._lookup = torch.tensor(ids + [self.mask_token_id], dtype=torch.long, device=self.device)
         self._ids = self._lookup[:-1]
@@ -179,6 +196,11 @@ class HuggingFaceMLM(Denoiser):
         """The model's ``input_ids`` for mdmprob ``tokens [B, n]`` (prefix and suffix added)."""
         tokens = self.check(tokens)
         ids = self._lookup[tokens]
+        if self.context is not None:
+            row = torch.tensor(self.context, dtype=torch.long, device=self.device)
+            row = row.expand(ids.shape[0], -1).clone()
+            row[:, self.positions] = ids
+            return row
         parts = [torch.tensor(p, dtype=torch.long, device=self.device).expand(ids.shape[0], -1)
                  for p in (self.prefix, self.suffix)]
         return torch.cat([parts[0], ids, parts[1]], dim=1)
@@ -190,6 +212,9 @@ class HuggingFaceMLM(Denoiser):
         logits = out.logits if hasattr(out, "logits") else out[0]
         if self.shift:  # Dream: output i - 1 predicts token i
             logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
+        if self.context is not None:
+            logits = logits[:, self.positions].index_select(-1, self._ids)
+            return torch.log_softmax(logits.to(self.dtype), dim=-1)
         start = len(self.prefix)
         logits = logits[:, start:start + self.n_tokens].index_select(-1, self._ids)
         return torch.log_softmax(logits.to(self.dtype), dim=-1)
