@@ -1,8 +1,11 @@
-"""False-alarm rate of each audit detector at its default threshold (alpha = 1e-3).
+"""False-alarm rate of each audit detector at its default threshold (alpha = 1e-3), and the rate
+at which each known-bad sampler gets its verdict.
 
 Known-good samplers (tests/samplers/good.py) are audited R times with independent seeds; every
 flag is a false alarm. Prints, per detector, the flags, the runs where it could run, the rate and
-a one-sided 95% upper bound (Clopper-Pearson; 3/R when nothing is flagged).
+a one-sided 95% upper bound (Clopper-Pearson). Then each known-bad sampler (tests/samplers/bad.py)
+is audited R // 5 times with the settings of tests/test_audit.py and the detection rate of its
+verdict printed.
 
     python bench/audit_false_alarms.py [R]
 """
@@ -21,6 +24,7 @@ from mdmprob.audit import audit
 
 torch.set_num_threads(1)
 GOOD = Path(__file__).resolve().parents[1] / "tests" / "samplers" / "good.py"
+BAD = GOOD.with_name("bad.py")
 E = 1e-3
 
 
@@ -55,6 +59,24 @@ def main(runs: int) -> None:
             continue
         upper = _upper(k, n)
         print(f"| {check} | {k} / {n} | {k / n:.3g} | {upper:.3g} |")
+    bad = [  # the settings of tests/test_audit.py
+        ("mask_after_argmax", chain, dict(lm_options=dict(special_mass=0.05)), "mask_tokens"),
+        ("low_precision_gumbel", rare, dict(params=dict(bits=8), samples=3000, batch=500), "tail"),
+        ("shared_seed_speculative", chain, {}, "law"),
+        ("eb_noised_entropy", chain, dict(params=dict(gamma=1.0), samples=2000,
+                                          presets=["eb_sampler:gamma=1.0"]), "law"),
+        ("ignores_seed", chain, {}, "seed"),
+        ("batch_coupled", chain, dict(size_check=48), "batch"),
+        ("rewrites_prompt", chain, dict(prompt=[0, 1]), "prompt_changed"),
+    ]
+    print()
+    print("| known-bad sampler | verdict | detected / audits |")
+    print("|---|---|---|")
+    for name, structure, options, verdict in bad:
+        options = dict(dict(samples=1000, batch=200, presets=[], size_check=0), **options)
+        hits = sum(verdict in audit(f"{BAD}:{name}", structure, seed=7_000 * (r + 1),
+                                    **options).failed for r in range(max(1, runs // 5)))
+        print(f"| {name} | {verdict} | {hits} / {max(1, runs // 5)} |")
 
 
 def _upper(k: int, n: int, level: float = 0.95) -> float:

@@ -154,7 +154,8 @@ def audit(sampler, structure, *, samples: int = 1000, batch: int = 100,
 
     Args:
         sampler: a callable, or ``"path/to/file.py:function"``.
-        samples, batch: N sequences drawn in calls of ``batch`` rows (seeds ``seed + call``).
+        samples: N, the sequences drawn.
+        batch: rows per sampler call (call i gets seed ``seed + i``).
         params: keyword arguments for the sampler.
         prompt: structure tokens the first ``m`` positions are fixed to (visible in input_ids).
         presets: preset specs ``"name:key=value,..."`` compared exactly (None: a default list;

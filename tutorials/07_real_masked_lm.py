@@ -115,10 +115,11 @@ print(f"total correlation of the L2R law: {tc_l2r:.4g} nats")
 
 # %% [markdown]
 # The two sequential laws differ (KL(q_L2R‖q_R2L) above is not 0): AntiBERTy's conditionals are not
-# those of one joint. Mean field commits both at once from their marginals; its distance from
-# either sequential law is at least the pair's total correlation in that law. The adaptive
-# parallel rules (threshold, entropy budget) sit between: they commit both at once only when one
-# of them is already confident.
+# those of one joint. Mean field commits both at once from their marginals and is the farthest
+# from both sequential laws, by about the pair's total correlation (the dependency it drops). The
+# adaptive rules (threshold, entropy budget, entropy order) commit one position at a time here,
+# the more confident first, so their law is one of the sequential ones; LLaDA's sample-then-choose
+# picks the first position by the probability of the value it drew, and lands elsewhere.
 
 # %% [markdown]
 # ## 3. Order dependence over a masked set: CDR-H3 against the framework
@@ -206,8 +207,8 @@ show(fig, "attention_vs_mi")
 #
 # * a real masked LM's rollouts depend on the order: its two-position conditionals are not those
 #   of one joint, far more in the variable CDR-H3 than in the conserved framework;
-# * mean field (one step) is the farthest from the sequential laws, by at least the total
-#   correlation; adaptive rules close most of the gap at the cost of extra steps;
-# * attention tells the variable region from the conserved one, but how well it ranks pairs
-#   *within* a region is what an attention-based sampler relies on; an exact check like this one
-#   is cheap at k = 2 and says how much to trust it.
+# * mean field (one step) is the farthest from the sequential laws, by about the total correlation
+#   it drops; adaptive rules avoid it by committing one position at a time when nothing is sure;
+# * on this sequence attention ranks the dependent pairs of CDR-H3 well; among framework pairs,
+#   whose dependencies are tiny, it ranks them poorly — harmless there, but an exact check like
+#   this one is cheap at k = 2 and says how much an attention-based sampler may trust it.

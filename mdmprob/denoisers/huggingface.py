@@ -62,13 +62,15 @@ class HuggingFaceMLM(Denoiser):
             there if given).
         dtype: the dtype of the returned log-probabilities (default ``MDMPROB_DTYPE``, float64);
             the model itself runs in its own dtype and its logits are cast before normalising.
-        prefix, suffix: model token ids put before / after every row (e.g. ``[cls_id]`` and
-            ``[sep_id]``); their outputs are discarded.
+        prefix: model token ids put before every row (e.g. ``[cls_id]``); their outputs are
+            discarded.
+        suffix: model token ids put after every row (e.g. ``[sep_id]``).
         structure: optional exact target, as for :class:`~mdmprob.denoisers.neural.Neural`.
         shift: position i reads the model's output at ``i - shift`` (0: masked LMs and LLaDA;
             1: Dream, whose logits are next-token logits; position 0 reads output 0).
-        context, positions: a fixed row of model ids (e.g. a whole protein with its CLS/SEP)
-            whose ``positions`` (n of them) hold mdmprob's tokens; replaces prefix/suffix.
+        context: a fixed row of model ids (e.g. a whole protein with its CLS/SEP) that replaces
+            prefix and suffix.
+        positions: the n indices of ``context`` that hold mdmprob's tokens.
     """
 
     def __init__(self, model, token_map: Sequence[int], n_tokens: int, mask_token_id: int,
