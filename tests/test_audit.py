@@ -125,6 +125,17 @@ def test_a_prompt_is_checked_against_the_conditional(chain):
     assert torch.allclose(report.log_p, cond[tuple(report.tokens[:, 2:].T)], atol=1e-10)
 
 
+def test_prompt_style_sampler_with_a_prefix(chain):
+    """LLaDA's signature (prompt, gen_length) gets the prefix and the prompt as its prompt; one
+    token per step in a random order is exact, so the law is p(x | prompt)."""
+    report = audit(good("llada_generate"), chain, samples=400, batch=100,
+                   params=dict(steps=4, remasking="random"),
+                   prompt=[1, 1], lm_options=dict(prefix=[4], special_tokens={"bos": 4}),
+                   size_check=0)
+    assert report.finding("prompt_changed").passed and report.passed, report.summary()
+    assert (report.tokens[:, :2] == 1).all() and report.metrics["nfe"] == 4
+
+
 # ----------------------------------------------------------------------------- statistics
 def test_plug_in_kl_tv_and_chi_square_against_direct_formulas():
     # samples over V^n = 2^2 outcomes, target r = (0.4, 0.3, 0.2, 0.1)
