@@ -42,7 +42,7 @@ def main(runs: int) -> None:
     flags, ran = Counter(), Counter()
     start = time.time()
     for label, name, structure, options in cases:
-        options = dict(dict(samples=500, batch=100, size_check=16), **options)
+        options = dict(dict(samples=500, batch=100, size_check=200), **options)
         for r in range(runs):
             report = audit(f"{GOOD}:{name}", structure, seed=10_000 * (r + 1), **options)
             for f in report.findings:
@@ -66,7 +66,7 @@ def main(runs: int) -> None:
         ("eb_noised_entropy", chain, dict(params=dict(gamma=1.0), samples=2000,
                                           presets=["eb_sampler:gamma=1.0"]), "law"),
         ("ignores_seed", chain, {}, "seed"),
-        ("batch_coupled", chain, dict(size_check=48), "batch"),
+        ("batch_coupled", chain, dict(size_check=200), "batch"),
         ("rewrites_prompt", chain, dict(prompt=[0, 1]), "prompt_changed"),
     ]
     print()

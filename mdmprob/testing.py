@@ -39,7 +39,6 @@ def assert_sampler_matches(sampler, preset: str | None = None, structure="markov
 
     if isinstance(structure, str):
         structure = load_model(structure, **(structure_params or {}))
-    audit_options.setdefault("size_check", 16)
     report = audit(sampler, structure, samples=samples, batch=batch, params=params,
                    presets=[] if preset is None else [preset],
                    reference="target" if preset is None else preset, alpha=alpha, seed=seed,

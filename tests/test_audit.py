@@ -72,7 +72,7 @@ BAD = [  # sampler, structure, audit options, the verdict it must get
     ("eb_noised_entropy", "chain", dict(params=dict(gamma=1.0), samples=2000,
                                         presets=["eb_sampler:gamma=1.0"]), "law"),
     ("ignores_seed", "chain", {}, "seed"),
-    ("batch_coupled", "chain", dict(size_check=48), "batch"),
+    ("batch_coupled", "chain", dict(size_check=200), "batch"),
     ("rewrites_prompt", "chain", dict(prompt=[0, 1]), "prompt_changed"),
 ]
 
