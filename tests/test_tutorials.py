@@ -36,10 +36,23 @@ AS_NOTEBOOK = _installed("jupytext", "nbclient", "ipykernel")
 
 
 def test_the_tutorials_are_numbered_in_order():
-    assert [p.name[:3] for p in TUTORIALS] == ["01_", "02_", "03_", "04_", "05_", "06_"]
+    assert [p.name[:3] for p in TUTORIALS] == ["01_", "02_", "03_", "04_", "05_", "06_", "07_"]
 
 
-@pytest.mark.parametrize("path", TUTORIALS, ids=lambda p: p.stem)
+# tutorials that need an optional extra: marked slow, skipped when the extra is absent
+NEEDS = {"07_real_masked_lm": ("antiberty", "transformers")}
+
+
+def _case(path):
+    needs = NEEDS.get(path.stem)
+    if needs is None:
+        return pytest.param(path, id=path.stem)
+    marks = [pytest.mark.slow, pytest.mark.skipif(
+        not _installed(*needs), reason=f"needs {', '.join(needs)}: pip install 'mdmprob[antiberty]'")]
+    return pytest.param(path, id=path.stem, marks=marks)
+
+
+@pytest.mark.parametrize("path", [_case(p) for p in TUTORIALS])
 def test_tutorial_runs_in_smoke_mode(path, tmp_path, monkeypatch):
     for key, value in SMOKE_ENV.items():
         monkeypatch.setenv(key, value)
