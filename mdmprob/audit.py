@@ -158,8 +158,8 @@ def audit(sampler, structure, *, samples: int = 1000, batch: int = 100,
         batch: rows per sampler call (call i gets seed ``seed + i``).
         params: keyword arguments for the sampler.
         prompt: structure tokens the first ``m`` positions are fixed to (visible in input_ids).
-        presets: preset specs ``"name:key=value,..."`` compared exactly (None: a default list;
-            ``()``: none). Needs no prompt (presets decode from all-masked rows).
+        presets: preset specs ``"name:key=value:..."`` compared exactly (None: a default list;
+            ``()``: none); under a prompt each decodes from it (``initial=``).
         reference: the law the sampler claims: a preset spec, or ``"target"`` (p); default the
             first of ``presets`` if given explicitly, else p.
         lm_options: keywords for :class:`~mdmprob.lm.OracleLM` (mask_id, special_mass, dtype...).
@@ -202,13 +202,6 @@ def audit(sampler, structure, *, samples: int = 1000, batch: int = 100,
     if reference != "target" and reference not in presets:
         presets.insert(0, reference)
     notes: list[str] = []
-    if prompt and presets:
-        # Presets decode from all-masked rows today; a prompted comparison needs
-        # decoder.distribution(denoiser, initial=prompt) (the planned `initial=` keyword).
-        notes.append("preset laws are not compared under a prompt (decoders take no initial "
-                     "state yet); the law is checked against p(x | prompt)")
-        presets, reference = [], "target"
-
     start = lm.to_model(torch.tensor([prompt + [V] * (n - len(prompt))]))  # [1, L]
     run = _Runner(fn, name, lm, params, start, len(prompt), time_limit)
     calls = _resumable(out, name, structure, params, prompt, seed, batch, lm_options)
@@ -250,7 +243,8 @@ def audit(sampler, structure, *, samples: int = 1000, batch: int = 100,
     fits = []
     for spec in presets:
         try:
-            q = preset_table(spec, structure, device=lm.device, denoiser=denoiser)
+            q = preset_table(spec, structure, device=lm.device, denoiser=denoiser,
+                             prompt=prompt)
         except BudgetError as e:
             notes.append(f"preset {spec} skipped: {e}")
             continue
@@ -261,7 +255,7 @@ def audit(sampler, structure, *, samples: int = 1000, batch: int = 100,
                                                           None)
     ref_table = table if reference == "target" else (
         None if ref_fit is None else preset_table(reference, structure, device=lm.device,
-                                                  denoiser=denoiser).reshape(-1))
+                                                  denoiser=denoiser, prompt=prompt).reshape(-1))
     findings.append(_tail(tokens, ref_table, ref_fit, V, alpha))
     findings.append(_seed(calls, alpha))
     findings.append(_batch(calls, singles, alpha))
@@ -407,25 +401,23 @@ def default_presets(structure) -> list[str]:
 
 
 def parse_preset(spec: str) -> tuple[str, dict[str, Any]]:
-    """``"llada:steps=4,block_length=2"`` -> ``("llada", {"steps": 4, "block_length": 2})``."""
+    """``"llada:steps=4:block_length=2"`` -> ``("llada", {"steps": 4, "block_length": 2})``
+    (the experiments' spec syntax, :func:`mdmprob.experiments.base.parse_spec`)."""
     from mdmprob.decoders import PRESETS
     from mdmprob.errors import unknown_name
+    from mdmprob.experiments.base import parse_spec
 
-    name, _, rest = spec.partition(":")
+    name, params = parse_spec(spec)
     if name not in PRESETS:
         raise unknown_name("decoder", name, PRESETS)
-    params: dict[str, Any] = {}
-    for pair in filter(None, (p.strip() for p in rest.split(","))):
-        key, sep, text = pair.partition("=")
-        if not sep:
-            raise MdmprobError(f"preset parameter {pair!r} in {spec!r} is not key=value")
-        params[key.strip()] = _scalar(text.strip())
     return name, params
 
 
-def preset_table(spec: str, structure, device=None, denoiser=None) -> torch.Tensor:
+def preset_table(spec: str, structure, device=None, denoiser=None,
+                 prompt: Sequence[int] = ()) -> torch.Tensor:
     """The exact decoder-induced law ``log q`` of a preset run on ``denoiser`` (default: the
-    structure's oracle), shape ``[V] * n``."""
+    structure's oracle) from ``prompt`` (the first tokens visible, the rest masked), shape
+    ``[V] * n``."""
     from mdmprob.decoders import get_decoder
     from mdmprob.denoisers.oracle import Oracle
 
@@ -436,9 +428,13 @@ def preset_table(spec: str, structure, device=None, denoiser=None) -> torch.Tens
         raise MdmprobError(f"preset {spec!r}: {e}") from None
     if denoiser is None:
         denoiser = Oracle(structure, device=device)
-    # once decoders take an initial state, a prompted audit passes it here:
-    # decoder.distribution(denoiser, ..., initial=prompt)
-    return decoder.distribution(denoiser, blocks=structure.blocks, target=structure)
+    initial = None
+    if prompt:
+        initial = torch.full((structure.n_tokens,), denoiser.mask_id, dtype=torch.long,
+                             device=denoiser.device)
+        initial[:len(prompt)] = torch.tensor(list(prompt), device=denoiser.device)
+    return decoder.distribution(denoiser, blocks=structure.blocks, target=structure,
+                                initial=initial)
 
 
 def parse_sampler_params(pairs: Sequence[str]) -> dict[str, Any]:

@@ -47,8 +47,8 @@ def rare():
 
 GOOD = [  # sampler, its params, the preset whose exact law it must have
     ("llada_generate", dict(steps=3), "llada:steps=3"),
-    # LLaDA's `steps` counts every block's steps; the preset's counts one block's
-    ("llada_generate", dict(steps=6, block_length=3), "llada:steps=3,block_length=3"),
+    # LLaDA's `steps` counts the steps of the whole generation, and so does the preset
+    ("llada_generate", dict(steps=6, block_length=3), "llada:steps=6:block_length=3"),
     ("fast_dllm_threshold", dict(threshold=0.6, block_length=3), "fast_dllm_threshold:tau=0.6"),
     ("eb_sampler", dict(gamma=1.0), "eb_sampler:gamma=1.0"),
     ("speculative", {}, "sequential:order=l2r"),
@@ -115,10 +115,14 @@ def test_which_preset_is_this_sampler(chain):
     assert report.passed, report.summary()
 
 
-def test_a_prompt_is_checked_against_the_conditional(chain):
+def test_a_prompt_is_checked_against_the_conditional_and_the_prompted_preset(chain):
+    """Under a prompt the preset's law is its exact q from that prompt (``initial=``), and the
+    sample's log p is log p(x | prompt) by brute force."""
     report = audit(good("llada_generate"), chain, samples=600, batch=200,
-                   params=dict(steps=4), prompt=[2, 0], presets=None, size_check=0)
-    assert report.presets == [] and "prompt" in report.notes[0]
+                   params=dict(steps=4), prompt=[2, 0], presets=["llada:steps=4", "mean_field_blocks"],
+                   size_check=0)
+    assert report.passed, report.summary()
+    assert [f.name for f in report.presets][0] == "llada:steps=4"
     assert report.finding("prompt_changed").passed
     joint = brute.token_log_joint(chain)
     cond = joint[2, 0] - joint[2, 0].logsumexp(tuple(range(4)))

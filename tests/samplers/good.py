@@ -4,7 +4,8 @@
 Each is written from the algorithm's description (LLaDA ``generate``; Fast-dLLM's threshold rule;
 EB-Sampler; token-wise speculative verification) and must match the named mdmprob preset's exact
 law (or the target p), so the audit must pass it. Ties between equal confidences go to the lower
-position (a stable descending sort), as in the presets.
+position (a stable descending sort); the structures the tests audit them on have no exact ties,
+where the presets' default random tie-break would differ.
 """
 
 import torch
@@ -70,8 +71,8 @@ def llada_generate(model, prompt, steps=4, gen_length=4, block_length=None, temp
 
 def fast_dllm_threshold(model, input_ids, threshold=0.9, block_length=None, temperature=1.0,
                         mask_id=None):
-    """Fast-dLLM threshold rule per block: commit every masked position whose top probability
-    is >= threshold, and at least the most confident one."""
+    """Fast-dLLM threshold rule per block: draw a value at every masked position, then commit
+    every one whose drawn value has probability >= threshold, and at least the most confident."""
     x = input_ids.clone()
     L = x.shape[1]
     block_length = L if block_length is None else block_length
@@ -82,7 +83,7 @@ def fast_dllm_threshold(model, input_ids, threshold=0.9, block_length=None, temp
             cand = (x == mask_id) & in_block
             logits = content_logits(model, x, mask_id)
             x0 = gumbel_argmax(logits, temperature)
-            conf = F.softmax(logits, dim=-1).amax(-1)
+            conf = F.softmax(logits, dim=-1).gather(-1, x0[..., None]).squeeze(-1)
             conf = torch.where(cand, conf, -torch.inf)
             top = conf.argmax(-1, keepdim=True)
             commit = (conf >= threshold) | torch.zeros_like(cand).scatter(1, top, True)
