@@ -1,4 +1,5 @@
-"""Benchmark of batched decoding: ``Decoder.run`` against a one-sequence-at-a-time Python loop.
+"""Benchmarks of decoding: batched ``Decoder.run`` against a one-sequence-at-a-time Python loop,
+and exact mode (``Decoder.distribution``) against the naive enumeration.
 
 Three presets on the default Block-HMM (``load_model("block_hmm")``: 64 tokens, 8 blocks of 8,
 V = 2) with the exact oracle denoiser ``Oracle(structure)``:
@@ -22,6 +23,14 @@ loop's output must equal ``preset(..., temperature=0.0).run(...)`` token for tok
 ``sequential("entropy")`` is the required check, mean_field_blocks and llada are checked too.
 At temperature 1 the random streams differ, so outputs are compared only through the parity
 violation rate (printed, not a pass/fail check).
+
+Exact mode: ``decoder.distribution(oracle)`` (tensor states, one batched denoiser call per level)
+against ``tests/naive_decoders.NaiveDecoder.distribution`` (the original breadth-first enumeration
+over dicts with ``.item()`` calls), the same decoder, one run each, on the Block-HMM with 2 blocks
+of 4 (``--quick``: 2 blocks of 3); ties go to the lowest position in both so the laws must agree
+(the maximum |q - q_naive| is printed, and must be below 1e-9 for mdlm, whose keys never tie).
+Then the exact-mode time of several presets on 12 binary tokens (3 blocks of 4; goal: under a
+minute each on one core).
 
 Device from ``MDMPROB_DEVICE`` (the oracle's default), dtype from ``MDMPROB_DTYPE``; CUDA is
 synchronised around every timed region. Timings are wall-clock: other load on the machine skews
@@ -47,13 +56,27 @@ from pathlib import Path
 import torch
 
 import mdmprob
-from mdmprob.decoders import llada, mean_field_blocks, sequential
+from mdmprob.decoders import (
+    fast_dllm_factor,
+    fast_dllm_threshold,
+    llada,
+    mdlm,
+    mean_field_blocks,
+    sequential,
+)
 from mdmprob.denoisers import Oracle
+from mdmprob.errors import BudgetError
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from naive_decoders import NaiveDecoder  # noqa: E402
 
 RATIO_GOAL = 50.0
+EXACT_RATIO_GOAL = 50.0
+EXACT_12_GOAL_S = 60.0
 LLADA_STEPS, LLADA_BLOCK = 16, 8
 FULL = {"n": 256, "m": 8, "repeats": 3}
 QUICK = {"n": 16, "m": 1, "repeats": 1}
+LLADA_LOOP = {"steps_per": "window", "ties": "lowest_position"}  # the loop's conventions
 
 
 # ---------------------------------------------------------------------- helpers
@@ -171,11 +194,12 @@ def decoders(structure):
             mean_field_blocks(), mean_field_blocks(temperature=0.0),
             lambda o, t, g: loop_mean_field(o, blocks, t, g)),
         "sequential(entropy)": (
-            sequential("entropy"), sequential("entropy", temperature=0.0),
+            sequential("entropy", ties="lowest_position"),
+            sequential("entropy", temperature=0.0, ties="lowest_position"),
             loop_sequential_entropy),
         f"llada(steps={LLADA_STEPS}, block_length={LLADA_BLOCK})": (
-            llada(steps=LLADA_STEPS, block_length=LLADA_BLOCK),
-            llada(steps=LLADA_STEPS, block_length=LLADA_BLOCK, temperature=0.0),
+            llada(steps=LLADA_STEPS, block_length=LLADA_BLOCK, **LLADA_LOOP),
+            llada(steps=LLADA_STEPS, block_length=LLADA_BLOCK, temperature=0.0, **LLADA_LOOP),
             lambda o, t, g: loop_llada(o, LLADA_STEPS, LLADA_BLOCK, t, g)),
     }
 
@@ -247,6 +271,49 @@ def bench_one(name, decoder, loop, structure, oracle, args, device) -> dict:
         "loop_seq_per_s": 1 / loop_seq, "ratio": ratio, "ratio_goal": RATIO_GOAL,
         "ours_violation_rate": ours_viol, "loop_violation_rate": loop_viol,
     }
+
+
+def bench_exact(quick: bool) -> dict:
+    """Exact mode against the naive enumeration (ratio in one run), then 12 binary tokens."""
+    blocks = (2, 3) if quick else (2, 4)
+    structure = mdmprob.load_model("block_hmm", n_blocks=blocks[0], block_size=blocks[1])
+    oracle = Oracle(structure)
+    device = oracle.device
+    print(f"\n== exact mode: tensor states vs naive enumeration, {structure} "
+          f"({blocks[0]} blocks of {blocks[1]}) ==")
+    out = {"model": str(structure), "blocks": blocks, "ratios": {}, "twelve": {}}
+    for decoder in (mdlm(4), llada(4, ties="lowest_position")):
+        naive = NaiveDecoder(decoder.name, decoder.score, decoder.commit, decoder.window,
+                             decoder.temperature)
+        dt_naive, q_naive = _timed(lambda: naive.distribution(oracle), device)  # noqa: B023
+        dt_ours, q = _timed(lambda: decoder.distribution(oracle), device)  # noqa: B023
+        diff = (q.exp() - q_naive.exp()).abs().max().item()
+        ratio = dt_naive / dt_ours
+        print(f"{decoder.name:<40} naive {_fmt_s(dt_naive):>10}  ours {_fmt_s(dt_ours):>10}  "
+              f"RATIO {ratio:7.1f}x (goal >= {EXACT_RATIO_GOAL:.0f}x: "
+              f"{'met' if ratio >= EXACT_RATIO_GOAL else 'NOT met'})  max|q - q_naive| {diff:.2g}")
+        out["ratios"][decoder.name] = {"naive_s": dt_naive, "ours_s": dt_ours, "ratio": ratio,
+                                       "max_abs_diff": diff}
+    twelve = mdmprob.load_model("block_hmm", n_blocks=3, block_size=4)
+    oracle = Oracle(twelve)
+    print(f"\n== exact mode on 12 binary tokens ({twelve}, 3 blocks of 4; goal < "
+          f"{EXACT_12_GOAL_S:.0f} s each) ==")
+    presets = [llada(6, block_length=4), sequential("entropy"), fast_dllm_threshold(0.9),
+               fast_dllm_factor(1.0)]
+    for decoder in presets:
+        try:
+            dt, q = _timed(lambda: decoder.distribution(oracle, max_states=2**22),  # noqa: B023
+                           device)
+            mass = q.exp().sum().item()
+            print(f"{decoder.name:<40} {_fmt_s(dt):>10}  sum q = {mass:.12f}  "
+                  f"{'met' if dt < EXACT_12_GOAL_S else 'NOT met'}")
+            out["twelve"][decoder.name] = {"seconds": dt, "mass": mass}
+        except BudgetError as e:
+            print(f"{decoder.name:<40} over the exact-mode budget: {str(e)[:90]}")
+            out["twelve"][decoder.name] = {"seconds": None, "error": str(e)}
+    print("mdlm(steps=4)                            not run: its Bernoulli steps reach every "
+          "(visible set, values) pair, about 5^12 transitions per level (over the budget)")
+    return out
 
 
 # ---------------------------------------------------------------------- main
@@ -322,6 +389,7 @@ def main(argv=None) -> int:
             results["decoders"][name] = bench_one(name, decoder, loop, structure, oracle, args,
                                                   device)
 
+    results["exact"] = bench_exact(args.quick)
     total = time.perf_counter() - start
     env["loadavg_end"] = _load()
     results["total_s"] = total

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from mdmprob import info
-from mdmprob.decoders.core import Decoder, all_values
+from mdmprob.decoders.protocol import DecoderBase, all_values
 from mdmprob.decoders.remask import Remask
 from mdmprob.denoisers.base import Denoiser
 from mdmprob.errors import MdmprobError
@@ -39,7 +39,7 @@ EXACT_LIMIT = 4096  # V^|B| up to which q^(draws) is computed exactly
 _LOG_FLOOR = math.log(torch.finfo(torch.float64).tiny)  # ~ -708.4
 
 
-def mcmc_diagnostics(structure: Structure, decoder: Decoder | Remask, denoiser: Denoiser, *,
+def mcmc_diagnostics(structure: Structure, decoder: DecoderBase | Remask, denoiser: Denoiser, *,
                      chains: int = 4, draws: int = 200, seed: int = 0) -> dict[str, Any]:
     """Run the remasking kernel as MCMC on the first block and diagnose it.
 
@@ -58,7 +58,7 @@ def mcmc_diagnostics(structure: Structure, decoder: Decoder | Remask, denoiser: 
     ``violation_exact`` and ``kl_qp`` (exact, for q^(draws); None when V^|B| > 4096), and
     ``traces`` (the functionals as ``(chain, draw)`` float64 tensors).
     """
-    kernel = decoder.corrector if isinstance(decoder, Decoder) else decoder
+    kernel = decoder.corrector if isinstance(decoder, DecoderBase) else decoder
     if not isinstance(kernel, Remask):
         raise MdmprobError(f"mcmc_diagnostics runs a Remask kernel; {decoder!r} has none (use "
                            "gibbs_remask(...) or pass a Remask)")
@@ -70,7 +70,7 @@ def mcmc_diagnostics(structure: Structure, decoder: Decoder | Remask, denoiser: 
         raise MdmprobError(
             f"the denoiser has {denoiser.n_tokens} tokens over vocab {denoiser.vocab}, the "
             f"structure {structure.name!r} has {structure.n_tokens} over {structure.vocab}")
-    windows = (decoder.windows(denoiser, structure.blocks) if isinstance(decoder, Decoder)
+    windows = (decoder.windows(denoiser, structure.blocks) if isinstance(decoder, DecoderBase)
                else [list(b) for b in structure.blocks])
     window = windows[0]
     kernel.check_window(window)

@@ -20,6 +20,7 @@ import torch
 
 from mdmprob import info
 from mdmprob.decoders.core import Decoder
+from mdmprob.decoders.protocol import DecoderBase
 from mdmprob.denoisers.base import Denoiser
 from mdmprob.errors import BudgetError, MdmprobError
 from mdmprob.structure import Structure
@@ -54,7 +55,7 @@ class Evaluation(Mapping):
         return f"Evaluation({self.mode}: {shown})"
 
 
-def evaluate(structure: Structure, decoder: Decoder, denoiser: Denoiser, *, mode: str = "auto",
+def evaluate(structure: Structure, decoder: DecoderBase, denoiser: Denoiser, *, mode: str = "auto",
              samples: int = 2000, seed: int = 0, tau: float = 1e-8,
              taus: Sequence[float] = (1e-2, 1e-4, 1e-6, 1e-8, 1e-10), oracle: Denoiser | None = None,
              exact_limit: int = 2**12) -> Evaluation:

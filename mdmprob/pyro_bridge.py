@@ -22,13 +22,13 @@ import pyro.distributions as dist
 import torch
 from pyro.infer import TraceEnum_ELBO, config_enumerate
 
-from mdmprob.decoders.core import Decoder
+from mdmprob.decoders.protocol import DecoderBase
 from mdmprob.denoisers.base import Denoiser
 from mdmprob.errors import MdmprobError
 from mdmprob.structure import Structure
 
 
-def as_guide(decoder: Decoder, denoiser: Denoiser, structure: Structure, *, num: int = 1,
+def as_guide(decoder: DecoderBase, denoiser: Denoiser, structure: Structure, *, num: int = 1,
              seed: int | None = None, oracle: Denoiser | None = None) -> Callable[[], torch.Tensor]:
     """A Pyro guide that decodes ``num`` sequences per call (fresh randomness from torch's global
     RNG when ``seed`` is None, so ``pyro.set_rng_seed`` controls it) and returns the tokens."""
@@ -80,7 +80,7 @@ def collapsed_model(structure: Structure) -> Callable[[], None]:
     return model
 
 
-def pyro_kl_qp(decoder: Decoder, denoiser: Denoiser, structure: Structure, *, num: int = 256,
+def pyro_kl_qp(decoder: DecoderBase, denoiser: Denoiser, structure: Structure, *, num: int = 256,
                seed: int = 0) -> float:
     """KL(q‖p) estimated by Pyro itself: ``TraceEnum_ELBO(...).loss / num + log Z`` on the decoder's
     guide (log Z = 0 for a normalised model; models written with ``pyro.factor`` are not)."""

@@ -2,8 +2,9 @@
 
 import torch
 
+from mdmprob.denoisers.base import Denoiser
 from mdmprob.experiments import get_experiment, run_sweep
-from mdmprob.experiments.arithmetic_orders import ORDERS, decode_prompted
+from mdmprob.experiments.arithmetic_orders import ORDERS, answer_decoder
 from mdmprob.tasks.addition import answer_positions, encode_batch
 
 
@@ -42,15 +43,15 @@ def test_quick_sweep_records_files_and_checkpoint_reuse(tmp_path):
                    for r in again.records if r["metric"] == "accuracy"]
 
 
-class _Copy:
+class _Copy(Denoiser):
     """A denoiser that is certain of the true answer digit (and of nothing else)."""
 
-    mask_id, vocab, device = 13, 13, torch.device("cpu")
+    vocab, device, dtype = 13, torch.device("cpu"), torch.float64
 
     def __init__(self, truth):
-        self.truth = truth
+        self.truth, self.n_tokens = truth, truth.shape[1]
 
-    def __call__(self, tokens):
+    def predict(self, tokens):
         logp = torch.full((*tokens.shape, 13), -30.0, dtype=torch.float64)
         return logp.scatter(-1, self.truth[..., None], 0.0).log_softmax(-1)
 
@@ -60,5 +61,7 @@ def test_decode_only_fills_answer_positions():
     pos = answer_positions(2)
     for order in ORDERS:
         for k in (1, 2, 3):
-            tokens, nfe = decode_prompted(_Copy(truth), truth, pos, order, k)
-            assert torch.equal(tokens, truth) and nfe == -(-3 // k)
+            initial = truth.clone()
+            initial[:, pos] = 13
+            run = answer_decoder(order, k).run(_Copy(truth), len(truth), initial=initial)
+            assert torch.equal(run.tokens, truth) and (run.nfe == -(-3 // k)).all()

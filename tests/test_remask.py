@@ -118,7 +118,7 @@ def assert_frequencies_match(tokens, log_q, V, z=4.0):
 
 
 @pytest.mark.parametrize("kernel,k,sweeps,blocks", [
-    ("random", 2, 3, None), ("lowest_confidence", 2, 2, None),
+    ("random", 2, 3, [[0, 1, 2, 3]]), ("lowest_confidence", 2, 2, [[0, 1, 2, 3]]),
     ("random", 1, 2, [[0, 1], [2, 3]]), ("lowest_confidence", 1, 3, [[2, 3], [0, 1]]),
 ])
 def test_run_frequencies_match_exact_window_chain(kernel, k, sweeps, blocks, device):

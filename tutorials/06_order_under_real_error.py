@@ -24,7 +24,7 @@
 # Two models and a few hundred test problems are a small experiment: we report every accuracy with
 # a 95% Wilson interval and say only what the intervals support. The sweep behind the paper-scale
 # comparison is the `arithmetic-orders` experiment (`mdmprob.experiments.arithmetic_orders`); this
-# tutorial uses its decoding function, `decode_prompted`.
+# tutorial uses its decoder, `answer_decoder`.
 
 # %%
 import math
@@ -38,7 +38,7 @@ import matplotlib.pyplot as plt
 import torch
 
 from mdmprob.denoisers.neural import NeuralConfig
-from mdmprob.experiments.arithmetic_orders import decode_prompted
+from mdmprob.experiments.arithmetic_orders import answer_decoder
 from mdmprob.tasks import addition
 from mdmprob.tasks.addition import (
     CATEGORIES,
@@ -166,13 +166,14 @@ show(fig, "training_curve")
 # %% [markdown]
 # ## 3. Decoding the answer in four orders
 #
-# `decode_prompted(model, prompts, answer_pos, order, k)` masks the answer positions and decodes
-# them greedily (the most likely digit at each committed position), k positions per step, the
-# positions chosen by the order: L2R (most significant digit first), R2L (least significant first,
-# the order in which carries propagate), random, and low-confidence (the positions whose greedy
-# digit has the highest probability first). We use k = 1 and k = D + 1 (all answer digits in one
-# step). With k = D + 1 every order commits all positions at once from the same prediction, so the
-# four orders must give identical answers there: a built-in sanity check.
+# `answer_decoder(order, k).run(model, num, initial=...)`, the answer positions of the prompts
+# masked in `initial`, decodes them greedily (the most likely digit at each committed position),
+# k positions per step, the positions chosen by the order: L2R (most significant digit first),
+# R2L (least significant first, the order in which carries propagate), random, and low-confidence
+# (the positions whose greedy digit has the highest probability first). We use k = 1 and
+# k = D + 1 (all answer digits in one step). With k = D + 1 every order commits all positions at
+# once from the same prediction, so the four orders must give identical answers there: a built-in
+# sanity check.
 
 # %%
 K_VALUES = (1, D + 1)
@@ -181,7 +182,10 @@ answers = {}
 for s in BUDGETS:
     for order in ORDERS:
         for k in K_VALUES:
-            tokens, nfe = decode_prompted(models[s], prompts, answer_pos, order, k, seed=0)
+            initial = prompts.clone()
+            initial[:, answer_pos] = models[s].mask_id
+            run = answer_decoder(order, k).run(models[s], len(prompts), seed=0, initial=initial)
+            tokens, nfe = run.tokens, int(run.nfe.max())
             assert nfe == math.ceil(len(answer_pos) / k)
             answers[s, order, k] = decode_answers(tokens, D)
             results[s, order, k] = accuracy(answers[s, order, k], problems)

@@ -18,9 +18,10 @@ from mdmprob.decoders.presets import (
     speculative,
     verified_blocks,
 )
+from mdmprob.decoders.protocol import DecoderBase
 
 __all__ = [
-    "PRESETS", "DecodeResult", "Decoder", "eb_sampler", "fast_dllm_factor", "importance",
+    "PRESETS", "DecodeResult", "Decoder", "DecoderBase", "eb_sampler", "fast_dllm_factor", "importance",
     "fast_dllm_threshold", "get_decoder", "llada", "mdlm", "mean_field_blocks", "rejection",
     "sequential", "speculative", "verified_blocks", "gibbs_remask", "remdm",
 ]

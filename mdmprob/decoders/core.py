@@ -1,51 +1,48 @@
-"""A decoder = window policy x position score x commit rule (x an optional block corrector).
+"""A step decoder = window policy x position score x commit rule x value law (x an optional
+block corrector), answering the decoder protocol through the three drivers.
 
-``Decoder.run`` decodes a batch of sequences on torch tensors and returns the tokens, the exact
-log-probability of each run's trajectory, NFE and the committed positions per step.
+``Decoder.run`` decodes a batch of sequences and returns the tokens, the exact log-probability of
+each run's trajectory, NFE and the committed positions per step; ``Decoder.log_prob`` replays;
 ``Decoder.distribution`` enumerates the decoder-induced distribution q over all V^n sequences
-exactly (small spaces), including adaptive and random orders and stochastic schedules.
+exactly (small spaces), including adaptive and random orders, random tie-breaks, stochastic
+schedules and sample-then-choose rules. All three read the one step definition of
+:mod:`mdmprob.decoders.step`.
 """
 
 from __future__ import annotations
 
-import itertools
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from mdmprob.decoders.primitives import CommitRule, Score, Step
+from mdmprob.decoders import drivers
+from mdmprob.decoders.primitives import CommitRule, EvenSplit, Score, ValueLaw
+from mdmprob.decoders.protocol import (
+    DecoderBase,
+    DecodeResult,
+    all_values,
+    check_complete,
+    check_num,
+    check_window,
+    initial_tokens,
+    make_generator,
+    windows_of,
+)
+from mdmprob.decoders.step import TIES
 from mdmprob.denoisers.base import Denoiser
-from mdmprob.errors import BudgetError, MdmprobError
-from mdmprob.sampling import gumbel_argmax
+from mdmprob.errors import BudgetError, MdmprobError, unknown_name
+
+NFE_ACCOUNTING = {
+    "steps": "one denoiser call per step that commits something",
+    "reference": "LLaDA's generate: every one of a block's steps calls the model, even when it "
+                 "commits nothing",
+}
 
 
-@dataclass
-class DecodeResult:
-    """What a batched decoder run returns (B sequences of n tokens).
-
-    ``log_q`` is the exact log-probability of each run's trajectory (the decoder's random choices);
-    it equals ``log q(tokens)`` when ``log_q_is_marginal`` (the trajectory is a function of the
-    output: deterministic position choices), otherwise it is a trajectory density.
-    """
-
-    tokens: torch.Tensor  # long [B, n]
-    log_q: torch.Tensor  # [B]
-    nfe: torch.Tensor  # long [B]: denoiser calls per sequence
-    committed: list[torch.Tensor]  # per step: bool [B, n] positions committed at that step
-    log_q_is_marginal: bool
-    corrector: dict[str, Any] = field(default_factory=dict)  # proposals, acceptance, ESS, ...
-    log_q_tokens: torch.Tensor | None = None  # [B, n]: each token's share of log_q (sums to it)
-
-    @property
-    def steps(self) -> int:
-        return len(self.committed)
-
-
-@dataclass
-class Decoder:
-    """Window policy x position score x commit rule, with temperature and an optional corrector.
+@dataclass(repr=False)
+class Decoder(DecoderBase):
+    """Window policy x position score x commit rule x value law, with an optional corrector.
 
     Args:
         score: which candidates first (see :mod:`mdmprob.decoders.primitives`).
@@ -55,6 +52,11 @@ class Decoder:
         temperature: values are drawn from softmax(log p_theta / T); T = 0 is argmax.
         corrector: a block-level corrector (rejection, speculative, exact block) that replaces
             the step loop inside each window.
+        top_k: keep the values at least as probable as the k-th (:class:`ValueLaw`).
+        top_p: keep the nucleus of mass p (:class:`ValueLaw`).
+        nucleus: ``"standard"`` or ``"drop_crossing"`` (:class:`ValueLaw`).
+        ties: ``"random"`` (a uniform choice among equal keys) or ``"lowest_position"``.
+        nfe: ``"steps"`` or ``"reference"`` (see :data:`NFE_ACCOUNTING`; needs an even split).
     """
 
     name: str
@@ -63,286 +65,90 @@ class Decoder:
     window: str | int = "blocks"
     temperature: float = 1.0
     corrector: Any = None
+    top_k: int | None = None
+    top_p: float | None = None
+    nucleus: str = "standard"
+    ties: str = "random"
+    nfe: str = "steps"
 
     def __post_init__(self):
-        t = self.temperature
-        if not (isinstance(t, int | float) and t >= 0 and math.isfinite(t)):
-            raise MdmprobError(f"temperature={t!r} must be a finite number >= 0")
-        if isinstance(self.window, int) and self.window < 1:
-            raise MdmprobError(f"window={self.window} must be >= 1 positions")
-        if not isinstance(self.window, int) and self.window not in ("blocks", "all"):
-            raise MdmprobError(f"window={self.window!r} must be 'blocks', 'all' or an int")
+        self.values  # validates temperature, top_k, top_p, nucleus  # noqa: B018
+        check_window(self.window)
+        if self.ties not in TIES:
+            raise unknown_name("ties", str(self.ties), TIES)
+        if self.nfe not in NFE_ACCOUNTING:
+            raise unknown_name("nfe accounting", str(self.nfe), NFE_ACCOUNTING)
+        if self.nfe == "reference" and not isinstance(self.commit, EvenSplit):
+            raise MdmprobError(f"nfe='reference' counts a fixed number of steps per window; the "
+                               f"commit rule {self.commit.name} has none (use nfe='steps')")
+
+    @property
+    def values(self) -> ValueLaw:
+        """The law of a drawn value (temperature, top-k, top-p)."""
+        return ValueLaw(self.temperature, self.top_k, self.top_p, self.nucleus)
 
     @property
     def log_q_is_marginal(self) -> bool:
-        """True when a run's trajectory is determined by its output, so log q(traj) = log q(x)."""
+        """True when a run's trajectory is determined by its output up to tie-breaks (which runs
+        and replays sum over), so log q(traj) = log q(x)."""
         if self.corrector is not None:
             return self.corrector.log_q_is_marginal
         return not (self.score.random or self.commit.stochastic or
-                    (self.score.uses_draws and self.temperature > 0))
+                    (self.score.uses_draws and not self.values.deterministic))
 
-    # ------------------------------------------------------------------------------- windows
     def windows(self, denoiser: Denoiser, blocks=None) -> list[list[int]]:
-        n = denoiser.n_tokens
-        if self.window == "all":
-            return [list(range(n))]
-        if isinstance(self.window, int):
-            return [list(range(s, min(s + self.window, n))) for s in range(0, n, self.window)]
-        if blocks is None:
-            structure = getattr(denoiser, "structure", None)
-            blocks = structure.blocks if structure is not None else [list(range(n))]
-        flat = sorted(p for b in blocks for p in b)
-        if flat != list(range(n)):
-            raise MdmprobError(f"blocks {blocks} do not partition the denoiser's {n} positions")
-        return [list(b) for b in blocks]
+        """The decoding windows in order (see :func:`~mdmprob.decoders.protocol.windows_of`)."""
+        return windows_of(self.window, denoiser, blocks)
 
-    # ------------------------------------------------------------------------------- run
+    # ------------------------------------------------------------------------------- protocol
     def run(self, denoiser: Denoiser, num: int = 1, *, seed: int | None = 0,
-            generator: torch.Generator | None = None, oracle: Denoiser | None = None,
-            blocks=None, target=None) -> DecodeResult:
+            generator: torch.Generator | None = None, initial=None, blocks=None,
+            oracle: Denoiser | None = None, target=None) -> DecodeResult:
         """Decode ``num`` sequences in one batch. ``seed`` (or an explicit ``generator`` on the
-        denoiser's device) fixes every random choice; ``oracle`` supplies exact conditionals for
-        oracle scores; ``target`` (a Structure) is what correctors verify against."""
-        if not isinstance(num, int) or num < 1:
-            raise MdmprobError(f"num={num!r} sequences must be an integer >= 1")
-        device = denoiser.device
-        if generator is None:
-            generator = torch.Generator(device=device)
-            generator.manual_seed(0 if seed is None else seed)
+        denoiser's device) fixes every random choice; ``initial`` (``[n]`` or ``[num, n]``, mask id
+        where to decode) is a prompt; ``oracle`` supplies exact conditionals for oracle scores;
+        ``target`` (a Structure) is what correctors verify against."""
+        check_num(num)
+        generator = make_generator(denoiser, seed, generator)
+        return drivers.run(self, denoiser, num, generator, self.windows(denoiser, blocks),
+                           initial=initial, oracle=oracle, target=target)
+
+    def log_prob(self, denoiser: Denoiser, tokens: torch.Tensor, *, committed=None,
+                 initial=None, blocks=None, oracle: Denoiser | None = None,
+                 target=None) -> torch.Tensor:
+        """``log q(x)`` of complete sequences ``tokens [B, n]``, exactly (values forced to ``x``,
+        tie-breaks summed over; valid when ``log_q_is_marginal``). With ``committed`` (a run's
+        per-step selections) the log-probability of that trajectory instead, for every decoder."""
+        tokens = check_complete(denoiser, tokens, initial)
         windows = self.windows(denoiser, blocks)
-        n, V = denoiser.n_tokens, denoiser.vocab
-        tokens = torch.full((num, n), denoiser.mask_id, dtype=torch.long, device=device)
-        log_q = torch.zeros(num, dtype=denoiser.dtype, device=device)
-        log_q_tokens = torch.zeros(num, n, dtype=denoiser.dtype, device=device)
-        nfe = torch.zeros(num, dtype=torch.long, device=device)
-        committed: list[torch.Tensor] = []
-        info: dict[str, Any] = {}
-        for window in windows:
-            win = torch.zeros(n, dtype=torch.bool, device=device)
-            win[window] = True
-            if self.corrector is not None:
-                tokens, sel, lq, calls = self.corrector.decode_window(
-                    self, denoiser, tokens, window, generator, target=target, info=info)
-                log_q, nfe = log_q + lq, nfe + calls
-                log_q_tokens[:, window[0]] += lq
-                committed.append(sel)
-                continue
-            window_masked = (tokens[:, window] == denoiser.mask_id).sum(-1)
-            step_no = torch.zeros(num, dtype=torch.long, device=device)
-            while True:
-                candidates = (tokens == denoiser.mask_id) & win
-                active = candidates.any(-1)
-                if not active.any():
-                    break
-                logp = denoiser(tokens)
-                nfe += active.long()
-                oracle_logp = oracle(tokens) if self.score.name == "oracle_entropy" and \
-                    oracle is not None else None
-                step = Step(logp, candidates, step_no, window_masked, oracle_logp)
-                sel, draws, lq, lq_tokens = self._step(step, generator, V)
-                tokens = torch.where(sel, draws, tokens)
-                log_q = log_q + torch.where(active, lq, torch.zeros_like(lq))
-                log_q_tokens = log_q_tokens + torch.where(active[:, None], lq_tokens,
-                                                          torch.zeros_like(lq_tokens))
-                committed.append(sel)
-                step_no = step_no + active.long()
-        return DecodeResult(tokens, log_q, nfe, committed, self.log_q_is_marginal, info,
-                            log_q_tokens)
-
-    def _step(self, step: Step, generator, V):
-        """One step: draw values, rank, select; returns (selected [B,n], draws [B,n], log q [B],
-        per-token log q [B, n]: each committed value's log-prob, the selection's log-prob on the
-        first committed position)."""
-        t = self.temperature
-        logp, cand = step.logp, step.candidates
-        tempered = _tempered(logp, t)
-        if t > 0:
-            draws = gumbel_argmax(tempered, generator)
-        else:
-            draws = logp.argmax(-1)
-        if self.commit.stochastic:
-            probs = self.commit.probs(step)
-            u = torch.rand(probs.shape, generator=generator, device=probs.device,
-                           dtype=probs.dtype)
-            sel = (u < probs) & cand
-            lq_sel = torch.where(cand, torch.where(sel, probs.log(), torch.log1p(-probs)),
-                                 torch.zeros_like(probs)).sum(-1)
-        else:
-            if self.score.random:
-                keys = torch.rand(cand.shape, generator=generator, device=cand.device,
-                                  dtype=logp.dtype)
-            else:
-                keys = self.score(step, draws).to(logp.dtype)
-            sel, order, count = _select(step, keys, self.commit)
-            lq_sel = torch.zeros(cand.shape[0], dtype=logp.dtype, device=logp.device)
-            if self.score.random:
-                lq_sel = -_log_binom(step.n_candidates, count).to(logp.dtype)
-            elif self.score.uses_draws:
-                lq_sel = _loser_log_prob(keys, sel, cand, tempered if t > 0 else
-                                         _onehot_log(draws, V, logp.dtype), logp)
-        value_lq = tempered.gather(-1, draws[..., None]).squeeze(-1) if t > 0 else \
-            torch.zeros_like(logp[..., 0])
-        lq_tokens = torch.where(sel, value_lq, torch.zeros_like(value_lq))
-        owner = torch.where(sel.any(-1), sel.long().argmax(-1), cand.long().argmax(-1))
-        first = torch.nn.functional.one_hot(owner, sel.shape[-1]).bool()
-        lq_tokens = lq_tokens + torch.where(first, lq_sel[:, None], torch.zeros_like(lq_tokens))
-        lq = lq_tokens.sum(-1)
-        return sel, draws, lq, lq_tokens
-
-    # ------------------------------------------------------------------------------- replay
-    def log_prob(self, denoiser: Denoiser, tokens: torch.Tensor, *, committed=None, blocks=None,
-                 oracle: Denoiser | None = None, target=None) -> torch.Tensor:
-        """``log q(x)`` of complete sequences ``tokens [B, n]`` by replaying the decoder with its
-        values forced to ``x`` (valid when the trajectory is a function of the output). With
-        ``committed`` (a run's per-step selections) it replays that trajectory instead and returns
-        its log-probability, for every decoder."""
-        if not self.log_q_is_marginal and committed is None:
+        if committed is not None:
+            return drivers.replay(self, denoiser, tokens, committed, windows, initial=initial,
+                                  oracle=oracle, target=target)
+        if not self.log_q_is_marginal:
             raise MdmprobError(
                 f"{self.name}: log q(x) is a sum over trajectories (random or sample-then-choose "
                 "choices); pass committed= (a run's trajectory) or use exact mode "
                 "(Decoder.distribution) on small spaces")
-        steps = iter(committed) if committed is not None else None
-        tokens = denoiser.check(tokens)
-        if (tokens == denoiser.mask_id).any():
-            raise MdmprobError("log_prob needs complete sequences (no mask ids)")
-        n, V = denoiser.n_tokens, denoiser.vocab
-        state = torch.full_like(tokens, denoiser.mask_id)
-        log_q = torch.zeros(tokens.shape[0], dtype=denoiser.dtype, device=tokens.device)
-        for window in self.windows(denoiser, blocks):
-            if self.corrector is not None:
-                if not self.corrector.log_q_is_marginal:
-                    raise MdmprobError(
-                        f"{self.name}: the corrector {self.corrector.name!r} is not an exact block "
-                        "sampler, so its window's log q is not p(x_B | x_P); use its own decoder "
-                        "class (e.g. gibbs_remask()) to replay it")
-                engine = self.corrector._target(denoiser, target)
-                table = self.corrector._block_table(engine, state, window, denoiser.mask_id)
-                code = (tokens[:, window] * V ** torch.arange(len(window) - 1, -1, -1,
-                                                               device=tokens.device)).sum(-1)
-                log_q = log_q + table.reshape(tokens.shape[0], -1).gather(-1, code[:, None])[:, 0]
-                state[:, window] = tokens[:, window]
-                if steps is not None:
-                    next(steps)
-                continue
-            win = torch.zeros(n, dtype=torch.bool, device=tokens.device)
-            win[window] = True
-            window_masked = (state[:, window] == denoiser.mask_id).sum(-1)
-            step_no = torch.zeros_like(window_masked)
-            while True:
-                candidates = (state == denoiser.mask_id) & win
-                active = candidates.any(-1)
-                if not active.any():
-                    break
-                logp = denoiser(state)
-                oracle_logp = oracle(state) if self.score.name == "oracle_entropy" and \
-                    oracle is not None else None
-                step = Step(logp, candidates, step_no, window_masked, oracle_logp)
-                argmax = logp.argmax(-1)
-                tempered = _tempered(logp, self.temperature) if self.temperature > 0 else \
-                    _onehot_log(argmax, V, logp.dtype)
-                if steps is None:
-                    sel, _, _ = _select(step, self.score(step, argmax).to(logp.dtype), self.commit)
-                else:
-                    sel = next(steps).to(tokens.device) & candidates
-                    log_q = log_q + torch.where(active, self._selection_log_prob(
-                        step, sel, tokens, tempered), torch.zeros_like(log_q))
-                value_lq = tempered.gather(-1, tokens[..., None]).squeeze(-1)
-                log_q = log_q + torch.where(sel, value_lq, torch.zeros_like(value_lq)).sum(-1)
-                state = torch.where(sel, tokens, state)
-                step_no = step_no + active.long()
-        return log_q
+        start = initial_tokens(denoiser, initial, tokens.shape[0])
+        if self.corrector is not None:
+            return drivers.replay(self, denoiser, tokens, [None] * len(windows), windows,
+                                  initial=start, oracle=oracle, target=target)
+        return drivers.marginal_log_prob(self, denoiser, tokens, start, windows, oracle=oracle,
+                                         target=target)
 
-    def _selection_log_prob(self, step: Step, sel, values, tempered) -> torch.Tensor:
-        """log Pr[the step selects ``sel``] given the state (values forced where drawn)."""
-        cand = step.candidates
-        if self.commit.stochastic:
-            probs = self.commit.probs(step)
-            return torch.where(cand, torch.where(sel, probs.log(), torch.log1p(-probs)),
-                               torch.zeros_like(probs)).sum(-1)
-        if self.score.random:
-            zeros = torch.zeros(cand.shape, dtype=tempered.dtype, device=cand.device)
-            _, _, count = _select(step, zeros, self.commit)
-            ok = sel.sum(-1) == count
-            return torch.where(ok, -_log_binom(step.n_candidates, count).to(tempered.dtype),
-                               torch.full_like(tempered[:, 0, 0], -math.inf))
-        if self.score.uses_draws and self.temperature > 0:
-            keys = self.score(step, values).to(tempered.dtype)
-            return _loser_log_prob(keys, sel, cand, tempered, step.logp)
-        return torch.zeros_like(tempered[:, 0, 0])
-
-    # ------------------------------------------------------------------------------- exact
-    def distribution(self, denoiser: Denoiser, *, blocks=None, oracle: Denoiser | None = None,
-                     target=None, max_states: int = 2**16) -> torch.Tensor:
-        """The exact decoder-induced distribution q as a log-table of shape ``[V] * n``."""
+    def distribution(self, denoiser: Denoiser, *, initial=None, blocks=None,
+                     oracle: Denoiser | None = None, target=None,
+                     max_states: int = 2**16) -> torch.Tensor:
+        """The exact decoder-induced distribution q as a log-table of shape ``[V] * n``
+        (from the prompt ``initial`` if given: q then lives on its completions)."""
         n, V = denoiser.n_tokens, denoiser.vocab
         if V ** n > 2**20:
             raise BudgetError(f"exact mode enumerates all V^n = {V}^{n} sequences, over the "
                               "budget of 2^20; use Monte Carlo mode (evaluate(..., mode='mc'))")
-        from mdmprob.decoders.exact_mode import enumerate_decoder
-
-        return enumerate_decoder(self, denoiser, blocks=blocks, oracle=oracle, target=target,
-                                 max_states=max_states)
-
-    def __repr__(self) -> str:
-        return self.name
+        start = initial_tokens(denoiser, initial, 1)
+        table = drivers.enumerate_states(self, denoiser, start, self.windows(denoiser, blocks),
+                                         oracle=oracle, target=target, max_states=max_states)
+        return table.reshape([V] * n)
 
 
-# ----------------------------------------------------------------------------------- helpers
-def _tempered(logp: torch.Tensor, t: float) -> torch.Tensor:
-    if t == 1 or t == 0:
-        return logp
-    return torch.log_softmax(logp / t, -1)
-
-
-def _onehot_log(draws, V, dtype):
-    onehot = torch.nn.functional.one_hot(draws, V).bool()
-    return torch.zeros(onehot.shape, dtype=dtype, device=draws.device).masked_fill(~onehot,
-                                                                                   -math.inf)
-
-
-def _select(step: Step, keys: torch.Tensor, commit: CommitRule):
-    """Rank candidates by key (descending; ties to the lower position), commit the top count."""
-    cand = step.candidates
-    masked_keys = keys.masked_fill(~cand, -math.inf)
-    order = _rank(masked_keys)
-    ranked = masked_keys.gather(-1, order)
-    count = commit.count(step, ranked, order).clamp(max=step.n_candidates)
-    rank_of = torch.empty_like(order).scatter_(-1, order, torch.arange(
-        order.shape[-1], device=order.device).expand_as(order))
-    sel = (rank_of < count[:, None]) & cand
-    return sel, order, count
-
-
-def _rank(keys: torch.Tensor) -> torch.Tensor:
-    """Positions sorted by key descending, ties broken by lower position first."""
-    return torch.sort(keys, dim=-1, descending=True, stable=True).indices
-
-
-def _log_binom(n: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    n, k = n.to(torch.float64), k.to(torch.float64)
-    return torch.lgamma(n + 1) - torch.lgamma(k + 1) - torch.lgamma(n - k + 1)
-
-
-def _loser_log_prob(keys, sel, cand, tempered, logp) -> torch.Tensor:
-    """log Pr[every unselected candidate's drawn score loses to the weakest selected one]
-    (sample-then-choose: the unselected draws are marginalised out exactly)."""
-    n = keys.shape[-1]
-    pos = torch.arange(n, device=keys.device)
-    sel_keys = keys.masked_fill(~sel, math.inf)
-    weakest_key = sel_keys.amin(-1)
-    # weakest selected element: lowest key, ties -> highest position (it ranks last)
-    is_weak = sel & (keys == weakest_key[:, None])
-    weakest_pos = torch.where(is_weak, pos, torch.full_like(pos, -1)).amax(-1)
-    # score of every possible value v at every position: confidence = p_theta(v)
-    value_keys = logp.exp()
-    loses = (value_keys < weakest_key[:, None, None]) | (
-        (value_keys == weakest_key[:, None, None]) & (pos[None, :, None] > weakest_pos[:, None, None]))
-    p_lose = torch.where(loses, tempered.exp(), torch.zeros_like(tempered)).sum(-1)
-    others = cand & ~sel
-    return torch.where(others, p_lose.log(), torch.zeros_like(p_lose)).sum(-1)
-
-
-def all_values(k: int, V: int, device) -> torch.Tensor:
-    """Every assignment of k positions, ``[V^k, k]``."""
-    return torch.tensor(list(itertools.product(range(V), repeat=k)), dtype=torch.long,
-                        device=device).reshape(V ** k, k)
+__all__ = ["DecodeResult", "Decoder", "NFE_ACCOUNTING", "all_values"]

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from mdmprob import info as measures
-from mdmprob.decoders.core import all_values
+from mdmprob.decoders.protocol import all_values
 from mdmprob.errors import MdmprobError
 from mdmprob.sampling import gumbel_argmax
 

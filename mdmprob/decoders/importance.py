@@ -13,40 +13,43 @@ import math
 
 import torch
 
-from mdmprob.decoders.core import Decoder, DecodeResult
+from mdmprob.decoders.protocol import DecoderBase, DecodeResult, check_num, make_generator
 from mdmprob.errors import MdmprobError
 from mdmprob.sampling import gumbel_argmax
 
 
-class ImportanceResampling(Decoder):
+class ImportanceResampling(DecoderBase):
     """SIR with ``particles`` proposals from ``proposal`` per output sequence."""
 
-    def __init__(self, proposal: Decoder, particles: int = 8):
-        if not isinstance(particles, int) or particles < 1:
+    def __init__(self, proposal: DecoderBase, particles: int = 8):
+        if isinstance(particles, bool) or not isinstance(particles, int) or particles < 1:
             raise MdmprobError(f"particles={particles!r} must be an integer >= 1")
         if not proposal.log_q_is_marginal:
             raise MdmprobError(f"importance weights need the proposal's log q(x); {proposal.name} "
                                "only has a trajectory density")
-        super().__init__(f"importance({proposal.name}, particles={particles})", proposal.score,
-                         proposal.commit, proposal.window, proposal.temperature)
+        self.name = f"importance({proposal.name}, particles={particles})"
         self.proposal, self.particles = proposal, particles
 
     @property
     def log_q_is_marginal(self) -> bool:
         return False
 
-    def run(self, denoiser, num=1, *, seed=0, generator=None, oracle=None, blocks=None,
-            target=None) -> DecodeResult:
+    def run(self, denoiser, num=1, *, seed=0, generator=None, initial=None, blocks=None,
+            oracle=None, target=None) -> DecodeResult:
         target = target if target is not None else getattr(denoiser, "structure", None)
         if target is None:
             raise MdmprobError("importance weights need the exact target: pass target=structure")
+        check_num(num)
         K = self.particles
-        if generator is None:
-            generator = torch.Generator(device=denoiser.device)
-            generator.manual_seed(0 if seed is None else seed)
-        inner = self.proposal.run(denoiser, num * K, generator=generator, oracle=oracle,
-                                  blocks=blocks, target=target)
+        generator = make_generator(denoiser, seed, generator)
+        if initial is not None:
+            initial = torch.as_tensor(initial, device=denoiser.device)
+            initial = initial[None] if initial.dim() == 1 else initial
+            initial = initial.repeat_interleave(K, 0) if initial.shape[0] == num else initial
+        inner = self.proposal.run(denoiser, num * K, generator=generator, initial=initial,
+                                  oracle=oracle, blocks=blocks, target=target)
         engine = target.engine(device=denoiser.device, dtype=denoiser.dtype)
+        # the weight p(x) / q(x | prompt) targets p(x | prompt): p(prompt) is a common factor
         log_w = (engine.log_prob(inner.tokens) - inner.log_q).reshape(num, K)
         log_w = torch.where(torch.isnan(log_w), torch.full_like(log_w, -math.inf), log_w)
         norm = torch.logsumexp(log_w, -1, keepdim=True)
@@ -60,11 +63,14 @@ class ImportanceResampling(Decoder):
         return DecodeResult(inner.tokens[rows], inner.log_q[rows], inner.nfe.reshape(num, K).sum(-1),
                             committed, False, info, inner.log_q_tokens[rows])
 
-    def log_prob(self, denoiser, tokens, *, committed=None, blocks=None, oracle=None, target=None):
+    def log_prob(self, denoiser, tokens, *, committed=None, initial=None, blocks=None,
+                 oracle=None, target=None):
         """The proposal's log q of ``tokens`` (what a run reports as ``log_q``)."""
-        return self.proposal.log_prob(denoiser, tokens, blocks=blocks, oracle=oracle, target=target)
+        return self.proposal.log_prob(denoiser, tokens, initial=initial, blocks=blocks,
+                                      oracle=oracle, target=target)
 
-    def distribution(self, denoiser, **kwargs):
+    def distribution(self, denoiser, *, initial=None, blocks=None, oracle=None, target=None,
+                     max_states: int = 2**16):
         raise MdmprobError(
             f"{self.name}: exact mode would enumerate (V^n)^{self.particles} particle sets; "
             "use Monte Carlo mode (evaluate(..., mode='mc')) for importance resampling")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 from mdmprob.decoders.core import Decoder
 from mdmprob.decoders.primitives import (
     SCORES,
@@ -18,78 +20,146 @@ from mdmprob.decoders.primitives import (
     Threshold,
     WholeWindow,
 )
+from mdmprob.decoders.protocol import DecoderBase
 from mdmprob.errors import MdmprobError, unknown_name
 
+CONFIDENCES = {"draw": "the probability of the drawn value (the published code: sample, then "
+                       "rank)", "max_prob": "the largest probability (the paper's text)"}
 
-def mean_field_blocks(temperature: float = 1.0) -> Decoder:
+
+def mean_field_blocks(temperature: float = 1.0, top_k: int | None = None,
+                      top_p: float | None = None) -> Decoder:
     """The paper's mean-field decoder: each block sampled at once from its marginals (Eq. 5, 23)."""
-    return Decoder("mean_field_blocks", LeftToRight(), WholeWindow(), "blocks", temperature)
+    return Decoder("mean_field_blocks", LeftToRight(), WholeWindow(), "blocks", temperature,
+                   top_k=top_k, top_p=top_p)
 
 
-def sequential(order: str = "l2r", temperature: float = 1.0, window="all") -> Decoder:
-    """One token per step in the given order: l2r, r2l, random, entropy (Easy-First), max_prob,
-    margin, oracle_entropy, hard_first, confidence."""
+def sequential(order: str = "l2r", temperature: float = 1.0, window="all",
+               ties: str = "random", top_k: int | None = None,
+               top_p: float | None = None) -> Decoder:
+    """One token per step in a given order (l2r, r2l, random, entropy, max_prob, margin, ...).
+
+    Orders: l2r, r2l, random, entropy (Easy-First), max_prob, margin, oracle_entropy, hard_first,
+    confidence (sample, then rank); equal keys broken by ``ties``.
+    """
     if order not in SCORES:
         raise unknown_name("order", order, SCORES)
-    return Decoder(f"sequential({order})", SCORES[order](), PerStep(1), window, temperature)
+    return Decoder(f"sequential({order})", SCORES[order](), PerStep(1), window, temperature,
+                   top_k=top_k, top_p=top_p, ties=ties)
 
 
 def llada(steps: int = 8, block_length: int | None = None, remasking: str = "low_confidence",
-          temperature: float = 1.0) -> Decoder:
-    """LLaDA ``generate``: semi-AR blocks of ``block_length`` (None: the whole sequence), the
-    block's masks split evenly over ``steps`` steps per block; ``low_confidence`` commits the
-    positions whose *drawn* token is most probable (sample-then-choose), ``random`` random ones."""
+          temperature: float = 1.0, steps_per: str = "total", nfe: str = "steps",
+          ties: str = "random", top_k: int | None = None, top_p: float | None = None) -> Decoder:
+    """LLaDA generate: semi-AR blocks, masks split evenly over steps, most confident draws first.
+
+    Each block's masks are split evenly over its share of the steps; ``low_confidence`` samples
+    every mask, then keeps the most probable draws, ``random`` keeps random positions.
+
+    ``steps`` is the total over the whole decode, split across the blocks and required to divide
+    by their number, as in the reference code (``steps_per="window"``: ``steps`` per block, the
+    earlier mdmprob convention). ``nfe="reference"`` counts a model call on every step, also those
+    that commit nothing (the reference's cost); ``"steps"`` counts the steps taken. The reference
+    decodes greedily (temperature 0) by default and breaks equal confidences by ``torch.topk``'s
+    order; ``ties="random"`` is exact in q and does not depend on position numbering.
+    """
     if remasking not in ("low_confidence", "random"):
-        raise MdmprobError(f"remasking={remasking!r} must be 'low_confidence' or 'random'")
+        raise unknown_name("remasking", str(remasking), ("low_confidence", "random"))
     score = DrawConfidence() if remasking == "low_confidence" else RandomOrder()
-    return Decoder(f"llada({remasking}, steps={steps})", score, EvenSplit(steps),
-                   "all" if block_length is None else block_length, temperature)
+    total = "" if steps_per == "window" else " total"
+    return Decoder(f"llada({remasking}, steps={steps}{total})", score,
+                   EvenSplit(steps, per=steps_per), "all" if block_length is None else
+                   block_length, temperature, top_k=top_k, top_p=top_p, ties=ties, nfe=nfe)
 
 
 def fast_dllm_threshold(tau: float = 0.9, block_length: int | None = None,
-                        temperature: float = 1.0) -> Decoder:
-    """Fast-dLLM threshold rule: commit every position whose max probability is >= tau (and
-    always the most confident one)."""
-    return Decoder(f"fast_dllm_threshold(tau={tau})", MaxProb(), Threshold(tau),
-                   "blocks" if block_length is None else block_length, temperature)
+                        temperature: float = 1.0, confidence: str = "draw",
+                        ties: str = "random", top_k: int | None = None,
+                        top_p: float | None = None) -> Decoder:
+    """Fast-dLLM threshold rule: commit every confidence >= tau, and always the most confident.
+
+    ``confidence="draw"`` (the published code's ``get_transfer_index``): the probability of the
+    value drawn at T > 0; ``"max_prob"``: the largest probability (the paper's text). Both agree
+    at temperature 0, the reference's default. ``block_length=None`` decodes the structure's
+    blocks.
+    """
+    score = _confidence(confidence)
+    return Decoder(f"fast_dllm_threshold(tau={tau}{_tag(confidence)})", score, Threshold(tau),
+                   "blocks" if block_length is None else block_length, temperature,
+                   top_k=top_k, top_p=top_p, ties=ties)
 
 
 def fast_dllm_factor(f: float = 1.0, block_length: int | None = None,
-                     temperature: float = 1.0) -> Decoder:
-    """Fast-dLLM factor rule: the largest n with (n + 1)(1 - c_(n)) < f."""
-    return Decoder(f"fast_dllm_factor(f={f})", MaxProb(), Factor(f),
-                   "blocks" if block_length is None else block_length, temperature)
+                     temperature: float = 1.0, confidence: str = "draw",
+                     variant: str = "reference", ties: str = "random",
+                     top_k: int | None = None, top_p: float | None = None) -> Decoder:
+    """Fast-dLLM factor rule: commit the n most confident with (n + 1)(1 - c_(n)) <= f.
+
+    ``variant="reference"`` (the published code): non-strict test, and all candidates when only
+    the last one fails; ``"strict"``: the paper's (n + 1)(1 - c_(n)) < f. ``confidence`` as for
+    the threshold rule.
+
+    The reference decodes greedily (temperature 0) by default.
+    """
+    score = _confidence(confidence)
+    tag = _tag(confidence) + ("" if variant == "reference" else f", {variant}")
+    return Decoder(f"fast_dllm_factor(f={f}{tag})", score, Factor(f, variant=variant),
+                   "blocks" if block_length is None else block_length, temperature,
+                   top_k=top_k, top_p=top_p, ties=ties)
 
 
 def eb_sampler(gamma: float = 0.1, proxy: str = "entropy", block_length: int | None = None,
-               temperature: float = 1.0) -> Decoder:
-    """EB-Sampler: most certain first (by entropy or max_prob), the longest prefix whose
-    sum of entropies minus the largest stays within gamma nats."""
+               temperature: float = 1.0, ties: str = "random", top_k: int | None = None,
+               top_p: float | None = None) -> Decoder:
+    """EB-Sampler: most certain first, while sum of entropies minus the largest <= gamma nats.
+
+    Certainty by ``proxy`` (entropy or max_prob).
+
+    Entropies come from the model's (untempered) distribution; the reference decodes greedily.
+    """
     if proxy not in ("entropy", "max_prob"):
-        raise MdmprobError(f"proxy={proxy!r} must be 'entropy' or 'max_prob'")
+        raise unknown_name("proxy", str(proxy), ("entropy", "max_prob"))
     score = NegEntropy() if proxy == "entropy" else MaxProb()
     return Decoder(f"eb_sampler(gamma={gamma})", score, EntropyBudget(gamma),
-                   "all" if block_length is None else block_length, temperature)
+                   "all" if block_length is None else block_length, temperature,
+                   top_k=top_k, top_p=top_p, ties=ties)
 
 
-def mdlm(steps: int = 4, temperature: float = 1.0) -> Decoder:
-    """MDLM ancestral sampler: each masked position commits independently with probability
-    1 / (steps left) (linear schedule)."""
+def mdlm(steps: int = 4, temperature: float = 1.0, top_k: int | None = None,
+         top_p: float | None = None) -> Decoder:
+    """MDLM ancestral sampler: each mask commits independently with probability 1/(steps left).
+
+    Linear schedule; values from the model at temperature 1, as in the reference.
+    """
     return Decoder(f"mdlm(steps={steps})", RandomOrder(), BernoulliSchedule(steps), "all",
-                   temperature)
+                   temperature, top_k=top_k, top_p=top_p)
+
+
+def _confidence(confidence: str):
+    if confidence not in CONFIDENCES:
+        raise unknown_name("confidence", str(confidence), CONFIDENCES)
+    return DrawConfidence() if confidence == "draw" else MaxProb()
+
+
+def _tag(confidence: str) -> str:
+    return "" if confidence == "draw" else f", {confidence}"
 
 
 def verified_blocks() -> Decoder:
-    """The paper's verified decoder: each block sampled exactly from p(x_B | x_P) by enumerating
-    its V^|B| configurations (zero sampling error)."""
+    """The paper's verified decoder: each block sampled exactly from p(x_B | x_P) (zero error).
+
+    The block's V^|B| configurations are enumerated.
+    """
     from mdmprob.decoders.correctors import ExactBlock
 
     return Decoder("verified_blocks", LeftToRight(), WholeWindow(), "blocks", 1.0, ExactBlock())
 
 
 def rejection(proposal: str = "mean_field") -> Decoder:
-    """Block rejection verification of the mean-field proposal against the exact block
-    conditional, with the optimal constant M = sup p/q (exact samples; E[proposals] = M)."""
+    """Block rejection sampling of the mean-field proposal, optimal M = sup p/q (exact samples).
+
+    E[proposals per block] = M.
+    """
     from mdmprob.decoders.correctors import Rejection
 
     if proposal != "mean_field":
@@ -99,8 +169,10 @@ def rejection(proposal: str = "mean_field") -> Decoder:
 
 
 def speculative() -> Decoder:
-    """Token-wise speculative verification: draft the block from its marginals, accept left to
-    right with min(1, p/q), resample the first rejection from the residual (exact)."""
+    """Speculative verification: draft a block from its marginals, check token by token (exact).
+
+    Accept left to right with min(1, p/q); resample the first rejection from the residual.
+    """
     from mdmprob.decoders.correctors import Speculative
 
     return Decoder("speculative", LeftToRight(), WholeWindow(), "blocks", 1.0, Speculative())
@@ -114,16 +186,24 @@ PRESETS = {
 }
 
 
-def get_decoder(name: str, **params) -> Decoder:
-    """A preset by name, e.g. ``get_decoder("llada", steps=4)``."""
+def get_decoder(name: str, **params) -> DecoderBase:
+    """A preset by name, e.g. ``get_decoder("llada", steps=4)``; an unknown parameter raises an
+    :class:`~mdmprob.errors.UnknownNameError` listing the preset's parameters."""
     if name not in PRESETS:
         raise unknown_name("decoder", name, PRESETS)
-    return PRESETS[name](**params)
+    fn = PRESETS[name]
+    valid = [p for p in inspect.signature(fn).parameters]
+    for key in params:
+        if key not in valid:
+            raise unknown_name(f"{name} parameter", str(key), valid)
+    return fn(**params)
 
 
-def importance(proposal: Decoder | None = None, particles: int = 8) -> Decoder:
-    """Sampling-importance-resampling over ``particles`` sequences from ``proposal`` (default:
-    mean_field_blocks), with exact weights p(x) / q(x); reports the effective sample size."""
+def importance(proposal: DecoderBase | None = None, particles: int = 8) -> DecoderBase:
+    """Sampling-importance-resampling: one of ``particles`` proposals, by exact weight p/q.
+
+    The proposal defaults to mean_field_blocks; runs report the effective sample size.
+    """
     from mdmprob.decoders.importance import ImportanceResampling
 
     return ImportanceResampling(proposal if proposal is not None else mean_field_blocks(),
@@ -133,22 +213,32 @@ def importance(proposal: Decoder | None = None, particles: int = 8) -> Decoder:
 PRESETS["importance"] = importance
 
 
-def gibbs_remask(k: int = 2, sweeps: int = 1, kernel: str = "random") -> Decoder:
-    """Mean-field blocks, then ``sweeps`` steps of the remasking kernel R_k per block: remask k
-    positions (``random``: a uniform k-subset; ``lowest_confidence``: the k least confident by
-    leave-one-out probability) and redraw them independently from the denoiser (paper-spec §4-E)."""
+def gibbs_remask(k: int = 2, sweeps: int = 1, kernel: str = "random") -> DecoderBase:
+    """Mean-field blocks, then ``sweeps`` steps of the remasking kernel R_k per block.
+
+    R_k remasks k positions (``random``: a uniform k-subset; ``lowest_confidence``: the k least
+    confident by leave-one-out probability) and redraws them independently (paper-spec §4-E).
+    """
     from mdmprob.decoders.remask import gibbs_remask_decoder
 
     return gibbs_remask_decoder(k=k, sweeps=sweeps, kernel=kernel)
 
 
-def remdm(steps: int = 4, eta: float = 0.1, schedule: str = "cap") -> Decoder:
-    """ReMDM (linear alpha over ``steps`` steps): visible tokens remasked with probability sigma
-    (``cap``: min(eta, (1 - alpha_s)/alpha_t); ``rescale``: eta * sigma_max), masked ones unmasked
-    with probability (alpha_s - (1 - sigma) alpha_t)/(1 - alpha_t); eta = 0 is ``mdlm(steps)``."""
+def remdm(steps: int = 4, eta: float = 0.1, schedule: str = "cap", temperature: float = 1.0,
+          top_k: int | None = None, top_p: float | None = None,
+          nucleus: str = "drop_crossing") -> DecoderBase:
+    """ReMDM: MDLM steps that also remask visible tokens with probability sigma (eta = 0: mdlm).
+
+    Linear schedule; masks unmasked with probability (alpha_s - (1 - sigma) alpha_t)/(1 - alpha_t).
+
+    ``schedule``: ``cap`` sigma = min(eta, (1 - alpha_s)/alpha_t), ``rescale`` eta * sigma_max.
+    The reference scripts sample with ``top_p=0.9`` and a nucleus that drops the value crossing p
+    (``nucleus="drop_crossing"``, the default here when ``top_p`` is set).
+    """
     from mdmprob.decoders.remask import ReMDM
 
-    return ReMDM(steps=steps, eta=eta, schedule=schedule)
+    return ReMDM(steps=steps, eta=eta, schedule=schedule, temperature=temperature, top_k=top_k,
+                 top_p=top_p, nucleus=nucleus)
 
 
 PRESETS.update(gibbs_remask=gibbs_remask, remdm=remdm)

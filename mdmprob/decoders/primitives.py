@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mdmprob.errors import MdmprobError
+from mdmprob.errors import MdmprobError, unknown_name
 
 
 @dataclass
@@ -26,6 +26,7 @@ class Step:
     step: torch.Tensor  # long [B]: steps already taken in the current window
     window_masked: torch.Tensor  # long [B]: masked positions the window had when it opened
     oracle_logp: torch.Tensor | None = None  # exact conditionals, for oracle-based scores
+    n_windows: int = 1  # windows of the decode (LLaDA splits its total steps across them)
 
     @property
     def n_candidates(self) -> torch.Tensor:
@@ -45,6 +46,7 @@ class Score:
     name = "score"
     random = False
     uses_draws = False
+    needs_oracle = False
 
     def __call__(self, step: Step, draws: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError
@@ -122,6 +124,7 @@ class OracleEntropy(Score):
     """Easy-First by the *true* conditional entropy (needs ``oracle=`` when decoding)."""
 
     name = "oracle_entropy"
+    needs_oracle = True
 
     def __call__(self, step, draws=None):
         if step.oracle_logp is None:
@@ -140,6 +143,10 @@ class DrawConfidence(Score):
     def __call__(self, step, draws=None):
         return step.logp.gather(-1, draws[..., None]).squeeze(-1).exp()
 
+    def value_keys(self, step):
+        """The key of every value at every position, ``[B, n, V]``: p_theta(v)."""
+        return step.logp.exp()
+
 
 SCORES = {cls.name: cls for cls in (LeftToRight, RightToLeft, RandomOrder, NegEntropy, HardFirst,
                                     MaxProb, Margin, OracleEntropy, DrawConfidence)}
@@ -152,6 +159,7 @@ class CommitRule:
 
     name = "rule"
     stochastic = False
+    uses_scores = True  # False: the count depends on the step counters only
 
     def count(self, step: Step, ranked_scores: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
         """``LongTensor[B]``; ``ranked_scores [B, n]`` are candidate scores sorted descending
@@ -165,6 +173,8 @@ class CommitRule:
 class PerStep(CommitRule):
     """k positions per step (k = 1: sequential decoding)."""
 
+    uses_scores = False
+
     def __init__(self, k: int = 1):
         if not isinstance(k, int) or k < 1:
             raise MdmprobError(f"tokens per step k={k!r} must be an integer >= 1")
@@ -177,6 +187,8 @@ class PerStep(CommitRule):
 class WholeWindow(CommitRule):
     """Every candidate of the window at once (mean-field block decoding)."""
 
+    uses_scores = False
+
     name = "whole_block"
 
     def count(self, step, ranked_scores, order):
@@ -184,27 +196,51 @@ class WholeWindow(CommitRule):
 
 
 class EvenSplit(CommitRule):
-    """LLaDA: the window's masked positions split evenly over ``steps`` steps, the remainder to
-    the earliest steps."""
+    """LLaDA: a window's masked positions split evenly over its steps, the remainder to the
+    earliest steps; the last step commits whatever is left.
 
-    def __init__(self, steps: int):
-        if not isinstance(steps, int) or steps < 1:
+    ``per="window"``: ``steps`` steps in every window. ``per="total"`` (LLaDA's ``generate``):
+    ``steps`` over the whole decode, ``steps / n_windows`` per window (must divide).
+    """
+
+    uses_scores = False
+    PER = {"window": "steps per window", "total": "steps over the whole decode, split across windows"}
+
+    def __init__(self, steps: int, per: str = "window"):
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise MdmprobError(f"steps={steps!r} must be an integer >= 1")
-        self.steps, self.name = steps, f"even_split(steps={steps})"
+        if per not in self.PER:
+            raise unknown_name("steps accounting per", str(per), self.PER)
+        self.steps, self.per = steps, per
+        self.name = f"even_split(steps={steps})" if per == "window" else \
+            f"even_split(steps={steps} total)"
+
+    def window_steps(self, n_windows: int) -> int:
+        """Steps per window; a :class:`~mdmprob.errors.MdmprobError` when ``per="total"`` and
+        ``steps`` is not a multiple of the number of windows."""
+        if self.per == "window":
+            return self.steps
+        if self.steps % n_windows:
+            raise MdmprobError(
+                f"steps={self.steps} is the total over {n_windows} blocks and must be divisible by "
+                f"it (LLaDA's generate asserts the same); use a multiple such as steps="
+                f"{n_windows * -(-self.steps // n_windows)}, or steps_per='window'")
+        return self.steps // n_windows
 
     def count(self, step, ranked_scores, order):
-        base, rem = step.window_masked // self.steps, step.window_masked % self.steps
+        steps = self.window_steps(step.n_windows)
+        base, rem = step.window_masked // steps, step.window_masked % steps
         count = base + (step.step < rem).long()
-        last = step.step >= self.steps - 1
+        last = step.step >= steps - 1
         return torch.where(last, step.n_candidates, count.clamp(min=1))
 
 
 class Threshold(CommitRule):
-    """Fast-dLLM threshold: every candidate whose score (max probability) is >= tau, and at least
-    the top one."""
+    """Fast-dLLM threshold: every candidate whose confidence is >= tau, and at least the top
+    one."""
 
     def __init__(self, tau: float = 0.9):
-        if not (isinstance(tau, int | float) and 0 < tau <= 1):
+        if isinstance(tau, bool) or not (isinstance(tau, int | float) and 0 < tau <= 1):
             raise MdmprobError(f"threshold tau={tau!r} must be in (0, 1]")
         self.tau, self.name = float(tau), f"threshold(tau={tau})"
 
@@ -213,19 +249,36 @@ class Threshold(CommitRule):
 
 
 class Factor(CommitRule):
-    """Fast-dLLM factor rule as written in the paper: the largest n with (n + 1)(1 - c_(n)) < f,
-    c_(n) the n-th largest confidence; at least one."""
+    """Fast-dLLM factor rule on the ranked confidences c_(1) >= c_(2) >= ...; at least one.
 
-    def __init__(self, f: float = 1.0):
-        if not (isinstance(f, int | float) and f > 0):
-            raise MdmprobError(f"factor f={f!r} must be > 0")
-        self.f, self.name = float(f), f"factor(f={f})"
+    ``variant="strict"`` (the paper): the largest n with (n + 1)(1 - c_(n)) < f.
+    ``variant="reference"`` (the published code): the largest n with c_(n) >= 1 - f / (n + 1)
+    (non-strict), and all m candidates when that n is m - 1 (the last two masks of a window then
+    always go together).
+    """
+
+    VARIANTS = {"reference": "non-strict test; all candidates when only the last one fails "
+                             "(the published code)",
+                "strict": "the paper's rule: largest n with (n + 1)(1 - c_(n)) < f"}
+
+    def __init__(self, f: float = 1.0, variant: str = "strict"):
+        if isinstance(f, bool) or not (isinstance(f, int | float) and f > 0 and math.isfinite(f)):
+            raise MdmprobError(f"factor f={f!r} must be a finite number > 0")
+        if variant not in self.VARIANTS:
+            raise unknown_name("factor rule variant", str(variant), self.VARIANTS)
+        self.f, self.variant = float(f), variant
+        self.name = f"factor(f={f})" if variant == "strict" else f"factor(f={f}, reference)"
 
     def count(self, step, ranked_scores, order):
         n = torch.arange(1, ranked_scores.shape[-1] + 1, device=ranked_scores.device)
-        ok = ((n + 1) * (1 - ranked_scores) < self.f) & (n <= step.n_candidates[:, None])
-        largest = torch.where(ok, n, torch.zeros_like(n)).amax(-1)
-        return largest.clamp(min=1)
+        m = step.n_candidates
+        within = n <= m[:, None]
+        if self.variant == "strict":
+            ok = ((n + 1) * (1 - ranked_scores) < self.f) & within
+            return torch.where(ok, n, torch.zeros_like(n)).amax(-1).clamp(min=1)
+        ok = (ranked_scores >= 1 - self.f / (n + 1).to(ranked_scores.dtype)) & within
+        largest = torch.where(ok, n, torch.zeros_like(n)).amax(-1).clamp(min=1)
+        return torch.where(largest == m - 1, m, largest)
 
 
 class EntropyBudget(CommitRule):
@@ -260,3 +313,82 @@ class BernoulliSchedule(CommitRule):
     def probs(self, step: Step) -> torch.Tensor:
         left = (self.steps - step.step).clamp(min=1).to(step.logp.dtype)
         return (1.0 / left)[:, None].expand(step.candidates.shape)
+
+
+# ----------------------------------------------------------------------------- value laws
+class ValueLaw:
+    """How a step draws the value of a position: ``softmax(log p_theta / T)`` (T = 0: the argmax,
+    lowest value id among equal maxima), restricted to the ``top_k`` most probable values and/or the
+    ``top_p`` nucleus, renormalised.
+
+    ``top_k`` keeps every value whose probability is >= the k-th largest (equal probabilities are
+    kept together, so the law does not depend on value ids). ``top_p`` ranks values by tempered
+    probability: ``nucleus="standard"`` keeps the smallest set whose mass reaches p (the value that
+    crosses p is kept, as in Hugging Face samplers); ``nucleus="drop_crossing"`` keeps only values
+    whose cumulative mass stays <= p (ReMDM's scripts), and always the most probable value. Values of
+    equal probability are kept or dropped together.
+    """
+
+    NUCLEI = {"standard": "keep the value that crosses p", "drop_crossing":
+              "drop the value that crosses p (ReMDM's scripts)"}
+
+    def __init__(self, temperature: float = 1.0, top_k: int | None = None,
+                 top_p: float | None = None, nucleus: str = "standard"):
+        t = temperature
+        if isinstance(t, bool) or not (isinstance(t, int | float) and t >= 0 and math.isfinite(t)):
+            raise MdmprobError(f"temperature={t!r} must be a finite number >= 0 (0: argmax)")
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or
+                                  top_k < 1):
+            raise MdmprobError(f"top_k={top_k!r} must be an integer >= 1 (or None: no cut)")
+        if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, int | float)
+                                  or not 0 < top_p <= 1):
+            raise MdmprobError(f"top_p={top_p!r} must be in (0, 1] (or None: no nucleus)")
+        if nucleus not in self.NUCLEI:
+            raise unknown_name("nucleus", str(nucleus), self.NUCLEI)
+        self.temperature, self.top_k, self.top_p, self.nucleus = float(t), top_k, top_p, nucleus
+
+    @property
+    def deterministic(self) -> bool:
+        return self.temperature == 0
+
+    def log_probs(self, logp: torch.Tensor) -> torch.Tensor:
+        """log-probability ``[..., V]`` of drawing each value, from ``logp [..., V]``."""
+        V = logp.shape[-1]
+        if self.temperature == 0:
+            hot = torch.nn.functional.one_hot(logp.argmax(-1), V).bool()
+            return torch.zeros_like(logp).masked_fill(~hot, -math.inf)
+        out = logp if self.temperature == 1 else torch.log_softmax(logp / self.temperature, -1)
+        if self.top_k is not None and self.top_k < V:
+            kth = out.topk(self.top_k, dim=-1).values[..., -1:]
+            out = out.masked_fill(out < kth, -math.inf)
+        if self.top_p is not None and self.top_p < 1:
+            out = out.masked_fill(~self._nucleus(out.log_softmax(-1)), -math.inf)
+        return out.log_softmax(-1) if self.top_k is not None or self.top_p is not None else out
+
+    def _nucleus(self, logq: torch.Tensor) -> torch.Tensor:
+        """bool ``[..., V]``: the values kept by the nucleus of ``exp(logq)``."""
+        q = logq.exp()
+        desc = q.sort(-1, descending=True).values
+        cum = desc.cumsum(-1)
+        neg = (-desc).contiguous()
+        flat = neg.reshape(-1, neg.shape[-1])
+        x = (-q).contiguous().reshape(-1, q.shape[-1])
+        first = torch.searchsorted(flat, x, right=False).reshape(q.shape)  # group start
+        last = torch.searchsorted(flat, x, right=True).reshape(q.shape) - 1  # group end
+        mass_above = torch.where(first > 0, cum.gather(-1, (first - 1).clamp(min=0)),
+                                 torch.zeros_like(q))  # mass strictly more probable
+        mass_through = cum.gather(-1, last)  # mass at least as probable
+        if self.nucleus == "standard":
+            keep = mass_above < self.top_p
+        else:
+            keep = (mass_through <= self.top_p + 1e-12) | (first == 0)
+        return keep
+
+    def __repr__(self) -> str:
+        parts = [f"T={self.temperature:g}"]
+        if self.top_k is not None:
+            parts.append(f"top_k={self.top_k}")
+        if self.top_p is not None:
+            parts.append(f"top_p={self.top_p:g}" + ("" if self.nucleus == "standard" else
+                                                   f" ({self.nucleus})"))
+        return ", ".join(parts)

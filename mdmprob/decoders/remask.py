@@ -36,8 +36,18 @@ from typing import Any
 
 import torch
 
-from mdmprob.decoders.core import Decoder, DecodeResult, _tempered, all_values
-from mdmprob.decoders.primitives import BernoulliSchedule, LeftToRight, RandomOrder, WholeWindow
+from mdmprob.decoders import drivers
+from mdmprob.decoders.primitives import ValueLaw
+from mdmprob.decoders.protocol import (
+    DecoderBase,
+    DecodeResult,
+    all_values,
+    check_complete,
+    check_num,
+    check_window,
+    make_generator,
+    windows_of,
+)
 from mdmprob.denoisers.base import Denoiser
 from mdmprob.errors import BudgetError, MdmprobError, unknown_name
 from mdmprob.sampling import gumbel_argmax
@@ -180,7 +190,7 @@ class Remask:
         return tokens, subset, lp_s + lp_v, nfe_s + nfe_v
 
     # ------------------------------------------------------------------ corrector interface
-    def decode_window(self, decoder: Decoder, denoiser: Denoiser, tokens: torch.Tensor,
+    def decode_window(self, decoder: DecoderBase, denoiser: Denoiser, tokens: torch.Tensor,
                       window: list[int], generator: torch.Generator, target=None,
                       info: dict[str, Any] | None = None, trace: Trajectory | None = None
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -306,7 +316,7 @@ class Remask:
         vals = out[inverse].gather(-1, configs[:, cols][..., None]).squeeze(-1).sum(-1)
         return vals.reshape([V] * W)
 
-    def window_distribution(self, decoder: Decoder, denoiser: Denoiser, tokens: torch.Tensor,
+    def window_distribution(self, decoder: DecoderBase, denoiser: Denoiser, tokens: torch.Tensor,
                             window: list[int], target=None
                             ) -> Iterator[tuple[tuple[int, ...], float]]:
         """(values, log q) of every window configuration with q > 0 after ``sweeps`` exact kernel
@@ -323,29 +333,34 @@ class Remask:
                            "gibbs_remask() (a RemaskDecoder) to replay runs with log_prob")
 
 
-class RemaskDecoder(Decoder):
-    """A :class:`~mdmprob.decoders.core.Decoder` whose corrector is a :class:`Remask`, with a
-    trajectory-recording ``run`` (committed: per window the proposal step, then one step per
-    kernel application with the remasked positions) and an exact ``log_prob`` replay."""
+class RemaskDecoder(DecoderBase):
+    """Mean-field windows corrected by a :class:`Remask` kernel, with a trajectory-recording
+    ``run`` (committed: per window the proposal step, then one step per kernel application with
+    the remasked positions) and an exact ``log_prob`` replay."""
+
+    def __init__(self, name: str, corrector: Remask, window: str | int = "blocks"):
+        if not isinstance(corrector, Remask):
+            raise MdmprobError(f"{name}: a RemaskDecoder needs a Remask corrector, got "
+                               f"{corrector!r}")
+        check_window(window)
+        self.name, self.corrector, self.window = name, corrector, window
 
     @property
     def log_q_is_marginal(self) -> bool:
         return False
 
+    def windows(self, denoiser: Denoiser, blocks=None) -> list[list[int]]:
+        return windows_of(self.window, denoiser, blocks)
+
     def run(self, denoiser: Denoiser, num: int = 1, *, seed: int | None = 0,
-            generator: torch.Generator | None = None, oracle: Denoiser | None = None,
-            blocks=None, target=None) -> DecodeResult:
-        """Decode ``num`` sequences (see :meth:`Decoder.run`); ``committed`` is a
+            generator: torch.Generator | None = None, initial=None, blocks=None,
+            oracle: Denoiser | None = None, target=None) -> DecodeResult:
+        """Decode ``num`` sequences (see the decoder protocol); ``committed`` is a
         :class:`Trajectory`."""
-        if not isinstance(self.corrector, Remask):
-            raise MdmprobError(f"{self.name}: a RemaskDecoder needs a Remask corrector")
-        if not isinstance(num, int) or num < 1:
-            raise MdmprobError(f"num={num!r} sequences must be an integer >= 1")
-        device = denoiser.device
-        if generator is None:
-            generator = torch.Generator(device=device)
-            generator.manual_seed(0 if seed is None else seed)
-        n = denoiser.n_tokens
+        check_num(num)
+        _no_prompt(self.name, initial)
+        generator = make_generator(denoiser, seed, generator)
+        device, n = denoiser.device, denoiser.n_tokens
         tokens = torch.full((num, n), denoiser.mask_id, dtype=torch.long, device=device)
         log_q = torch.zeros(num, dtype=denoiser.dtype, device=device)
         log_q_tokens = torch.zeros(num, n, dtype=denoiser.dtype, device=device)
@@ -359,14 +374,28 @@ class RemaskDecoder(Decoder):
             log_q_tokens[:, window[0]] += lq
         return DecodeResult(tokens, log_q, nfe, trace, False, info, log_q_tokens)
 
-    def log_prob(self, denoiser: Denoiser, tokens: torch.Tensor, *, committed=None, blocks=None,
-                 oracle: Denoiser | None = None, target=None) -> torch.Tensor:
+    def distribution(self, denoiser: Denoiser, *, initial=None, blocks=None,
+                     oracle: Denoiser | None = None, target=None,
+                     max_states: int = 2**16) -> torch.Tensor:
+        """The exact law of the output, ``[V] * n``: each window's exact chain q^(sweeps) given
+        every prefix (the windows are decoded in order)."""
+        _no_prompt(self.name, initial)
+        n, V = denoiser.n_tokens, denoiser.vocab
+        if V ** n > 2**20:
+            raise BudgetError(f"exact mode enumerates all V^n = {V}^{n} sequences, over the "
+                              "budget of 2^20; use Monte Carlo mode (evaluate(..., mode='mc'))")
+        start = torch.full((1, n), denoiser.mask_id, dtype=torch.long, device=denoiser.device)
+        return drivers.enumerate_states(self, denoiser, start, self.windows(denoiser, blocks),
+                                        target=target, max_states=max_states).reshape([V] * n)
+
+    def log_prob(self, denoiser: Denoiser, tokens: torch.Tensor, *, committed=None,
+                 initial=None, blocks=None, oracle: Denoiser | None = None,
+                 target=None) -> torch.Tensor:
         """The trajectory log-probability ``[B]`` of a run, replayed from ``committed`` (the run's
         :class:`Trajectory`); ``-inf`` where ``tokens`` is not that trajectory's output."""
+        _no_prompt(self.name, initial)
         record = _need_trajectory(self.name, committed)
-        tokens = denoiser.check(tokens)
-        if (tokens == denoiser.mask_id).any():
-            raise MdmprobError("log_prob needs complete sequences (no mask ids)")
+        tokens = check_complete(denoiser, tokens)
         windows = self.windows(denoiser, blocks)
         per = 1 + self.corrector.sweeps
         if len(record) != per * len(windows):
@@ -386,7 +415,7 @@ class RemaskDecoder(Decoder):
 
 
 # ======================================================================================= ReMDM
-class ReMDM(Decoder):
+class ReMDM(DecoderBase):
     """ReMDM (MDLM with a remasking backward kernel) on the linear schedule alpha_j = j / steps.
 
     Step j = 1..steps goes from alpha_t = (j-1)/steps to alpha_s = j/steps, with
@@ -403,7 +432,8 @@ class ReMDM(Decoder):
     """
 
     def __init__(self, steps: int = 4, eta: float = 0.1, schedule: str = "cap",
-                 temperature: float = 1.0):
+                 temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                 nucleus: str = "standard"):
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise MdmprobError(f"steps={steps!r} must be an integer >= 1")
         if isinstance(eta, bool) or not isinstance(eta, int | float) or not 0 <= eta <= 1:
@@ -411,9 +441,10 @@ class ReMDM(Decoder):
                                "probability scale)")
         if schedule not in SCHEDULES:
             raise unknown_name("ReMDM schedule", str(schedule), SCHEDULES)
-        super().__init__(f"remdm(steps={steps}, eta={eta:g}, schedule={schedule})",
-                         RandomOrder(), BernoulliSchedule(steps), "all", temperature)
+        self.values = ValueLaw(temperature, top_k, top_p, nucleus)
+        self.name = f"remdm(steps={steps}, eta={eta:g}, schedule={schedule})"
         self.steps, self.eta, self.schedule = steps, float(eta), schedule
+        self.temperature = self.values.temperature
 
     @property
     def log_q_is_marginal(self) -> bool:
@@ -433,8 +464,7 @@ class ReMDM(Decoder):
         V = logp.shape[-1]
         dtype, device = logp.dtype, logp.device
         visible = tokens != mask
-        tempered = _tempered(logp, self.temperature) if self.temperature > 0 else \
-            _onehot(logp.argmax(-1), V, dtype)
+        tempered = self.values.log_probs(logp)
         log_sigma = torch.tensor(sigma, dtype=dtype, device=device).log()
         log_keep = torch.tensor(-sigma, dtype=dtype, device=device).log1p()
         log_u = torch.tensor(u, dtype=dtype, device=device).log()
@@ -445,16 +475,14 @@ class ReMDM(Decoder):
         return torch.where(visible[..., None], vis, unmask)
 
     def run(self, denoiser: Denoiser, num: int = 1, *, seed: int | None = 0,
-            generator: torch.Generator | None = None, oracle: Denoiser | None = None,
-            blocks=None, target=None) -> DecodeResult:
+            generator: torch.Generator | None = None, initial=None, blocks=None,
+            oracle: Denoiser | None = None, target=None) -> DecodeResult:
         """Decode ``num`` sequences in one batch; ``committed`` is a :class:`Trajectory` (per step
         the newly unmasked positions and the state after the step)."""
-        if not isinstance(num, int) or num < 1:
-            raise MdmprobError(f"num={num!r} sequences must be an integer >= 1")
+        check_num(num)
+        _no_prompt(self.name, initial)
         device, mask = denoiser.device, denoiser.mask_id
-        if generator is None:
-            generator = torch.Generator(device=device)
-            generator.manual_seed(0 if seed is None else seed)
+        generator = make_generator(denoiser, seed, generator)
         n = denoiser.n_tokens
         tokens = torch.full((num, n), mask, dtype=torch.long, device=device)
         log_q_tokens = torch.zeros(num, n, dtype=denoiser.dtype, device=device)
@@ -467,7 +495,7 @@ class ReMDM(Decoder):
             nfe += masked.any(-1).long()
             sigma, u = self.rates(j)
             dtype = logp.dtype
-            tempered = _tempered(logp, self.temperature)
+            tempered = self.values.log_probs(logp)
             values = gumbel_argmax(tempered, generator) if self.temperature > 0 else \
                 logp.argmax(-1)
             coin = torch.rand(num, n, generator=generator, device=device, dtype=torch.float64)
@@ -483,14 +511,14 @@ class ReMDM(Decoder):
         info = {"remasked": remasked}
         return DecodeResult(tokens, log_q_tokens.sum(-1), nfe, trace, False, info, log_q_tokens)
 
-    def log_prob(self, denoiser: Denoiser, tokens: torch.Tensor, *, committed=None, blocks=None,
-                 oracle: Denoiser | None = None, target=None) -> torch.Tensor:
+    def log_prob(self, denoiser: Denoiser, tokens: torch.Tensor, *, committed=None,
+                 initial=None, blocks=None, oracle: Denoiser | None = None,
+                 target=None) -> torch.Tensor:
         """The trajectory log-probability ``[B]`` of a run replayed from ``committed`` (its
         :class:`Trajectory`); ``-inf`` where the record is inconsistent with ``tokens``."""
+        _no_prompt(self.name, initial)
         record = _need_trajectory(self.name, committed)
-        tokens = denoiser.check(tokens)
-        if (tokens == denoiser.mask_id).any():
-            raise MdmprobError("log_prob needs complete sequences (no mask ids)")
+        tokens = check_complete(denoiser, tokens)
         if len(record) != self.steps:
             raise MdmprobError(f"{self.name}: the trajectory has {len(record)} steps, expected "
                                f"{self.steps}")
@@ -507,14 +535,16 @@ class ReMDM(Decoder):
         ok &= (state == tokens).all(-1)
         return torch.where(ok, log_q, torch.full_like(log_q, -math.inf))
 
-    def distribution(self, denoiser: Denoiser, *, blocks=None, oracle: Denoiser | None = None,
-                     target=None, max_states: int = 2**13) -> torch.Tensor:
+    def distribution(self, denoiser: Denoiser, *, initial=None, blocks=None,
+                     oracle: Denoiser | None = None, target=None,
+                     max_states: int = 2**13) -> torch.Tensor:
         """The exact output distribution as a log-table ``[V] * n``: the law of the state (tokens
         with masks) is propagated step by step over all (V+1)^n states,
 
             log P_j(s') = logsumexp_s [ log P_{j-1}(s) + sum_i log T_j(s)[i, s'_i] ],
 
         T_j(s) the per-position outcome probabilities of step j from state s."""
+        _no_prompt(self.name, initial)
         n, V, mask = denoiser.n_tokens, denoiser.vocab, denoiser.mask_id
         total = (V + 1) ** n
         if total > max_states:
@@ -550,8 +580,14 @@ class ReMDM(Decoder):
 def gibbs_remask_decoder(k: int = 2, sweeps: int = 1, kernel: str = "random") -> RemaskDecoder:
     """Mean-field blocks followed by ``sweeps`` steps of R_k per block (see :class:`Remask`)."""
     corrector = Remask(kernel, k, sweeps)
-    return RemaskDecoder(f"gibbs_remask(k={k}, sweeps={sweeps}, kernel={kernel})", LeftToRight(),
-                         WholeWindow(), "blocks", 1.0, corrector)
+    return RemaskDecoder(f"gibbs_remask(k={k}, sweeps={sweeps}, kernel={kernel})", corrector)
+
+
+def _no_prompt(name: str, initial) -> None:
+    if initial is not None:
+        raise MdmprobError(f"{name} remasks every position it wrote and has no prompt mode: "
+                           "initial= is not supported; use a step decoder (e.g. mdlm, llada) "
+                           "for prompted decoding")
 
 
 def _lowest_k(conf: torch.Tensor, k: int) -> torch.Tensor:

@@ -28,6 +28,13 @@ class Denoiser:
     def mask_id(self) -> int:
         return self.vocab
 
+    @property
+    def blocks(self) -> list[list[int]] | None:
+        """The decoding blocks of the structure this denoiser is built on (None: no structure);
+        decoders with ``window="blocks"`` read them."""
+        structure = getattr(self, "structure", None)
+        return None if structure is None else [list(b) for b in structure.blocks]
+
     def __call__(self, tokens: torch.Tensor, window: torch.Tensor | None = None) -> torch.Tensor:
         """``log p_theta(x_i | x_visible)``, ``[B, n, V]``; visible rows are their point mass.
 

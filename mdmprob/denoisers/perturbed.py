@@ -93,6 +93,11 @@ class Perturbed(Denoiser):
             return _normalize(log_p + self.level * xi)
         return entropy_scaled(log_p, self.level)
 
+    @property
+    def blocks(self) -> list[list[int]] | None:
+        """The wrapped denoiser's decoding blocks (model error does not change the structure)."""
+        return self.denoiser.blocks
+
     def __repr__(self) -> str:
         seed = f", seed={self.seed}" if self.family == "logit_noise" else ""
         return f"Perturbed({self.denoiser!r}, {self.family!r}, level={self.level:g}{seed})"

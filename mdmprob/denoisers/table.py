@@ -63,7 +63,7 @@ class Table(Denoiser):
     The table lives on ``log_probs``' device and dtype.
     """
 
-    def __init__(self, log_probs: torch.Tensor, vocab: int, n_tokens: int):
+    def __init__(self, log_probs: torch.Tensor, vocab: int, n_tokens: int, blocks=None):
         count = n_states(n_tokens, vocab)
         if not isinstance(log_probs, torch.Tensor) or not log_probs.dtype.is_floating_point:
             raise MdmprobError("log_probs must be a floating torch tensor of shape "
@@ -86,8 +86,14 @@ class Table(Denoiser):
                 f"{total[code, pos].item():.12g}, not 1 (tolerance {_TOLERANCE:g}); pass "
                 "normalised log-probabilities (e.g. log_probs.log_softmax(-1))")
         self.log_probs = log_probs
+        self._blocks = None if blocks is None else [list(b) for b in blocks]
         self._radix = torch.tensor([(vocab + 1) ** j for j in range(n_tokens)],
                                    dtype=torch.long, device=self.device)
+
+    @property
+    def blocks(self) -> list[list[int]] | None:
+        """The decoding blocks given at construction (``from_denoiser`` copies the source's)."""
+        return self._blocks
 
     def code(self, tokens: torch.Tensor) -> torch.Tensor:
         """State codes ``sum_j tokens[:, j] * (V+1)**j``, ``LongTensor[B]``."""
@@ -148,7 +154,7 @@ class Table(Denoiser):
         states = all_states(denoiser.n_tokens, denoiser.vocab, denoiser.device)
         with torch.no_grad():
             out = torch.cat([denoiser(chunk) for chunk in states.split(_CHUNK)])
-        return cls(out, denoiser.vocab, denoiser.n_tokens)
+        return cls(out, denoiser.vocab, denoiser.n_tokens, blocks=denoiser.blocks)
 
     def __repr__(self) -> str:
         return f"Table(n_tokens={self.n_tokens}, vocab={self.vocab})"

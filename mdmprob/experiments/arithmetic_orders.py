@@ -148,38 +148,14 @@ def _score(order: str):
     return SCORES[order]()
 
 
-def decode_prompted(model, prompts: torch.Tensor, answer_pos: list[int], order: str, k: int,
-                   seed: int = 0) -> tuple[torch.Tensor, int]:
-    """Greedy (T = 0) decoding of the ``answer_pos`` positions of ``prompts [B, n]`` (their other
-    positions visible), ``k`` tokens per step in ``order``; returns the tokens and the NFE."""
-    from mdmprob.decoders.core import _select
-    from mdmprob.decoders.primitives import PerStep, Step
+def answer_decoder(order: str, k: int):
+    """Greedy (T = 0) decoding, ``k`` tokens per step in ``order``, ties to the lowest position;
+    run it with ``initial=`` the prompts (mask id at the answer positions)."""
+    from mdmprob.decoders import Decoder
+    from mdmprob.decoders.primitives import PerStep
 
-    score, commit = _score(order), PerStep(k)
-    tokens = prompts.clone().to(model.device)
-    tokens[:, answer_pos] = model.mask_id
-    B = tokens.shape[0]
-    generator = torch.Generator(device=model.device).manual_seed(seed)
-    window_masked = torch.full((B,), len(answer_pos), dtype=torch.long, device=model.device)
-    step_no = torch.zeros(B, dtype=torch.long, device=model.device)
-    nfe = 0
-    while True:
-        candidates = tokens == model.mask_id
-        if not candidates.any():
-            break
-        logp = model(tokens)
-        nfe += 1
-        draws = logp.argmax(-1)
-        step = Step(logp, candidates, step_no, window_masked)
-        if score.random:
-            keys = torch.rand(candidates.shape, generator=generator, device=model.device,
-                              dtype=logp.dtype)
-        else:
-            keys = score(step, draws).to(logp.dtype)
-        sel, _, _ = _select(step, keys, commit)
-        tokens = torch.where(sel, draws, tokens)
-        step_no = step_no + 1
-    return tokens, nfe
+    return Decoder(f"{order}(k={k})", _score(order), PerStep(k), window="all", temperature=0.0,
+                   ties="lowest_position")
 
 
 # ---------------------------------------------------------------------- experiment
@@ -218,7 +194,11 @@ class ArithmeticOrders(Experiment):
         pos = answer_positions(config.D)
         for order in config.orders:
             for k in config.k_values():
-                tokens, nfe = decode_prompted(model, prompts, pos, order, k, seed=seed)
+                initial = prompts.clone().to(model.device)
+                initial[:, pos] = model.mask_id
+                run = answer_decoder(order, k).run(model, len(prompts), seed=seed,
+                                                   initial=initial)
+                tokens, nfe = run.tokens, int(run.nfe.max())
                 acc = accuracy(decode_answers(tokens.cpu(), config.D), problems)
                 rows = [("overall", acc["overall"])] + \
                     [(c, acc["per_category"][c]) for c in CATEGORIES]

@@ -1,0 +1,170 @@
+"""The decoder protocol: what every decoder answers, and the checks every decoder shares.
+
+A decoder is an inference program over a denoiser. It answers
+
+* ``run(denoiser, num, *, seed | generator, initial=None, blocks=None, ...)`` -> :class:`DecodeResult`
+  (tokens, the exact log-probability of each run, NFE);
+* ``log_prob(denoiser, tokens, *, committed=None, initial=None, blocks=None, ...)`` -> ``[B]``
+  (log q(x) by replay, or a recorded trajectory's log-probability);
+* ``distribution(denoiser, *, initial=None, blocks=None, ...)`` -> the exact log q as a table
+  ``[V] * n`` (small spaces);
+* ``log_q_is_marginal``: whether a run's log-probability is log q(x) (the trajectory is a function
+  of the output) or a trajectory density.
+
+Step decoders (:class:`~mdmprob.decoders.core.Decoder`) build it from one step distribution and
+three drivers; remasking, ReMDM and importance resampling implement it directly.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from mdmprob.errors import MdmprobError
+
+
+@dataclass
+class DecodeResult:
+    """What a batched decoder run returns (B sequences of n tokens).
+
+    ``log_q`` is the exact log-probability of each run's trajectory (the decoder's random choices);
+    it equals ``log q(tokens)`` when ``log_q_is_marginal`` (the trajectory is a function of the
+    output), otherwise it is a trajectory density.
+    """
+
+    tokens: torch.Tensor  # long [B, n]
+    log_q: torch.Tensor  # [B]
+    nfe: torch.Tensor  # long [B]: denoiser calls per sequence
+    committed: list[torch.Tensor]  # per step: bool [B, n] positions committed at that step
+    log_q_is_marginal: bool
+    corrector: dict[str, Any] = field(default_factory=dict)  # proposals, acceptance, ESS, ...
+    log_q_tokens: torch.Tensor | None = None  # [B, n]: each token's share of log_q (sums to it)
+
+    @property
+    def steps(self) -> int:
+        return len(self.committed)
+
+
+class DecoderBase:
+    """The protocol (see the module docstring); subclasses implement the four members."""
+
+    name: str
+
+    @property
+    def log_q_is_marginal(self) -> bool:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def run(self, denoiser, num: int = 1, *, seed: int | None = 0, generator=None,
+            initial=None, blocks=None, oracle=None, target=None) -> DecodeResult:
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def log_prob(self, denoiser, tokens, *, committed=None, initial=None, blocks=None,
+                 oracle=None, target=None) -> torch.Tensor:
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def distribution(self, denoiser, *, initial=None, blocks=None, oracle=None, target=None,
+                     max_states: int = 2**16) -> torch.Tensor:
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+# ----------------------------------------------------------------------------------- shared checks
+WINDOWS = ("blocks", "all")
+
+
+def check_window(window) -> None:
+    """A window policy is ``"blocks"``, ``"all"`` or a block length >= 1."""
+    if isinstance(window, bool) or (isinstance(window, int) and window < 1):
+        raise MdmprobError(f"window={window!r} must be >= 1 positions (or 'blocks' / 'all')")
+    if not isinstance(window, int) and window not in WINDOWS:
+        raise MdmprobError(f"window={window!r} must be 'blocks', 'all' or an int block length")
+
+
+def windows_of(window, denoiser, blocks=None) -> list[list[int]]:
+    """The decoding windows, in order: ``"all"`` (one window), an int (contiguous semi-AR blocks of
+    that length) or ``"blocks"``: ``blocks`` if given, else the denoiser's own (``denoiser.blocks``,
+    from the structure it is built on). A ``"blocks"`` window with neither raises: decoding the
+    whole sequence as one window instead would be another decoder."""
+    n = denoiser.n_tokens
+    if window == "all":
+        return [list(range(n))]
+    if isinstance(window, int):
+        return [list(range(s, min(s + window, n))) for s in range(0, n, window)]
+    if blocks is None:
+        blocks = getattr(denoiser, "blocks", None)
+    if blocks is None:
+        raise MdmprobError(
+            f"window='blocks' needs the structure's decoding blocks, but the denoiser {denoiser!r} "
+            "is not built on a structure; pass blocks=structure.blocks, or build the decoder with "
+            "block_length=... (contiguous blocks) or window='all'")
+    blocks = [list(b) for b in blocks]
+    flat = sorted(p for b in blocks for p in b)
+    if flat != list(range(n)):
+        raise MdmprobError(f"blocks {blocks} do not partition the denoiser's {n} positions")
+    return blocks
+
+
+def make_generator(denoiser, seed: int | None, generator) -> torch.Generator:
+    """``generator`` if given, else a fresh one on the denoiser's device seeded with ``seed``
+    (None: 0)."""
+    if generator is not None:
+        return generator
+    gen = torch.Generator(device=denoiser.device)
+    gen.manual_seed(0 if seed is None else seed)
+    return gen
+
+
+def check_num(num) -> None:
+    if isinstance(num, bool) or not isinstance(num, int) or num < 1:
+        raise MdmprobError(f"num={num!r} sequences must be an integer >= 1")
+
+
+def initial_tokens(denoiser, initial, num: int) -> torch.Tensor:
+    """The start state ``[num, n]``: all masks, or ``initial`` (``[n]``, ``[1, n]`` or
+    ``[num, n]``; the mask id ``denoiser.mask_id`` where the decoder writes, prompt tokens
+    elsewhere)."""
+    n = denoiser.n_tokens
+    if initial is None:
+        return torch.full((num, n), denoiser.mask_id, dtype=torch.long, device=denoiser.device)
+    initial = torch.as_tensor(initial)
+    shape = tuple(initial.shape)
+    if initial.dim() == 1:
+        initial = initial[None]
+    if initial.dim() != 2 or initial.shape[-1] != n or initial.shape[0] not in (1, num):
+        raise MdmprobError(
+            f"initial has shape {shape}; it must be [n], [1, n] or [num, n] with "
+            f"n = {n}, num = {num} (mask id {denoiser.mask_id} where the decoder decodes)")
+    initial = denoiser.check(initial)
+    return initial.expand(num, n).clone()
+
+
+def check_complete(denoiser, tokens, initial=None) -> torch.Tensor:
+    """Validate complete sequences ``tokens [B, n]`` (no mask id), consistent with ``initial``."""
+    tokens = denoiser.check(tokens)
+    if (tokens == denoiser.mask_id).any():
+        raise MdmprobError("log_prob needs complete sequences (no mask ids)")
+    if initial is not None:
+        start = initial_tokens(denoiser, initial, tokens.shape[0])
+        clash = (start != denoiser.mask_id) & (start != tokens)
+        if clash.any():
+            row = int(clash.any(-1).nonzero()[0, 0])
+            raise MdmprobError(
+                f"tokens row {row} differs from the prompt (initial) at positions "
+                f"{clash[row].nonzero().squeeze(-1).tolist()}; a decoder never rewrites visible "
+                "prompt tokens")
+    return tokens
+
+
+def all_values(k: int, V: int, device) -> torch.Tensor:
+    """Every assignment of k positions, ``[V^k, k]`` (row-major codes)."""
+    return torch.tensor(list(itertools.product(range(V), repeat=k)), dtype=torch.long,
+                        device=device).reshape(V ** k, k)
+
+
+__all__ = ["DecodeResult", "DecoderBase", "all_values", "check_complete", "check_num",
+           "check_window", "initial_tokens", "make_generator", "windows_of"]

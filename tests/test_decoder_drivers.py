@@ -1,0 +1,157 @@
+"""The three drivers (run, replay, tensor exact mode) against the naive reference implementation
+(tests/naive_decoders.py: the original dict-and-.item() enumeration and its own run / replay),
+with ties to the lowest position and plain softmax values: the laws the naive code defines."""
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mdmprob import load_model
+from mdmprob.decoders import Decoder
+from mdmprob.decoders.primitives import (
+    SCORES,
+    BernoulliSchedule,
+    DrawConfidence,
+    EntropyBudget,
+    EvenSplit,
+    Factor,
+    MaxProb,
+    NegEntropy,
+    PerStep,
+    RandomOrder,
+    Threshold,
+    WholeWindow,
+)
+from mdmprob.denoisers import Oracle, Perturbed, Table
+
+sys.path.insert(0, str(Path(__file__).parent))
+from naive_decoders import NaiveDecoder  # noqa: E402
+
+# random Dirichlet conditionals (no two keys tie, so the tie rule cannot matter): n, V, blocks
+DENOISERS = [(6, 2, [[0, 1, 2], [3, 4, 5]]), (4, 3, [[0, 1], [2, 3]]), (5, 2, [[3, 4], [0, 1, 2]])]
+
+RULES = [  # (score, commit, window, temperature)
+    (SCORES["l2r"](), WholeWindow(), "blocks", 1.0),
+    (SCORES["entropy"](), PerStep(1), "all", 1.0),
+    (SCORES["margin"](), PerStep(2), "all", 0.7),
+    (MaxProb(), Threshold(0.6), "blocks", 1.0),
+    (MaxProb(), Factor(1.0), "blocks", 0.0),
+    (NegEntropy(), EntropyBudget(0.3), "all", 1.0),
+    (DrawConfidence(), EvenSplit(3), "all", 1.0),
+    (DrawConfidence(), EvenSplit(2), 2, 0.0),
+    (RandomOrder(), EvenSplit(2), "all", 1.0),
+    (RandomOrder(), BernoulliSchedule(3), "all", 1.0),
+    (RandomOrder(), PerStep(1), 3, 0.5),
+]
+
+
+def _pair(rule):
+    score, commit, window, t = rule
+    name = f"{score.name}/{commit.name}/{window}/T={t}"
+    new = Decoder(name, score, commit, window, t, ties="lowest_position")
+    return new, NaiveDecoder(name, score, commit, window, t)
+
+
+@pytest.mark.parametrize("n,V,blocks", DENOISERS)
+@pytest.mark.parametrize("rule", RULES, ids=lambda r: f"{r[0].name}-{r[1].name}-{r[2]}-{r[3]}")
+def test_exact_mode_equals_the_naive_enumeration(n, V, blocks, rule):
+    den = Table.random(n, V, seed=n * V, concentration=0.8)
+    new, naive = _pair(rule)
+    q_new = new.distribution(den, blocks=blocks)
+    q_naive = naive.distribution(den, blocks=blocks)
+    assert q_new.shape == q_naive.shape
+    same_support = (q_new == -math.inf) == (q_naive == -math.inf)
+    assert same_support.all()
+    torch.testing.assert_close(q_new.exp(), q_naive.exp(), atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("rule", RULES, ids=lambda r: f"{r[0].name}-{r[1].name}-{r[2]}-{r[3]}")
+def test_replay_equals_the_naive_replay(rule):
+    den = Table.random(6, 2, seed=4, concentration=0.8)
+    blocks = [[0, 1, 2], [3, 4, 5]]
+    new, naive = _pair(rule)
+    run = new.run(den, 200, seed=3, blocks=blocks)
+    ours = new.log_prob(den, run.tokens, committed=run.committed, blocks=blocks)
+    theirs = naive.log_prob(den, run.tokens, committed=run.committed, blocks=blocks)
+    if new.log_q_is_marginal:
+        torch.testing.assert_close(ours, theirs, atol=1e-10, rtol=0)
+        torch.testing.assert_close(new.log_prob(den, run.tokens, blocks=blocks), theirs,
+                                   atol=1e-10, rtol=0)
+        torch.testing.assert_close(run.log_q, theirs, atol=1e-10, rtol=0)
+    elif not isinstance(new.commit, Threshold | Factor | EntropyBudget):
+        # the naive replay of sample-then-choose ignores that a score-dependent count also reads
+        # the unselected draws; for fixed counts both are exact
+        torch.testing.assert_close(ours, theirs, atol=1e-10, rtol=0)
+        torch.testing.assert_close(run.log_q, ours, atol=1e-10, rtol=0)
+
+
+def test_run_frequencies_follow_the_exact_law_with_random_ties():
+    # Block-HMM 2 x 3 with eta = 0: the three positions of a block are exchangeable, so entropy
+    # keys tie; the uniform tie-break must give the enumerated law (chi-square style check)
+    s = load_model("block_hmm", n_blocks=2, block_size=3, eta=0.0)
+    o = Oracle(s)
+    d = Decoder("entropy-k2", NegEntropy(), PerStep(2), "all", 1.0)
+    q = d.distribution(o).reshape(-1).exp()
+    run = d.run(o, 20000, seed=11)
+    codes = (run.tokens * 2 ** torch.arange(5, -1, -1)).sum(-1)
+    freq = torch.bincount(codes, minlength=64).double() / 20000
+    se = (q * (1 - q) / 20000).sqrt()
+    assert ((freq - q).abs() <= 4 * se + 1e-12).all()
+    # and the run's log q is the marginal q(x) (tie branches summed)
+    torch.testing.assert_close(run.log_q, q.log()[codes], atol=1e-10, rtol=0)
+
+
+def test_bad_options_raise_typed_errors_naming_the_value():
+    from mdmprob.decoders import fast_dllm_factor, fast_dllm_threshold, get_decoder, llada
+    from mdmprob.errors import MdmprobError, UnknownNameError
+
+    with pytest.raises(UnknownNameError, match="unknown llada parameter 'stepz'.*steps"):
+        get_decoder("llada", stepz=3)
+    with pytest.raises(UnknownNameError, match="'maxprob'.*max_prob"):
+        fast_dllm_threshold(confidence="maxprob")
+    with pytest.raises(UnknownNameError, match="'paper'"):
+        fast_dllm_factor(variant="paper")
+    with pytest.raises(UnknownNameError, match="'first'"):
+        llada(ties="first")
+    with pytest.raises(UnknownNameError, match="'block'"):
+        llada(steps_per="block")
+    with pytest.raises(UnknownNameError, match="'calls'"):
+        llada(nfe="calls")
+    with pytest.raises(MdmprobError, match="top_p=1.5"):
+        llada(top_p=1.5)
+    with pytest.raises(MdmprobError, match="top_p=0"):
+        llada(top_p=0)
+    with pytest.raises(MdmprobError, match="top_k=0"):
+        llada(top_k=0)
+    with pytest.raises(UnknownNameError, match="'greedy'"):
+        Decoder("d", NegEntropy(), PerStep(1), "all", 1.0, top_p=0.5, nucleus="greedy")
+    with pytest.raises(MdmprobError, match="nfe='reference'"):
+        Decoder("d", NegEntropy(), PerStep(1), "all", 1.0, nfe="reference")
+    den = Table.random(4, 2, seed=0)
+    with pytest.raises(MdmprobError, match="window='blocks'.*not built on a structure"):
+        Decoder("d", NegEntropy(), PerStep(1), "blocks", 1.0).run(den, 2)
+    with pytest.raises(MdmprobError, match="steps=3 is the total over 2 blocks"):
+        llada(3, block_length=2).distribution(den)
+    with pytest.raises(MdmprobError, match=r"initial has shape \(3,\)"):
+        llada(2).run(den, 2, initial=torch.tensor([0, 1, 2]))
+    with pytest.raises(MdmprobError, match="differs from the prompt"):
+        llada(2, temperature=0.0).log_prob(den, torch.tensor([[0, 0, 0, 0]]),
+                                           initial=torch.tensor([1, 2, 2, 2]))
+
+
+def test_blocks_are_never_lost():
+    from mdmprob.decoders import mean_field_blocks
+
+    s = load_model("block_hmm", n_blocks=2, block_size=3, eta=0.05)
+    o = Oracle(s)
+    pert = Perturbed(o, "temperature", 0.5)
+    table = Table.from_denoiser(pert)
+    assert pert.blocks == table.blocks == [list(b) for b in s.blocks]
+    q_pert = mean_field_blocks().distribution(pert)
+    torch.testing.assert_close(mean_field_blocks().distribution(table), q_pert)
+    # decoding the whole sequence as one window is another decoder
+    whole = Decoder("mf-all", SCORES["l2r"](), WholeWindow(), "all", 1.0).distribution(pert)
+    assert (whole.exp() - q_pert.exp()).abs().max() > 1e-3
