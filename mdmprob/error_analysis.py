@@ -30,23 +30,13 @@ import numpy as np
 import torch
 
 from mdmprob import info
+from mdmprob.checks import check_int, check_match, generator
 from mdmprob.denoisers.base import Denoiser
 from mdmprob.errors import EvidenceError, MdmprobError
 
 DEFAULT_RATIOS = (0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
 
 
-def _check_pair(denoiser: Denoiser, oracle: Denoiser) -> None:
-    if denoiser.n_tokens != oracle.n_tokens or denoiser.vocab != oracle.vocab:
-        raise EvidenceError(f"the denoiser has n_tokens={denoiser.n_tokens}, vocab="
-                            f"{denoiser.vocab} but the oracle has n_tokens={oracle.n_tokens}, "
-                            f"vocab={oracle.vocab}; compare denoisers of the same structure")
-
-
-def _check_count(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise MdmprobError(f"{name}={value!r} must be an integer >= 1")
-    return value
 
 
 # ---------------------------------------------------------------------- error by position/ratio
@@ -82,15 +72,15 @@ def error_by_position_and_ratio(denoiser: Denoiser, oracle, *, num: int = 1000, 
     """Exact error table of ``denoiser`` against ``oracle`` (an :class:`Oracle`, whose engine
     draws the exact samples) for each masking ratio in ``ratios`` (each in (0, 1]); ``num``
     sequences per ratio, the whole table fixed by ``seed``. See :class:`ErrorTable`."""
-    _check_pair(denoiser, oracle)
-    _check_count("num", num)
-    _check_count("batch_size", batch_size)
+    check_match(denoiser, oracle, "oracle", EvidenceError)
+    check_int("num", num, 1)
+    check_int("batch_size", batch_size, 1)
     ratios = [float(r) for r in ratios]
     if not ratios or not all(0 < r <= 1 for r in ratios):
         raise MdmprobError(f"ratios={ratios} must be a non-empty list of numbers in (0, 1]")
     engine = oracle.engine
     n, vocab, device = oracle.n_tokens, oracle.vocab, engine.device
-    g = torch.Generator(device=device).manual_seed(int(seed))
+    g = generator(seed, device)
     rows = {k: [] for k in ("kl_true_model", "kl_model_true", "entropy", "count")}
     by_ratio = []
     for ratio in ratios:
@@ -178,11 +168,11 @@ def rollout_errors(denoiser: Denoiser, oracle: Denoiser, decoder, *, num: int = 
                    seed: int = 0, batch_size: int = 512) -> RolloutErrors:
     """Decode ``num`` sequences with ``decoder`` (one token per step) on ``denoiser`` and replay
     each trajectory, recording the exact local error and true entropy at every step."""
-    _check_pair(denoiser, oracle)
-    _check_count("num", num)
-    _check_count("batch_size", batch_size)
+    check_match(denoiser, oracle, "oracle", EvidenceError)
+    check_int("num", num, 1)
+    check_int("batch_size", batch_size, 1)
     n, mask_id = denoiser.n_tokens, denoiser.mask_id
-    g = torch.Generator(device=denoiser.device).manual_seed(int(seed))
+    g = generator(seed, denoiser.device)
     eps_all, ent_all, pos_all, tok_all = [], [], [], []
     for start in range(0, num, batch_size):
         b = min(batch_size, num - start)

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from mdmprob import info
+from mdmprob.checks import check_int, check_match, check_number, generator
 from mdmprob.denoisers.base import Denoiser
 from mdmprob.denoisers.oracle import Oracle
 from mdmprob.errors import EvidenceError, MdmprobError
@@ -71,19 +72,13 @@ def model_error(denoiser: Denoiser, oracle: Oracle, *, num: int = 2000, seed: in
     denoisers on the masked sequences (``batch_size`` sequences per call) and averages over the
     masked positions. See :class:`ModelError` for the fields.
     """
-    if denoiser.n_tokens != oracle.n_tokens or denoiser.vocab != oracle.vocab:
-        raise EvidenceError(f"the denoiser has n_tokens={denoiser.n_tokens}, vocab="
-                            f"{denoiser.vocab} but the oracle has n_tokens={oracle.n_tokens}, "
-                            f"vocab={oracle.vocab}; compare denoisers of the same structure")
-    if isinstance(num, bool) or not isinstance(num, int) or num < 1:
-        raise MdmprobError(f"num={num!r} must be an integer >= 1")
-    if mask_rate is not None and (isinstance(mask_rate, bool) or not isinstance(
-            mask_rate, int | float) or not 0 < mask_rate <= 1):
-        raise MdmprobError(f"mask_rate={mask_rate!r} must be a number in (0, 1] or None "
-                           "(a uniform random rate per sequence)")
+    check_match(denoiser, oracle, "oracle", EvidenceError)
+    check_int("num", num, 1)
+    if mask_rate is not None:
+        check_number("mask_rate", mask_rate, 0, 1, low_open=True)
     engine = oracle.engine
     n, vocab, device = oracle.n_tokens, oracle.vocab, engine.device
-    g = torch.Generator(device=device).manual_seed(int(seed))
+    g = generator(seed, device)
     kls, rev, ents, masks = [], [], [], []
     for start in range(0, num, batch_size):
         b = min(batch_size, num - start)
