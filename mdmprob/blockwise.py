@@ -87,6 +87,18 @@ def block_report(structure: Structure, *, samples: int = 2000, seed: int = 0,
     return report
 
 
+def block_costs(joint: torch.Tensor, k: int) -> dict[str, torch.Tensor]:
+    """Per row of a block table ``[R] + [V] * k`` (log p(x_B | x_P)): log M = log sup p / q with
+    q the product of its marginals, forward TC = KL(p ‖ q), and their difference."""
+    flat = joint.reshape(joint.shape[0], -1)
+    mf = info.mean_field(joint, k).reshape(flat.shape)
+    ratio = torch.where(flat > -math.inf, flat - mf, torch.full_like(flat, -math.inf))
+    log_m = ratio.amax(-1)
+    tc = info.forward_tc(joint, k)
+    return {"log_m": log_m, "m": log_m.exp(), "forward_tc": tc, "exp_forward_tc": tc.exp(),
+            "log_gap": log_m - tc}
+
+
 def needs_monte_carlo(structure: Structure, exact_limit: int) -> bool:
     """Whether some block's prefix space V^|P| exceeds ``exact_limit`` (Monte Carlo needed)."""
     prefix = sum(len(b) for b in structure.blocks[:-1])

@@ -16,7 +16,9 @@ uninterrupted run with the same seed.
 
 from __future__ import annotations
 
+import math
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -152,6 +154,41 @@ def _step(net, opt, sampler: Sampler, gen: torch.Generator, config: NeuralConfig
     loss.backward()
     opt.step()
     return float(loss.detach())
+
+
+def train_cached(source, config: NeuralConfig, folder: Callable[[int], str], root: Path | None):
+    """Train to ``config.steps`` with checkpoints under ``root / folder(steps)``, continuing from
+    the largest cached shorter budget ``root / folder(s)`` (``s < steps``) when this one has no
+    checkpoint yet. ``source`` is a structure or a sampler (as :func:`train`); ``root=None``
+    trains without checkpoints. Returns ``(model, final loss, steps trained in this call)``."""
+    steps = config.steps
+    out = root / folder(steps) if root is not None else None
+    start = 0
+    if out is not None:
+        path = out / CHECKPOINT
+        if not path.exists():
+            shorter = [s for s in range(steps - 1, 0, -1) if (root / folder(s) / CHECKPOINT).exists()]
+            if shorter:
+                out.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(root / folder(shorter[0]) / CHECKPOINT, path)
+        if path.exists():
+            start = checkpoint_step(path)
+    model, history = train(source, config, out_dir=out, resume=True)
+    loss = history[-1]["loss"] if history else math.nan
+    return model, loss, steps - start
+
+
+def checkpoint_root(checkpoint_dir, workdir: Path | None) -> Path | None:
+    """Where an experiment caches trained models: ``checkpoint_dir`` when given, else
+    ``workdir / "checkpoints"`` (``None``: no cache)."""
+    if checkpoint_dir is not None:
+        return Path(checkpoint_dir)
+    return workdir / "checkpoints" if workdir is not None else None
+
+
+def checkpoint_step(path) -> int:
+    """The optimizer steps a checkpoint holds (its ``step``), read on the CPU."""
+    return int(_read(Path(path), torch.device("cpu"))["step"])
 
 
 def _save(path: Path, net, opt, gen, config, step, history, cuda) -> None:

@@ -22,7 +22,6 @@ folder or an explicit ``checkpoint_dir``).
 from __future__ import annotations
 
 import math
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,33 +111,12 @@ def _folder_name(config: Config, d_model: int, steps: int) -> str:
             f"_lr{config.lr:g}_seed{config.train_seed}_s{steps}")
 
 
-def checkpoint_root(config: Config, workdir: Path | None) -> Path | None:
-    if config.checkpoint_dir is not None:
-        return Path(config.checkpoint_dir)
-    return workdir / "checkpoints" if workdir is not None else None
-
-
 def train_model(config: Config, d_model: int, steps: int, root: Path | None):
     """The trained model (cached under ``root``), its final loss and the steps trained now."""
-    from mdmprob.training import CHECKPOINT, _read, train
+    from mdmprob.training import train_cached
 
-    nc = _neural_config(config, d_model, steps)
-    folder = root / _folder_name(config, d_model, steps) if root is not None else None
-    start = 0
-    if folder is not None:
-        path = folder / CHECKPOINT
-        if not path.exists():  # continue from the largest cached shorter budget, if any
-            shorter = [s for s in range(steps - 1, 0, -1)
-                       if (root / _folder_name(config, d_model, s) / CHECKPOINT).exists()]
-            if shorter:
-                folder.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(root / _folder_name(config, d_model, shorter[0]) / CHECKPOINT,
-                                path)
-        if path.exists():
-            start = int(_read(path, torch.device("cpu"))["step"])
-    model, history = train(_sampler(config.D), nc, out_dir=folder, resume=True)
-    loss = history[-1]["loss"] if history else math.nan
-    return model, loss, steps - start
+    return train_cached(_sampler(config.D), _neural_config(config, d_model, steps),
+                        lambda s: _folder_name(config, d_model, s), root)
 
 
 # ---------------------------------------------------------------------- decoding
@@ -180,10 +158,11 @@ class ArithmeticOrders(Experiment):
             encode_problems,
             test_suite,
         )
+        from mdmprob.training import checkpoint_root
 
         t0 = time.perf_counter()
         model, loss, trained = train_model(config, setting["d_model"], setting["steps"],
-                                           checkpoint_root(config, self.workdir))
+                                           checkpoint_root(config.checkpoint_dir, self.workdir))
         setting = {**setting, "model": f"d{setting['d_model']}/s{setting['steps']}",
                    "params": sum(p.numel() for p in model.net.parameters())}
         out = [record(setting, "final_loss", loss if math.isfinite(loss) else None),
@@ -216,10 +195,9 @@ class ArithmeticOrders(Experiment):
 
     # ------------------------------------------------------------------ plot
     def plot(self, records, config: Config, out_dir: Path) -> list[Path]:
-        import matplotlib
+        from mdmprob.experiments.plotting import pyplot, save_figure
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot()
 
         acc = [r for r in records if r["metric"] == "accuracy" and r["category"] == "overall"]
         if not acc:
@@ -251,12 +229,7 @@ class ArithmeticOrders(Experiment):
             ax.legend(title="order (95% Wilson CI)", fontsize=8)
         fig.suptitle(self.title, fontsize=10)
         fig.tight_layout()
-        stem = out_dir / "arithmetic_orders"
-        paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
-        for p in paths:
-            fig.savefig(p, dpi=120)
-        plt.close(fig)
-        return paths
+        return save_figure(fig, out_dir / "arithmetic_orders")
 
     # ------------------------------------------------------------------ summary
     def summary(self, records, config: Config) -> list[dict[str, Any]]:

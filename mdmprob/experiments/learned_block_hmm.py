@@ -24,13 +24,10 @@ single output (reported as +inf, never NaN).
 from __future__ import annotations
 
 import math
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from mdmprob.errors import MdmprobError
 from mdmprob.experiments.base import (
@@ -113,32 +110,12 @@ def _folder_name(config: Config, steps: int) -> str:
             f"_lr{config.lr:g}_seed{config.train_seed}_s{steps}")
 
 
-def checkpoint_root(config: Config, workdir: Path | None) -> Path | None:
-    if config.checkpoint_dir is not None:
-        return Path(config.checkpoint_dir)
-    return workdir / "checkpoints" if workdir is not None else None
-
-
 def train_model(config: Config, structure, steps: int, root: Path | None):
     """The trained model (cached under ``root``), its final loss and the steps trained now."""
-    from mdmprob.training import CHECKPOINT, _read, train
+    from mdmprob.training import train_cached
 
-    nc = _neural_config(config, structure, steps)
-    folder = root / _folder_name(config, steps) if root is not None else None
-    start = 0
-    if folder is not None:
-        path = folder / CHECKPOINT
-        if not path.exists():  # continue from the largest cached shorter budget, if any
-            shorter = [s for s in range(steps - 1, 0, -1)
-                       if (root / _folder_name(config, s) / CHECKPOINT).exists()]
-            if shorter:
-                folder.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(root / _folder_name(config, shorter[0]) / CHECKPOINT, path)
-        if path.exists():
-            start = int(_read(path, torch.device("cpu"))["step"])
-    model, history = train(structure, nc, out_dir=folder, resume=True)
-    loss = history[-1]["loss"] if history else math.nan
-    return model, loss, steps - start
+    return train_cached(structure, _neural_config(config, structure, steps),
+                        lambda s: _folder_name(config, s), root)
 
 
 class LearnedBlockHmm(Experiment):
@@ -159,9 +136,11 @@ class LearnedBlockHmm(Experiment):
         from mdmprob.evaluate import evaluate
 
         s = _structure(config)
+        from mdmprob.training import checkpoint_root
+
         t0 = time.perf_counter()
         model, loss, trained = train_model(config, s, setting["steps"],
-                                           checkpoint_root(config, self.workdir))
+                                           checkpoint_root(config.checkpoint_dir, self.workdir))
         base = {**setting, "decoder": None}
         out = [record(base, "final_loss", loss if math.isfinite(loss) else None),
                record(base, "steps_trained_now", trained),

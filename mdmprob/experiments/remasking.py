@@ -153,10 +153,9 @@ class Remasking(Experiment):
             self._plot_diagnostics(records, config, out_dir)
 
     def _plot_chain(self, records, config, out_dir) -> list[Path]:
-        import matplotlib
+        from mdmprob.experiments.plotting import pyplot, save_figure
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot()
         from matplotlib.lines import Line2D
 
         etas = sorted({r["eta"] for r in records})
@@ -220,13 +219,12 @@ class Remasking(Experiment):
         fig.suptitle(f"{self.title}\nexact chain q^(n) = q^(0) K^n, B = {config.block_size}, "
                      "exact conditionals", fontsize=10.5)
         fig.tight_layout()
-        return _save(fig, out_dir / "remasking")
+        return save_figure(fig, out_dir / "remasking")
 
     def _plot_diagnostics(self, records, config, out_dir) -> list[Path]:
-        import matplotlib
+        from mdmprob.experiments.plotting import pyplot, save_figure
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot()
 
         etas = sorted({r["eta"] for r in records})
         lines = sorted({(r["kernel"], r["k"]) for r in records})
@@ -273,7 +271,7 @@ class Remasking(Experiment):
                      f"{config.draws} draws; n/a: constant trace; +∞: chains stuck apart)",
                      fontsize=10.5)
         fig.tight_layout()
-        return _save(fig, out_dir / "remasking_diagnostics")
+        return save_figure(fig, out_dir / "remasking_diagnostics")
 
     # ------------------------------------------------------------------ paper comparison
     def summary(self, records, config: Config) -> list[dict[str, Any]]:
@@ -323,16 +321,6 @@ class Remasking(Experiment):
 
 def _or_none(value):
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
-
-
-def _save(fig, out: Path) -> list[Path]:
-    import matplotlib.pyplot as plt
-
-    paths = [out.with_suffix(".png"), out.with_suffix(".svg")]
-    for p in paths:
-        fig.savefig(p, dpi=120)
-    plt.close(fig)
-    return paths
 
 
 EXPERIMENT = Remasking()

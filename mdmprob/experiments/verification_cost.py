@@ -40,6 +40,7 @@ from typing import Any
 
 import torch
 
+from mdmprob.blockwise import block_costs
 from mdmprob.errors import MdmprobError
 from mdmprob.experiments.base import (
     Experiment,
@@ -82,20 +83,6 @@ class Config:
         check_budget("verification-cost", max(self.samples, self.prefix_samples),
                      mc_bytes_per_sample(self.n_blocks * max(self.block_sizes), 2),
                      "lower samples / prefix_samples")
-
-
-def block_costs(joint: torch.Tensor, k: int) -> dict[str, torch.Tensor]:
-    """Per row of a block table ``[R] + [V] * k`` (log p(x_B | x_P)): log M = log sup p / q with
-    q the product of its marginals, forward TC = KL(p ‖ q), and their difference."""
-    from mdmprob import info
-
-    flat = joint.reshape(joint.shape[0], -1)
-    mf = info.mean_field(joint, k).reshape(flat.shape)
-    ratio = torch.where(flat > -math.inf, flat - mf, torch.full_like(flat, -math.inf))
-    log_m = ratio.amax(-1)
-    tc = info.forward_tc(joint, k)
-    return {"log_m": log_m, "m": log_m.exp(), "forward_tc": tc, "exp_forward_tc": tc.exp(),
-            "log_gap": log_m - tc}
 
 
 class VerificationCost(Experiment):
@@ -208,11 +195,11 @@ class VerificationCost(Experiment):
         return out
 
     def plot(self, records, config: Config, out_dir: Path) -> list[Path]:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
         from matplotlib.lines import Line2D
+
+        from mdmprob.experiments.plotting import pyplot, save_figure
+
+        plt = pyplot()
 
         etas = sorted({r["eta"] for r in records})
         sizes = sorted({r["block_size"] for r in records})
@@ -253,12 +240,7 @@ class VerificationCost(Experiment):
         fig.suptitle(self.title + "\nexpectations over true prefixes x_P ~ p; Block-HMM, "
                      f"{config.n_blocks} blocks", fontsize=10.5)
         fig.tight_layout(rect=(0, 0.11, 1, 1))
-        out = out_dir / "verification_cost"
-        paths = [out.with_suffix(".png"), out.with_suffix(".svg")]
-        for p in paths:
-            fig.savefig(p, dpi=120)
-        plt.close(fig)
-        return paths
+        return save_figure(fig, out_dir / "verification_cost")
 
     def summary(self, records, config: Config) -> list[dict[str, Any]]:
         """Per (B, eta): the rejection run's mean proposals over the blocks it covered vs E[M] over
