@@ -195,41 +195,9 @@ class ArithmeticOrders(Experiment):
 
     # ------------------------------------------------------------------ plot
     def plot(self, records, config: Config, out_dir: Path) -> list[Path]:
-        from mdmprob.experiments.plotting import pyplot, save_figure
+        from mdmprob.experiments.plotting import arithmetic_orders
 
-        plt = pyplot()
-
-        acc = [r for r in records if r["metric"] == "accuracy" and r["category"] == "overall"]
-        if not acc:
-            return []
-        models = sorted({(r["d_model"], r["steps"]) for r in acc})
-        largest = _largest(acc)
-        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.4))
-        for order in config.orders:
-            pts = sorted(((models.index((r["d_model"], r["steps"])), r) for r in acc
-                          if r["order"] == order and r["k"] == 1), key=lambda p: p[0])
-            if pts:
-                _errorbar(ax1, [p[0] for p in pts], [p[1] for p in pts], LABELS[order])
-            pts = sorted((r for r in acc if r["order"] == order and
-                          (r["d_model"], r["steps"]) == largest), key=lambda r: r["k"])
-            if pts:
-                _errorbar(ax2, [r["k"] for r in pts], pts, LABELS[order])
-        ax1.set_xticks(range(len(models)), [f"d={d}\n{s} steps" for d, s in models])
-        ax1.set_xlabel("model (width d_model, training budget) [-, optimizer steps]")
-        ax1.set_ylabel("exact-match accuracy, k = 1 [fraction]")
-        ax1.set_title(f"accuracy vs model training budget (D = {config.D}, k = 1)")
-        ks = config.k_values()
-        ax2.set_xticks(ks, [f"{k}" + (" (all)" if k == config.answer_len() else "") for k in ks])
-        ax2.set_xlabel("tokens committed per step k [tokens]")
-        ax2.set_ylabel("exact-match accuracy [fraction]")
-        ax2.set_title(f"accuracy vs k, largest model (d={largest[0]}, {largest[1]} steps)")
-        for ax in (ax1, ax2):
-            ax.set_ylim(-0.03, 1.03)
-            ax.grid(alpha=0.3)
-            ax.legend(title="order (95% Wilson CI)", fontsize=8)
-        fig.suptitle(self.title, fontsize=10)
-        fig.tight_layout()
-        return save_figure(fig, out_dir / "arithmetic_orders")
+        return arithmetic_orders(records, config, self.title, LABELS, out_dir / "arithmetic_orders")
 
     # ------------------------------------------------------------------ summary
     def summary(self, records, config: Config) -> list[dict[str, Any]]:
@@ -263,16 +231,6 @@ class ArithmeticOrders(Experiment):
                          "paper": "Low-Confidence > R2L > L2R (Table 1)", "ours": diff,
                          "se": math.hypot(conf["se"] or 0, best["se"] or 0), "holds": diff > 0})
         return rows
-
-
-def _largest(acc) -> tuple[int, int]:
-    return max((r["d_model"], r["steps"]) for r in acc)
-
-
-def _errorbar(ax, xs, rs, label):
-    ys = [r["value"] for r in rs]
-    err = [[r["value"] - r["ci_low"] for r in rs], [r["ci_high"] - r["value"] for r in rs]]
-    ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=label)
 
 
 EXPERIMENT = ArithmeticOrders()

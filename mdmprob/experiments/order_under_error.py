@@ -6,18 +6,11 @@ rollout). With exact conditionals J(pi) = 0 for every order (Ideal Regime I); un
 orders differ. Two kinds of settings:
 
 * **error families** (``family`` in :data:`~mdmprob.denoisers.FAMILIES`, strength ``level``): the
-  denoiser is ``Perturbed(Oracle(structure), family, level)``, one fixed table of conditionals,
-  and q is :meth:`Decoder.distribution` (exact enumeration) for the named orders (l2r, r2l,
-  random, the Easy-First scores entropy / max_prob / margin / oracle_entropy, hard_first) and, on
-  structures with ``n <= all_orders_max_n`` tokens, for every one of the n! fixed orders
-  (:class:`FixedOrder`).
+  denoiser is ``Perturbed(Oracle(structure), family, level)`` and q is
+  :meth:`Decoder.distribution` for the named orders and, when ``n <= all_orders_max_n``, for
+  every one of the n! fixed orders (:class:`mdmprob.orders.FixedOrder`).
 * **§4-F error model** (``family = "assumption_4_2"``, ``level = lambda``): Assumption 4.2 met with
-  equality along every path. At step t with true conditional r at the chosen position, the
-  model's conditional r_theta moves mass off the mode of r (for binary tokens: to the side of r
-  away from its mode) until KL(r_theta ‖ r) = alpha * H(r) + lambda * sum_{k<t} KL(r_theta,k ‖ r_k),
-  saturating at the mode's full mass. The model conditional depends on the path's accumulated
-  error, so no fixed denoiser table exists: :func:`a42_rollout` runs the exact recursion over
-  prefixes for a fixed order or a greedy rule on the true (``oracle_*``) or model entropy.
+  equality along every path, rolled out exactly by :func:`mdmprob.orders.a42_rollout`.
 
 Per setting the records are: ``J`` per named order (column ``order``), ``J_fixed`` per fixed order
 (``order`` = the positions in decoding order, e.g. ``"0-1-2-3-4"``), ``J_min`` / ``J_median`` /

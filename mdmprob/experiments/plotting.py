@@ -248,3 +248,221 @@ def k_grid(records, metric: str, ylabel: str, title: str, out: Path) -> list[Pat
     fig.suptitle(title)
     fig.tight_layout()
     return save_figure(fig, out)
+
+
+# ----------------------------------------------------------------------------- remasking
+def remasking_chain(records, config, title: str, out: Path) -> list[Path]:
+    """Remasking: violation rate and KL(q^(n) ‖ p) vs sweeps n, one column per η."""
+    plt = pyplot()
+    from matplotlib.lines import Line2D
+
+    etas = sorted({r["eta"] for r in records})
+    lines = sorted({(r["kernel"], r["k"]) for r in records})
+    colors = {line: plt.cm.tab10(i % 10) for i, line in enumerate(lines)}
+    finite = [r["value"] for r in records if r["metric"] == "kl_qp" and
+              math.isfinite(r["value"])]
+    top = max(finite, default=1.0)
+    y_inf = 10 ** math.ceil(math.log10(max(top, 1e-2)) + 0.5)  # the "+inf" row, above all
+    fig, axes = plt.subplots(2, len(etas), figsize=(5.6 * len(etas), 8.2), squeeze=False)
+    sweeps = sorted({r["n"] for r in records if r["metric"] == "violation"})
+    for col, eta in enumerate(etas):
+        ax_v, ax_k = axes[0, col], axes[1, col]
+        for j, line in enumerate(lines):
+            kernel, k = line
+            label = f"k = {k}" if len(config.kernels) == 1 else f"{kernel}, k = {k}"
+            sel = [r for r in records if r["eta"] == eta and r["kernel"] == kernel and
+                   r["k"] == k and r["n"] is not None]
+            viol = sorted((r["n"], r["value"]) for r in sel if r["metric"] == "violation")
+            kl = sorted((r["n"], r["value"]) for r in sel if r["metric"] == "kl_qp")
+            if viol:
+                ax_v.plot(*zip(*viol, strict=True), marker="o", color=colors[line], label=label)
+            if kl:
+                xs = [x for x, _ in kl]
+                ys = [y if math.isfinite(y) else math.nan for _, y in kl]
+                ax_k.plot(xs, ys, marker="o", color=colors[line], label=label)
+                inf_x = [x for x, y in kl if y == math.inf]
+                if inf_x:
+                    jitter = 1 + 0.06 * (j - (len(lines) - 1) / 2)
+                    ax_k.plot([x * jitter if x else 0.06 * (j - (len(lines) - 1) / 2)
+                               for x in inf_x], [y_inf] * len(inf_x), "^", markersize=9,
+                              color=colors[line], markeredgecolor="black", linestyle="none")
+        target = [r["value"] for r in records if r["eta"] == eta and
+                  r["metric"] == "violation_target"]
+        if target:
+            ax_v.axhline(target[0], color="gray", linestyle=":", label=f"target p: {target[0]:.2g}")
+        ax_k.axhline(y_inf, color="red", linestyle="--", linewidth=0.8)
+        ax_k.text(0.5, y_inf * 1.35, "KL = +∞ (▲ markers)", color="red", va="bottom",
+                  ha="center", fontsize=8,
+                  transform=ax_k.get_yaxis_transform())
+        for ax in (ax_v, ax_k):
+            ax.set_xscale("symlog", linthresh=1)
+            ax.set_xlim(-0.25, max(sweeps) * 1.25 if max(sweeps) > 0 else 1)
+            ax.set_xticks(sweeps)
+            ax.set_xticklabels([str(n) for n in sweeps])
+            ax.set_xlabel("remasking sweeps n [kernel steps]")
+            ax.grid(alpha=0.3)
+        ax_v.set_ylabel("parity-violation rate of q^(n) [fraction]")
+        ax_v.set_ylim(-0.02, 0.6)
+        ax_v.set_title(f"η = {eta:g}: violation", fontsize=10)
+        ax_k.set_yscale("symlog", linthresh=1e-3)
+        ax_k.set_ylim(0, y_inf * 3)
+        ax_k.set_ylabel("KL(q^(n) ‖ p) [nats]")
+        ax_k.set_title(f"η = {eta:g}: sampling risk", fontsize=10)
+        handles, labels = ax_v.get_legend_handles_labels()
+        ax_v.legend(fontsize=8)
+        inf_handle = Line2D([], [], marker="^", color="gray", markeredgecolor="black",
+                            linestyle="none", markersize=9, label="KL = +∞")
+        handles_k, _ = ax_k.get_legend_handles_labels()
+        ax_k.legend(handles=handles_k + [inf_handle], fontsize=8, loc="center right")
+    fig.suptitle(f"{title}\nexact chain q^(n) = q^(0) K^n, B = {config.block_size}, "
+                 "exact conditionals", fontsize=10.5)
+    fig.tight_layout()
+    return save_figure(fig, out)
+
+def remasking_diagnostics(records, config, out: Path) -> list[Path]:
+    """Remasking: bulk ESS and R-hat of each kernel (bars per functional and η)."""
+    plt = pyplot()
+
+    etas = sorted({r["eta"] for r in records})
+    lines = sorted({(r["kernel"], r["k"]) for r in records})
+    panels = [("ess_bulk", "bulk ESS [effective draws]"), ("rhat", "R-hat [ratio]")]
+    fig, axes = plt.subplots(1, 2, figsize=(11.5, 4.4), squeeze=False)
+    width = 0.8 / (2 * len(etas))
+    for ax, (stat, ylabel) in zip(axes.flat, panels, strict=True):
+        finite = [r["value"] for r in records if r["metric"].startswith(stat + "_") and
+                  r["value"] is not None and math.isfinite(r["value"])]
+        cap = 10 * max(finite + [10.0])  # where an infinite value (R-hat = inf) is drawn
+        for e, eta in enumerate(etas):
+            for f, functional in enumerate(("log_p", "violation")):
+                values = []
+                for kernel, k in lines:
+                    v = [r["value"] for r in records if r["metric"] == f"{stat}_{functional}"
+                         and r["eta"] == eta and r["kernel"] == kernel and r["k"] == k]
+                    values.append(v[0] if v and v[0] is not None else math.nan)
+                offset = (2 * e + f - (2 * len(etas) - 1) / 2) * width
+                xs = [i + offset for i in range(len(lines))]
+                base = 0.5 if stat == "rhat" else 0.0
+                heights = [0 if math.isnan(v) else min(v, cap) - base for v in values]
+                ax.bar(xs, heights, width, bottom=base, label=f"{functional}, η = {eta:g}",
+                       hatch="//" if f else None, alpha=0.85)
+                for x, v in zip(xs, values, strict=True):
+                    if math.isnan(v) or v == math.inf:
+                        ax.text(x, base if math.isnan(v) else cap, "n/a" if math.isnan(v)
+                                else "+∞", ha="center", va="bottom", fontsize=7,
+                                rotation=90 if math.isnan(v) else 0)
+        if stat == "rhat":
+            ax.axhline(1.01, color="red", linestyle="--", linewidth=0.8, label="R-hat = 1.01")
+            ax.set_yscale("log")
+        else:
+            ax.axhline(config.chains * config.draws, color="gray", linestyle=":",
+                       linewidth=0.8, label="chains × draws")
+            ax.set_yscale("symlog", linthresh=10)
+        ax.set_xticks(range(len(lines)))
+        ax.set_xticklabels([f"k = {k}" if len(config.kernels) == 1 else f"{kern}\nk = {k}"
+                            for kern, k in lines])
+        ax.set_xlabel("remasking kernel R_k [positions redrawn per step]")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend(fontsize=7.5)
+    fig.suptitle(f"MCMC diagnostics of R_k (first block, {config.chains} chains × "
+                 f"{config.draws} draws; n/a: constant trace; +∞: chains stuck apart)",
+                 fontsize=10.5)
+    fig.tight_layout()
+    return save_figure(fig, out)
+
+
+# ----------------------------------------------------------------------------- verification cost
+def verification_cost(records, config, title: str, out: Path) -> list[Path]:
+    """Verification cost: optimal M, its bound E[exp(forward TC)] and rejection proposals vs B."""
+    from matplotlib.lines import Line2D
+
+    plt = pyplot()
+
+    etas = sorted({r["eta"] for r in records})
+    sizes = sorted({r["block_size"] for r in records})
+    colors = {e: plt.cm.viridis(i / max(1, len(etas) - 1) * 0.85) for i, e in enumerate(etas)}
+    panels = [("mean", "mean over blocks"), (1, "block 1 (prefix empty: w = prior)")]
+    if any(r["block"] == 2 for r in records):
+        panels.append((2, "block 2 (prefix = block 1)"))
+    styles = {"m": ("-", "o", "optimal M: E[sup p/q]"),
+              "exp_forward_tc": ("--", "s", "bound E[exp(forward TC)] (Prop. 5.1)"),
+              "proposals": ("none", "x", "rejection(): mean proposals (±1 se)")}
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.4 * len(panels), 5.6), squeeze=False)
+    for ax, (block, label) in zip(axes.flat, panels, strict=True):
+        for i, eta in enumerate(etas):
+            shift = 0.05 * (i - (len(etas) - 1) / 2)  # etas side by side, not on top
+            for metric, (ls, marker, _) in styles.items():
+                pts = sorted((r["block_size"], r["value"], r["se"] or 0.0) for r in records
+                             if r["metric"] == metric and r["eta"] == eta and
+                             r["block"] == block)
+                if not pts:
+                    continue
+                xs, ys, es = zip(*pts, strict=True)
+                ax.errorbar([x + shift for x in xs], ys, yerr=es, linestyle=ls, marker=marker,
+                            color=colors[eta], capsize=3, markersize=9 if marker == "x" else 5,
+                            alpha=0.85)
+        ax.plot(sizes, [2.0 ** b for b in sizes], ":", color="black", marker="d")
+        ax.set_yscale("log")
+        ax.set_xticks(sizes)
+        ax.set_xlabel("block size B [tokens]")
+        ax.set_ylabel("expected proposals per block [draws]")
+        ax.set_title(label, fontsize=10)
+        ax.grid(alpha=0.3, which="both")
+    handles = [Line2D([], [], color=colors[e], lw=2, label=f"η = {e:g}") for e in etas]
+    handles += [Line2D([], [], color="gray", linestyle=ls, marker=mk, label=lab)
+                for ls, mk, lab in styles.values()]
+    handles.append(Line2D([], [], color="black", linestyle=":", marker="d",
+                          label="enumeration: 2^B table entries (verified decoder)"))
+    fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=8.5)
+    fig.suptitle(title + "\nexpectations over true prefixes x_P ~ p; Block-HMM, "
+                 f"{config.n_blocks} blocks", fontsize=10.5)
+    fig.tight_layout(rect=(0, 0.11, 1, 1))
+    return save_figure(fig, out)
+
+
+# ----------------------------------------------------------------------------- arithmetic
+def arithmetic_orders(records, config, title: str, labels: dict[str, str], out: Path) -> list[Path]:
+    """Addition: exact-match accuracy vs model (k = 1) and vs k (largest model), per order."""
+    plt = pyplot()
+
+    acc = [r for r in records if r["metric"] == "accuracy" and r["category"] == "overall"]
+    if not acc:
+        return []
+    models = sorted({(r["d_model"], r["steps"]) for r in acc})
+    largest = _largest(acc)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.4))
+    for order in config.orders:
+        pts = sorted(((models.index((r["d_model"], r["steps"])), r) for r in acc
+                      if r["order"] == order and r["k"] == 1), key=lambda p: p[0])
+        if pts:
+            _errorbar(ax1, [p[0] for p in pts], [p[1] for p in pts], labels[order])
+        pts = sorted((r for r in acc if r["order"] == order and
+                      (r["d_model"], r["steps"]) == largest), key=lambda r: r["k"])
+        if pts:
+            _errorbar(ax2, [r["k"] for r in pts], pts, labels[order])
+    ax1.set_xticks(range(len(models)), [f"d={d}\n{s} steps" for d, s in models])
+    ax1.set_xlabel("model (width d_model, training budget) [-, optimizer steps]")
+    ax1.set_ylabel("exact-match accuracy, k = 1 [fraction]")
+    ax1.set_title(f"accuracy vs model training budget (D = {config.D}, k = 1)")
+    ks = config.k_values()
+    ax2.set_xticks(ks, [f"{k}" + (" (all)" if k == config.answer_len() else "") for k in ks])
+    ax2.set_xlabel("tokens committed per step k [tokens]")
+    ax2.set_ylabel("exact-match accuracy [fraction]")
+    ax2.set_title(f"accuracy vs k, largest model (d={largest[0]}, {largest[1]} steps)")
+    for ax in (ax1, ax2):
+        ax.set_ylim(-0.03, 1.03)
+        ax.grid(alpha=0.3)
+        ax.legend(title="order (95% Wilson CI)", fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, out)
+
+
+def _largest(acc) -> tuple[int, int]:
+    return max((r["d_model"], r["steps"]) for r in acc)
+
+
+def _errorbar(ax, xs, rs, label):
+    ys = [r["value"] for r in rs]
+    err = [[r["value"] - r["ci_low"] for r in rs], [r["ci_high"] - r["value"] for r in rs]]
+    ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=label)

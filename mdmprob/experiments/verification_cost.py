@@ -195,52 +195,9 @@ class VerificationCost(Experiment):
         return out
 
     def plot(self, records, config: Config, out_dir: Path) -> list[Path]:
-        from matplotlib.lines import Line2D
+        from mdmprob.experiments.plotting import verification_cost
 
-        from mdmprob.experiments.plotting import pyplot, save_figure
-
-        plt = pyplot()
-
-        etas = sorted({r["eta"] for r in records})
-        sizes = sorted({r["block_size"] for r in records})
-        colors = {e: plt.cm.viridis(i / max(1, len(etas) - 1) * 0.85) for i, e in enumerate(etas)}
-        panels = [("mean", "mean over blocks"), (1, "block 1 (prefix empty: w = prior)")]
-        if any(r["block"] == 2 for r in records):
-            panels.append((2, "block 2 (prefix = block 1)"))
-        styles = {"m": ("-", "o", "optimal M: E[sup p/q]"),
-                  "exp_forward_tc": ("--", "s", "bound E[exp(forward TC)] (Prop. 5.1)"),
-                  "proposals": ("none", "x", "rejection(): mean proposals (±1 se)")}
-        fig, axes = plt.subplots(1, len(panels), figsize=(5.4 * len(panels), 5.6), squeeze=False)
-        for ax, (block, label) in zip(axes.flat, panels, strict=True):
-            for i, eta in enumerate(etas):
-                shift = 0.05 * (i - (len(etas) - 1) / 2)  # etas side by side, not on top
-                for metric, (ls, marker, _) in styles.items():
-                    pts = sorted((r["block_size"], r["value"], r["se"] or 0.0) for r in records
-                                 if r["metric"] == metric and r["eta"] == eta and
-                                 r["block"] == block)
-                    if not pts:
-                        continue
-                    xs, ys, es = zip(*pts, strict=True)
-                    ax.errorbar([x + shift for x in xs], ys, yerr=es, linestyle=ls, marker=marker,
-                                color=colors[eta], capsize=3, markersize=9 if marker == "x" else 5,
-                                alpha=0.85)
-            ax.plot(sizes, [2.0 ** b for b in sizes], ":", color="black", marker="d")
-            ax.set_yscale("log")
-            ax.set_xticks(sizes)
-            ax.set_xlabel("block size B [tokens]")
-            ax.set_ylabel("expected proposals per block [draws]")
-            ax.set_title(label, fontsize=10)
-            ax.grid(alpha=0.3, which="both")
-        handles = [Line2D([], [], color=colors[e], lw=2, label=f"η = {e:g}") for e in etas]
-        handles += [Line2D([], [], color="gray", linestyle=ls, marker=mk, label=lab)
-                    for ls, mk, lab in styles.values()]
-        handles.append(Line2D([], [], color="black", linestyle=":", marker="d",
-                              label="enumeration: 2^B table entries (verified decoder)"))
-        fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=8.5)
-        fig.suptitle(self.title + "\nexpectations over true prefixes x_P ~ p; Block-HMM, "
-                     f"{config.n_blocks} blocks", fontsize=10.5)
-        fig.tight_layout(rect=(0, 0.11, 1, 1))
-        return save_figure(fig, out_dir / "verification_cost")
+        return verification_cost(records, config, self.title, out_dir / "verification_cost")
 
     def summary(self, records, config: Config) -> list[dict[str, Any]]:
         """Per (B, eta): the rejection run's mean proposals over the blocks it covered vs E[M] over
