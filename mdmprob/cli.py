@@ -381,9 +381,9 @@ def _print_report(r: dict[str, Any]) -> None:
                       "exact" if b["exact"] else f"MC n={r['samples']}")
     out.print(table)
     out.print(f"KL(p‖q_MF) (information loss) = sum of forward TCs = "
-              f"{_pm(r['forward_kl_mean_field'], r['forward_kl_mean_field_se'])} nats")
+              f"{_pm(r['kl_pq_mean_field'], r['kl_pq_mean_field_se'])} nats")
     out.print(f"KL(q_MF‖p) (sampling risk)    = sum of reverse TCs = "
-              f"{_pm(r['reverse_kl_mean_field'], r['reverse_kl_mean_field_se'])} nats")
+              f"{_pm(r['kl_qp_mean_field'], r['kl_qp_mean_field_se'])} nats")
 
 
 def _cell(v) -> str:
