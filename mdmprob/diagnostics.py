@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from mdmprob import info
+from mdmprob.checks import check_int
 from mdmprob.decoders.protocol import DecoderBase, all_values
 from mdmprob.decoders.remask import Remask
 from mdmprob.denoisers.base import Denoiser
@@ -62,10 +63,8 @@ def mcmc_diagnostics(structure: Structure, decoder: DecoderBase | Remask, denois
     if not isinstance(kernel, Remask):
         raise MdmprobError(f"mcmc_diagnostics runs a Remask kernel; {decoder!r} has none (use "
                            "gibbs_remask(...) or pass a Remask)")
-    if isinstance(chains, bool) or not isinstance(chains, int) or chains < 2:
-        raise MdmprobError(f"chains={chains!r} must be an integer >= 2 (R-hat compares chains)")
-    if isinstance(draws, bool) or not isinstance(draws, int) or draws < 4:
-        raise MdmprobError(f"draws={draws!r} must be an integer >= 4")
+    check_int("chains", chains, 2)  # R-hat compares chains
+    check_int("draws", draws, 4)
     if (denoiser.n_tokens, denoiser.vocab) != (structure.n_tokens, structure.vocab):
         raise MdmprobError(
             f"the denoiser has {denoiser.n_tokens} tokens over vocab {denoiser.vocab}, the "

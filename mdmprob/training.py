@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from mdmprob.checks import check_int
 from mdmprob.denoisers.neural import Neural, NeuralConfig, build_network
 from mdmprob.errors import MdmprobError
 
@@ -61,9 +62,7 @@ def train(structure_or_sampler, config: NeuralConfig | None = None, out_dir=None
         raise MdmprobError(f"config must be a NeuralConfig, got {type(config).__name__}")
     if structure is not None:
         _check_matches(config, structure, "the config")
-    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or \
-            checkpoint_every < 1:
-        raise MdmprobError(f"checkpoint_every={checkpoint_every!r} must be an integer >= 1")
+    check_int("checkpoint_every", checkpoint_every, 1)
 
     net = build_network(config, device)
     opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)

@@ -29,8 +29,9 @@ from typing import Any
 
 import torch
 
+from mdmprob.checks import check_int
 from mdmprob.errors import MdmprobError
-from mdmprob.experiments.base import Experiment, record
+from mdmprob.experiments.base import Experiment, check_numbers, record
 
 ORDERS = ("l2r", "r2l", "random", "confidence", "margin", "entropy")
 LABELS = {"l2r": "L2R", "r2l": "R2L", "random": "random", "confidence": "low-confidence",
@@ -60,22 +61,16 @@ class Config:
     checkpoint_dir: str | None = None
 
     def check(self):
-        if isinstance(self.D, bool) or not isinstance(self.D, int) or not 2 <= self.D <= 18:
-            raise MdmprobError(f"D={self.D!r} must be an integer in 2..18 (the test suite needs D >= 2)")
+        check_int("D", self.D, 2, 18)  # the test suite needs D >= 2
         for name in ("d_models", "steps", "ks"):
-            values = getattr(self, name)
-            if not values or any(isinstance(v, bool) or not isinstance(v, int) or v < 1
-                                 for v in values):
-                raise MdmprobError(f"{name}={values!r} must be a non-empty tuple of integers >= 1")
+            check_numbers(name, getattr(self, name), low=1, integer=True)
         bad = [o for o in self.orders if o not in ORDERS]
         if not self.orders or bad:
             raise MdmprobError(f"orders={self.orders!r}: unknown {bad}; choose from {ORDERS}")
         if any(d % self.n_heads for d in self.d_models):
             raise MdmprobError(f"every d_model in {self.d_models} must be divisible by "
                                f"n_heads={self.n_heads}")
-        if isinstance(self.test_size, bool) or not isinstance(self.test_size, int) or \
-                self.test_size < 1:
-            raise MdmprobError(f"test_size={self.test_size!r} must be an integer >= 1")
+        check_int("test_size", self.test_size, 1)
 
     def answer_len(self) -> int:
         return self.D + 1

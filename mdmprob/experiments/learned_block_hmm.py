@@ -71,9 +71,7 @@ class Config:
     checkpoint_dir: str | None = None
 
     def check(self):
-        if not self.steps or any(isinstance(s, bool) or not isinstance(s, int) or s < 1
-                                 for s in self.steps):
-            raise MdmprobError(f"steps={self.steps!r} must be a non-empty tuple of integers >= 1")
+        check_numbers("steps", self.steps, low=1, integer=True)
         if len(set(self.steps)) != len(self.steps):
             raise MdmprobError(f"steps={self.steps!r} has duplicates")
         if not 0 <= float(self.eta) <= 0.5:

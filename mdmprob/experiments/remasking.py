@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 
+from mdmprob.checks import check_int
 from mdmprob.errors import MdmprobError
 from mdmprob.experiments.base import Experiment, check_numbers, record
 
@@ -60,26 +61,15 @@ class Config:
         from mdmprob.decoders.remask import KERNELS
 
         b = self.block_size
-        if isinstance(b, bool) or not isinstance(b, int) or not 2 <= b <= 12:
-            raise MdmprobError(f"block_size={b!r} must be an integer in 2..12: the exact chain "
-                               f"enumerates 2^B <= {EXACT_LIMIT} block states")
-        if not self.ks or any(isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= b
-                              for k in self.ks):
-            raise MdmprobError(f"ks={self.ks!r} must be integers in 1..block_size={b}")
+        check_int("block_size", b, 2, 12)  # the exact chain enumerates 2^B block states
+        check_numbers("ks", self.ks, low=1, high=b, integer=True)
         if not self.kernels or any(k not in KERNELS for k in self.kernels):
             raise MdmprobError(f"kernels={self.kernels!r} must be among {sorted(KERNELS)}")
         check_numbers("etas", self.etas, low=0, high=0.5)
-        if not self.sweeps or any(isinstance(n, bool) or not isinstance(n, int) or n < 0
-                                  for n in self.sweeps):
-            raise MdmprobError(f"sweeps={self.sweeps!r} must be integers >= 0")
-        if isinstance(self.n_blocks, bool) or not isinstance(self.n_blocks, int) or \
-                self.n_blocks < 1:
-            raise MdmprobError(f"n_blocks={self.n_blocks!r} must be an integer >= 1")
-        if isinstance(self.chains, bool) or not isinstance(self.chains, int) or self.chains < 2:
-            raise MdmprobError(f"chains={self.chains!r} must be an integer >= 2 (R-hat compares "
-                               "chains)")
-        if isinstance(self.draws, bool) or not isinstance(self.draws, int) or self.draws < 4:
-            raise MdmprobError(f"draws={self.draws!r} must be an integer >= 4")
+        check_numbers("sweeps", self.sweeps, low=0, integer=True)
+        check_int("n_blocks", self.n_blocks, 1)
+        check_int("chains", self.chains, 2)  # R-hat compares chains
+        check_int("draws", self.draws, 4)
 
 
 class Remasking(Experiment):

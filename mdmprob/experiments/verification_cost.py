@@ -41,7 +41,7 @@ from typing import Any
 import torch
 
 from mdmprob.blockwise import block_costs
-from mdmprob.errors import MdmprobError
+from mdmprob.checks import check_int
 from mdmprob.experiments.base import (
     Experiment,
     check_budget,
@@ -69,16 +69,13 @@ class Config:
     max_proposals: float = 1e8
 
     def check(self):
-        if not self.block_sizes or any(isinstance(b, bool) or not isinstance(b, int) or
-                                       not 2 <= b <= 12 for b in self.block_sizes):
-            raise MdmprobError(f"block_sizes={self.block_sizes!r} must be integers in 2..12 (the "
-                               "block table has 2^B entries)")
+        # the block table has 2^B entries
+        check_numbers("block_sizes", self.block_sizes, low=2, high=12, integer=True)
         check_numbers("etas", self.etas, low=0, high=0.5)
         for name in ("n_blocks", "samples", "prefix_samples", "exact_limit"):
             value = getattr(self, name)
             low = 1 if name in ("n_blocks", "exact_limit") else 2
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise MdmprobError(f"{name}={value!r} must be an integer >= {low}")
+            check_int(name, value, low)
         check_numbers("max_proposals", self.max_proposals, low=0)
         check_budget("verification-cost", max(self.samples, self.prefix_samples),
                      mc_bytes_per_sample(self.n_blocks * max(self.block_sizes), 2),
