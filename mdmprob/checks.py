@@ -53,6 +53,38 @@ def generator(seed, device: torch.device | str | None = None) -> torch.Generator
         check_seed(seed))
 
 
+def check_device(device=None) -> torch.device:
+    """``device`` as a ``torch.device`` (``None``: :func:`mdmprob.config.default_device`), refused
+    when it names no device torch can use here."""
+    if device is None:
+        from mdmprob.config import default_device
+
+        return default_device()
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise MdmprobError(f"device={device!r} is not a torch device; use 'cpu' or 'cuda' "
+                           "(or 'cuda:N')") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise MdmprobError(f"device={str(device)!r} but torch sees no CUDA device; use 'cpu'")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise MdmprobError(f"device={str(device)!r} is not supported; use 'cpu' or 'cuda'")
+    return device
+
+
+def check_dtype(dtype=None) -> torch.dtype:
+    """``dtype`` as a floating ``torch.dtype`` of at least 32 bits (``None``:
+    :func:`mdmprob.config.default_dtype`, float64 unless configured)."""
+    if dtype is None:
+        from mdmprob.config import default_dtype
+
+        return default_dtype()
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point or dtype.itemsize < 4:
+        raise MdmprobError(f"dtype={dtype!r} is not a floating dtype the engine computes in; "
+                           "use torch.float64 (the default) or torch.float32")
+    return dtype
+
+
 def check_match(denoiser, other, what: str = "structure",
                 error: type[MdmprobError] = MdmprobError) -> None:
     """``denoiser`` and ``other`` (a structure, engine or denoiser) have the same number of tokens
