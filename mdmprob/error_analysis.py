@@ -32,6 +32,7 @@ import torch
 from mdmprob import info
 from mdmprob.checks import check_int, check_match, generator
 from mdmprob.denoisers.base import Denoiser
+from mdmprob.denoisers.error import masked_pairs
 from mdmprob.errors import EvidenceError, MdmprobError
 
 DEFAULT_RATIOS = (0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
@@ -78,8 +79,7 @@ def error_by_position_and_ratio(denoiser: Denoiser, oracle, *, num: int = 1000, 
     ratios = [float(r) for r in ratios]
     if not ratios or not all(0 < r <= 1 for r in ratios):
         raise MdmprobError(f"ratios={ratios} must be a non-empty list of numbers in (0, 1]")
-    engine = oracle.engine
-    n, vocab, device = oracle.n_tokens, oracle.vocab, engine.device
+    n, device = oracle.n_tokens, oracle.engine.device
     g = generator(seed, device)
     rows = {k: [] for k in ("kl_true_model", "kl_model_true", "entropy", "count")}
     by_ratio = []
@@ -87,15 +87,7 @@ def error_by_position_and_ratio(denoiser: Denoiser, oracle, *, num: int = 1000, 
         sums = {k: torch.zeros(n, dtype=torch.float64, device=device)
                 for k in ("kl_true_model", "kl_model_true", "entropy")}
         count = torch.zeros(n, dtype=torch.long, device=device)
-        for start in range(0, num, batch_size):
-            b = min(batch_size, num - start)
-            x = engine.sample(torch.zeros(b, n, dtype=torch.long, device=device),
-                              torch.zeros(b, n, dtype=torch.bool, device=device), generator=g)
-            masked = torch.rand(b, n, generator=g, device=device, dtype=torch.float64) < ratio
-            tokens = torch.where(masked, torch.full_like(x, vocab), x)
-            with torch.no_grad():
-                log_p = oracle(tokens).to(device, torch.float64)
-                log_q = denoiser(tokens).to(device, torch.float64)
+        for masked, log_p, log_q in masked_pairs(denoiser, oracle, num, g, ratio, batch_size):
             values = {"kl_true_model": info.kl(p=log_p, q=log_q),
                       "kl_model_true": info.kl(q=log_q, p=log_p),
                       "entropy": info.entropy(log_p)}

@@ -32,9 +32,6 @@
 # %%
 import itertools
 import math
-import os
-import sys
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pyro
@@ -49,14 +46,9 @@ from mdmprob.decoders.core import Decoder
 from mdmprob.decoders.primitives import PerStep, Score, Step
 from mdmprob.denoisers import Oracle, Perturbed, model_error
 from mdmprob.evaluate import evaluate
+from mdmprob.tutorial import setup, show
 
-SMOKE = "CI" in os.environ or os.environ.get("MDMPROB_SMOKE")  # shrink everything to a quick check
-if SMOKE or "ipykernel" not in sys.modules:
-    plt.switch_backend("Agg")  # no display: plt.show() is a no-op
-
-# The engine's tensors are small and many: one intra-op thread is fastest on a CPU (as in
-# the mdmprob command; MDMPROB_THREADS overrides).
-torch.set_num_threads(int(os.environ.get("MDMPROB_THREADS", "1")))
+SMOKE = setup()  # MDMPROB_SMOKE or CI shrink everything; headless figures; one torch thread
 
 LEVELS = {  # error strength per family; 0 is the oracle itself
     "entropy_scaled": [0.0, 0.3] if SMOKE else [0.0, 0.05, 0.1, 0.2, 0.3, 0.5],
@@ -65,16 +57,6 @@ LEVELS = {  # error strength per family; 0 is the oracle itself
 }
 N_ORDERS = 24 if SMOKE else 120  # fixed orders evaluated (all 5! = 120 in the full run)
 ERROR_CONTEXTS = 300 if SMOKE else 3000  # contexts sampled by model_error
-FIGDIR = os.environ.get("MDMPROB_FIGDIR")  # a folder to also save the figures in, as PNG
-
-
-def show(fig, name):
-    """Display the figure (inline in a notebook; nothing under Agg), optionally save it, free it."""
-    if FIGDIR:
-        Path(FIGDIR).mkdir(parents=True, exist_ok=True)
-        fig.savefig(Path(FIGDIR) / f"{name}.png", dpi=100, bbox_inches="tight")
-    plt.show()
-    plt.close(fig)
 
 
 # %% [markdown]

@@ -76,23 +76,9 @@ def model_error(denoiser: Denoiser, oracle: Oracle, *, num: int = 2000, seed: in
     check_int("num", num, 1)
     if mask_rate is not None:
         check_number("mask_rate", mask_rate, 0, 1, low_open=True)
-    engine = oracle.engine
-    n, vocab, device = oracle.n_tokens, oracle.vocab, engine.device
-    g = generator(seed, device)
     kls, rev, ents, masks = [], [], [], []
-    for start in range(0, num, batch_size):
-        b = min(batch_size, num - start)
-        hidden = torch.zeros(b, n, dtype=torch.bool, device=device)
-        x = engine.sample(torch.zeros(b, n, dtype=torch.long, device=device), hidden,
-                          generator=g)
-        rate = (torch.rand(b, 1, generator=g, device=device, dtype=torch.float64)
-                if mask_rate is None else torch.full((b, 1), float(mask_rate), device=device,
-                                                     dtype=torch.float64))
-        masked = torch.rand(b, n, generator=g, device=device, dtype=torch.float64) < rate
-        tokens = torch.where(masked, torch.full_like(x, vocab), x)
-        with torch.no_grad():
-            log_p = oracle(tokens).to(torch.float64)
-            log_q = denoiser(tokens).to(device, torch.float64)
+    g = generator(seed, oracle.engine.device)
+    for masked, log_p, log_q in masked_pairs(denoiser, oracle, num, g, mask_rate, batch_size):
         kls.append(info.kl(q=log_q, p=log_p))
         rev.append(info.kl(p=log_p, q=log_q))
         ents.append(info.entropy(log_p))
@@ -111,6 +97,31 @@ def model_error(denoiser: Denoiser, oracle: Oracle, *, num: int = 2000, seed: in
     return ModelError(kl_model_true=info.mc_mean(eps), kl_true_model=info.mc_mean(eps_rev),
                       entropy=info.mc_mean(h), alpha=alpha, intercept=intercept, r2=r2,
                       n_masked=int(masked.sum()), n_infinite=n_inf, per_position=per_position)
+
+
+def masked_pairs(denoiser: Denoiser, oracle: Oracle, num: int, generator: torch.Generator,
+                 mask_rate: float | None = None, batch_size: int = 1024):
+    """The sample-mask-compare loop shared by the error measures.
+
+    Per batch of at most ``batch_size`` of ``num`` exact sequences ``x ~ p`` (``oracle.engine``,
+    drawn with ``generator``), each position is masked independently with probability
+    ``mask_rate`` (``None``: a rate drawn uniformly in (0, 1) per sequence); yields
+    ``(masked [b, n] bool, log p(. | h) [b, n, V], log p_theta(. | h) [b, n, V])``, float64 on
+    the engine's device, ``h`` the masked sequences (mask id ``V``)."""
+    engine = oracle.engine
+    n, vocab, device = oracle.n_tokens, oracle.vocab, engine.device
+    for start in range(0, num, batch_size):
+        b = min(batch_size, num - start)
+        x = engine.sample(torch.zeros(b, n, dtype=torch.long, device=device),
+                          torch.zeros(b, n, dtype=torch.bool, device=device), generator=generator)
+        rate = (torch.rand(b, 1, generator=generator, device=device, dtype=torch.float64)
+                if mask_rate is None else float(mask_rate))
+        masked = torch.rand(b, n, generator=generator, device=device, dtype=torch.float64) < rate
+        tokens = torch.where(masked, torch.full_like(x, vocab), x)
+        with torch.no_grad():
+            log_p = oracle(tokens).to(device, torch.float64)
+            log_q = denoiser(tokens).to(device, torch.float64)
+        yield masked, log_p, log_q
 
 
 def _fit(h: torch.Tensor, eps: torch.Tensor) -> tuple[float, float, float, int]:
