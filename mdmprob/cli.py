@@ -208,8 +208,8 @@ def train(
     if history:
         print(f"final loss: {history[-1]['loss']:.4g} (step {history[-1]['step']})")
     print(f"checkpoint: {Path(out_dir) / CHECKPOINT}")
-    print(f"model error KL(p‖p_theta) = {_pm(error.kl_true_model.value, error.kl_true_model.se)} "
-          f"nats, KL(p_theta‖p) = {_pm(error.kl_model_true.value, error.kl_model_true.se)} nats")
+    print(f"model error KL(p‖p_theta) = {_pm(error.kl_pq.value, error.kl_pq.se)} "
+          f"nats, KL(p_theta‖p) = {_pm(error.kl_qp.value, error.kl_qp.se)} nats")
 
 
 # ------------------------------------------------------------------------------ helpers

@@ -32,7 +32,7 @@ import torch
 from mdmprob import info
 from mdmprob.checks import check_int, check_match, generator
 from mdmprob.denoisers.base import Denoiser
-from mdmprob.denoisers.error import masked_pairs
+from mdmprob.denoisers.error import masked_pairs, renamed
 from mdmprob.errors import EvidenceError, MdmprobError
 
 DEFAULT_RATIOS = (0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
@@ -47,24 +47,27 @@ class ErrorTable:
 
     Attributes:
         ratios: the masking ratios, one per row.
-        kl_true_model, kl_model_true: ``[R][n]`` means of ``KL(p || p_theta)`` and
+        kl_pq, kl_qp: ``[R][n]`` means of ``KL(p || p_theta)`` and
             ``KL(p_theta || p)`` over the contexts where the position was masked (NaN when it
             never was; ``inf`` when some context gives p_theta > 0 = p, resp. p > 0 = p_theta).
         entropy: ``[R][n]`` mean true conditional entropy ``H(X_i | h)`` per bin.
         count: ``[R][n]`` masked positions averaged in each bin.
-        by_ratio: per ratio, the means over all masked positions (``kl_true_model``,
-            ``kl_model_true``, ``entropy``, ``count``).
+        by_ratio: per ratio, the means over all masked positions (``kl_pq``,
+            ``kl_qp``, ``entropy``, ``count``).
     """
 
     ratios: list[float]
-    kl_true_model: list[list[float]]
-    kl_model_true: list[list[float]]
+    kl_pq: list[list[float]]
+    kl_qp: list[list[float]]
     entropy: list[list[float]]
     count: list[list[int]]
     by_ratio: list[dict]
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    kl_model_true = property(lambda self: renamed(self, "kl_model_true", "kl_qp"))
+    kl_true_model = property(lambda self: renamed(self, "kl_true_model", "kl_pq"))
 
 
 def error_by_position_and_ratio(denoiser: Denoiser, oracle, *, num: int = 1000, seed: int = 0,
@@ -81,15 +84,15 @@ def error_by_position_and_ratio(denoiser: Denoiser, oracle, *, num: int = 1000, 
         raise MdmprobError(f"ratios={ratios} must be a non-empty list of numbers in (0, 1]")
     n, device = oracle.n_tokens, oracle.engine.device
     g = generator(seed, device)
-    rows = {k: [] for k in ("kl_true_model", "kl_model_true", "entropy", "count")}
+    rows = {k: [] for k in ("kl_pq", "kl_qp", "entropy", "count")}
     by_ratio = []
     for ratio in ratios:
         sums = {k: torch.zeros(n, dtype=torch.float64, device=device)
-                for k in ("kl_true_model", "kl_model_true", "entropy")}
+                for k in ("kl_pq", "kl_qp", "entropy")}
         count = torch.zeros(n, dtype=torch.long, device=device)
         for masked, log_p, log_q in masked_pairs(denoiser, oracle, num, g, ratio, batch_size):
-            values = {"kl_true_model": info.kl(p=log_p, q=log_q),
-                      "kl_model_true": info.kl(q=log_q, p=log_p),
+            values = {"kl_pq": info.kl(p=log_p, q=log_q),
+                      "kl_qp": info.kl(q=log_q, p=log_p),
                       "entropy": info.entropy(log_p)}
             for key, v in values.items():
                 sums[key] += torch.where(masked, v, torch.zeros_like(v)).sum(0)
@@ -103,7 +106,7 @@ def error_by_position_and_ratio(denoiser: Denoiser, oracle, *, num: int = 1000, 
             summary[key] = s.sum().item() / total if total else math.nan
         rows["count"].append(count.tolist())
         by_ratio.append(summary)
-    return ErrorTable(ratios, rows["kl_true_model"], rows["kl_model_true"], rows["entropy"],
+    return ErrorTable(ratios, rows["kl_pq"], rows["kl_qp"], rows["entropy"],
                       rows["count"], by_ratio)
 
 

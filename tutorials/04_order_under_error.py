@@ -109,7 +109,7 @@ for family, levels in LEVELS.items():
     den = Perturbed(oracle, family, levels[-1])
     err = model_error(den, oracle, num=ERROR_CONTEXTS, seed=0)
     print(f"{family:15s} level {levels[-1]:g}: mean KL(p_theta||p) = "
-          f"{err.kl_model_true.value:.4f} ± {err.kl_model_true.se:.4f}, "
+          f"{err.kl_qp.value:.4f} ± {err.kl_qp.se:.4f}, "
           f"alpha = {err.alpha:.3f}, intercept = {err.intercept:.4f}, R^2 = {err.r2:.3f}")
 
 

@@ -29,10 +29,13 @@ from mdmprob.info import Estimate
 class ModelError:
     """Model error of a denoiser, over the masked positions of ``num`` sampled contexts (nats).
 
+    KL is named by its arguments with q = the model p_theta and p = the truth (the former names
+    ``kl_model_true`` / ``kl_true_model`` still read, with a ``DeprecationWarning``).
+
     Attributes:
-        kl_model_true: mean of ``KL(p_theta(.|h) || p(.|h))`` with its standard error
+        kl_qp: mean of ``KL(p_theta(.|h) || p(.|h))`` with its standard error
             (``+inf`` if any position has p_theta > 0 = p).
-        kl_true_model: mean of the reverse ``KL(p(.|h) || p_theta(.|h))``.
+        kl_pq: mean of ``KL(p(.|h) || p_theta(.|h))``.
         entropy: mean true conditional entropy ``H(X_i | h)``.
         alpha, intercept: least-squares fit ``KL(p_theta || p) = alpha * H + intercept`` over the
             masked positions with a finite KL (NaN when fewer than two distinct H values).
@@ -43,8 +46,8 @@ class ModelError:
             where it is masked (NaN for a position never masked).
     """
 
-    kl_model_true: Estimate
-    kl_true_model: Estimate
+    kl_qp: Estimate
+    kl_pq: Estimate
     entropy: Estimate
     alpha: float
     intercept: float
@@ -56,10 +59,21 @@ class ModelError:
     def as_dict(self) -> dict:
         """Plain floats and lists, e.g. for a JSON report."""
         out = asdict(self)
-        for key in ("kl_model_true", "kl_true_model", "entropy"):
+        for key in ("kl_qp", "kl_pq", "entropy"):
             est = getattr(self, key)
             out[key], out[f"{key}_se"] = est.value, est.se
         return out
+
+    kl_model_true = property(lambda self: renamed(self, "kl_model_true", "kl_qp"))
+    kl_true_model = property(lambda self: renamed(self, "kl_true_model", "kl_pq"))
+
+
+def renamed(obj, old: str, new: str):
+    """``obj.new``, with a ``DeprecationWarning`` saying that ``old`` is now ``new``."""
+    import warnings
+
+    warnings.warn(f"{type(obj).__name__}.{old} is now {new}", DeprecationWarning, stacklevel=3)
+    return getattr(obj, new)
 
 
 def model_error(denoiser: Denoiser, oracle: Oracle, *, num: int = 2000, seed: int = 0,
@@ -94,7 +108,7 @@ def model_error(denoiser: Denoiser, oracle: Oracle, *, num: int = 2000, seed: in
     sums = torch.where(masked, kl_all, torch.zeros_like(kl_all)).sum(0)
     per_position = [s / c if c > 0 else math.nan for s, c in zip(sums.tolist(), count.tolist(),
                                                                   strict=True)]
-    return ModelError(kl_model_true=info.mc_mean(eps), kl_true_model=info.mc_mean(eps_rev),
+    return ModelError(kl_qp=info.mc_mean(eps), kl_pq=info.mc_mean(eps_rev),
                       entropy=info.mc_mean(h), alpha=alpha, intercept=intercept, r2=r2,
                       n_masked=int(masked.sum()), n_infinite=n_inf, per_position=per_position)
 

@@ -144,8 +144,8 @@ class LearnedBlockHmm(Experiment):
                record(base, "steps_trained_now", trained),
                record(base, "train_seconds", time.perf_counter() - t0)]
         err = model_error(model, Oracle(s), num=config.error_samples, seed=seed)
-        out.append(record(base, "model_error_kl_pq", err.kl_true_model.value, err.kl_true_model.se))
-        out.append(record(base, "model_error_kl_qp", err.kl_model_true.value, err.kl_model_true.se))
+        out.append(record(base, "model_error_kl_pq", err.kl_pq.value, err.kl_pq.se))
+        out.append(record(base, "model_error_kl_qp", err.kl_qp.value, err.kl_qp.se))
         mode = "exact" if s.vocab ** s.n_tokens <= config.exact_limit else "mc"
         for spec in config.decoders:
             name, params = parse_spec(spec)
