@@ -121,14 +121,9 @@ def entropy_scaled(log_p: torch.Tensor, level: float) -> torch.Tensor:
     that ``KL(p_theta || p) = min(level * H(p), -log(1 - p_m))`` (see :func:`away_from_mode`).
     Rows with ``H(p) = 0`` are returned unchanged. ``log_p [..., V]`` -> ``log p_theta [..., V]``.
     """
-    return away_from_mode(log_p, level * entropy(log_p))[0]
-
-
-def entropy(log_p: torch.Tensor) -> torch.Tensor:
-    """``H(p) = -sum_v p_v log p_v`` (nats) of each row of ``log_p [..., V]`` -> ``[...]``;
-    ``0 log 0 = 0``."""
     p = log_p.exp()
-    return -torch.where(p > 0, p * log_p, torch.zeros_like(p)).sum(-1)
+    entropy = -torch.where(p > 0, p * log_p, torch.zeros_like(p)).sum(-1)  # 0 log 0 = 0
+    return away_from_mode(log_p, level * entropy)[0]
 
 
 def away_from_mode(log_r: torch.Tensor, target: torch.Tensor):

@@ -15,7 +15,7 @@ import torch
 
 from mdmprob.checks import check_int
 from mdmprob.config import default_device, default_dtype
-from mdmprob.denoisers.base import Denoiser, _point_mass
+from mdmprob.denoisers.base import Denoiser, point_mass
 from mdmprob.errors import BudgetError, MdmprobError
 
 MAX_STATES = 2**20  # (V+1)**n states at most
@@ -161,5 +161,5 @@ class Table(Denoiser):
 
 def _fill_visible(log_probs: torch.Tensor, states: torch.Tensor, vocab: int) -> torch.Tensor:
     visible = states != vocab
-    point = _point_mass(states.clamp(max=vocab - 1), vocab, log_probs.dtype)
+    point = point_mass(states.clamp(max=vocab - 1), vocab, log_probs.dtype)
     return torch.where(visible[..., None], point, log_probs)
