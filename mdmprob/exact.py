@@ -23,7 +23,7 @@ from pyro.ops.special import safe_log
 
 from mdmprob.checks import check_device, check_dtype
 from mdmprob.compile import FactorGraph
-from mdmprob.errors import BudgetError, EvidenceError, MdmprobError, StructureError
+from mdmprob.errors import BudgetError, EnumerationError, EvidenceError, MdmprobError, StructureError
 from mdmprob.graph import elimination_order, shallow_elimination_order
 from mdmprob.sampling import gumbel_argmax
 
@@ -161,7 +161,7 @@ class ExactEngine:
         positions = self._check_positions(positions, visible)
         size = tokens.shape[0] * self.vocab ** len(positions)
         if size > self.budget:
-            raise BudgetError(
+            raise EnumerationError(
                 f"the joint table over {len(positions)} positions for {tokens.shape[0]} sequences "
                 f"has {size:.3g} entries, over the budget of {self.budget:.3g}; use the Monte Carlo "
                 "estimators (mdmprob.info.mc_*), fewer sequences per call, or a larger budget"
@@ -270,7 +270,7 @@ class ExactEngine:
         cannot fit in the device's free memory (or the largest one is over the budget)."""
         plan = self._plan((), False)
         if plan.largest * batch > self.budget:
-            raise BudgetError(
+            raise EnumerationError(
                 f"exact elimination needs a table of {plan.largest * batch:.3g} entries "
                 f"({batch} sequences x {plan.largest:.3g}), over the budget of {self.budget:.3g}; "
                 "use fewer sequences per call, the Monte Carlo estimators, or a larger budget")
@@ -354,7 +354,7 @@ class ExactEngine:
         plan = self._plan(tuple(keep), latents_first, False, seen)
         batch = evidence.shape[0]
         if plan.largest * batch > self.budget:
-            raise BudgetError(
+            raise EnumerationError(
                 f"exact elimination needs a table of {plan.largest * batch:.3g} entries "
                 f"({batch} sequences x {plan.largest:.3g}), over the budget of {self.budget:.3g}; "
                 "use fewer sequences per call, the Monte Carlo estimators, or a larger budget"

@@ -1,5 +1,5 @@
 """Remasking decoders: the R_k corrector (paper-spec §4-E, Prop. C.5), ReMDM, and MCMC diagnostics
-of the kernel (ESS / R-hat via ArviZ with the Pyro fallback)."""
+of the kernel (ESS / R-hat via ArviZ)."""
 
 import itertools
 import math

@@ -45,7 +45,7 @@ FAMILIES: dict[str, str] = {
 _RANGES = {"temperature": (0.0, math.inf), "uniform": (0.0, 1.0),
            "logit_noise": (0.0, math.inf), "entropy_scaled": (0.0, math.inf)}
 
-_BISECTION_STEPS = 80  # halves [0, p_mode] well below float64 resolution
+_BISECTION_STEPS = 60  # halves [0, p_mode] down to float64 resolution
 
 
 def check_level(family: str, level) -> float:
@@ -123,15 +123,16 @@ def entropy_scaled(log_p: torch.Tensor, level: float) -> torch.Tensor:
     """
     p = log_p.exp()
     entropy = -torch.where(p > 0, p * log_p, torch.zeros_like(p)).sum(-1)  # 0 log 0 = 0
-    return away_from_mode(log_p, level * entropy)[0]
+    return away_from_mode(log_p, level * entropy, _BISECTION_STEPS)[0]
 
 
-def away_from_mode(log_r: torch.Tensor, target: torch.Tensor):
+def away_from_mode(log_r: torch.Tensor, target: torch.Tensor, steps: int = 80):
     """Move mass w from the mode m of each row of ``log_r [..., V]`` to the other values
     (proportionally; for V = 2: to the side away from the mode) so that
     ``KL(r_theta ‖ r) = (r_m - w) log(1 - w / r_m) + (s + w) log(1 + w / s)`` (s = 1 - r_m) equals
     ``target [...]`` (nats), saturating at w = r_m (KL = -log s). Ties for the mode go to the
-    lowest value. Returns ``(log r_theta [..., V], KL [...], saturated [...] bool)``."""
+    lowest value; ``steps`` bisection halvings of [0, r_m]. Returns
+    ``(log r_theta [..., V], KL [...], saturated [...] bool)``."""
     mode = log_r.argmax(-1, keepdim=True)
     is_mode = torch.zeros_like(log_r, dtype=torch.bool).scatter_(-1, mode, True)
     log_pm = log_r.gather(-1, mode).squeeze(-1)
@@ -148,7 +149,7 @@ def away_from_mode(log_r: torch.Tensor, target: torch.Tensor):
     target = target.expand_as(pm)
     saturated = movable & (target >= kl_max)
     lo, hi = torch.zeros_like(pm), pm.clone()
-    for _ in range(_BISECTION_STEPS):
+    for _ in range(steps):
         mid = 0.5 * (lo + hi)
         below = kl_of(mid) < target
         lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)

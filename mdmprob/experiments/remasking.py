@@ -14,7 +14,7 @@ support, so at eta = 0 KL(q^(n) ‖ p) = +inf for every finite n (Prop. C.5).
 
 Each (eta, k) also runs the kernel as MCMC (:func:`mdmprob.diagnostics.mcmc_diagnostics`:
 ``chains`` chains x ``draws`` steps from the mean-field proposal) and reports the bulk ESS and
-R-hat of log p(x_B) and of the violation indicator (ArviZ, or the Pyro fallback; None where the
+R-hat of log p(x_B) and of the violation indicator (by ArviZ; None where the
 trace is constant over all chains and draws, e.g. the violation indicator of the frozen k = 1 chain
 at eta = 0, where ArviZ would report ESS = chains x draws; a frozen chain whose chains sit at
 different states shows up as R-hat >> 1 and a tiny ESS of log p). Records ``ess_bulk_<f>``,
