@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from mdmprob import info
-from mdmprob.checks import check_int
+from mdmprob.checks import check_int, check_match
 from mdmprob.decoders.protocol import DecoderBase, all_values
 from mdmprob.decoders.remask import Remask
 from mdmprob.denoisers.base import Denoiser
@@ -62,10 +62,7 @@ def mcmc_diagnostics(structure: Structure, decoder: DecoderBase | Remask, denois
                            "gibbs_remask(...) or pass a Remask)")
     check_int("chains", chains, 2)  # R-hat compares chains
     check_int("draws", draws, 4)
-    if (denoiser.n_tokens, denoiser.vocab) != (structure.n_tokens, structure.vocab):
-        raise MdmprobError(
-            f"the denoiser has {denoiser.n_tokens} tokens over vocab {denoiser.vocab}, the "
-            f"structure {structure.name!r} has {structure.n_tokens} over {structure.vocab}")
+    check_match(denoiser, structure)
     windows = (decoder.windows(denoiser, structure.blocks) if isinstance(decoder, DecoderBase)
                else [list(b) for b in structure.blocks])
     window = windows[0]

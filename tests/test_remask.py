@@ -212,6 +212,9 @@ def test_mcmc_diagnostics_frozen_chain_and_errors(hmm):
         mcmc_diagnostics(s, gibbs_remask(), den, chains=1)
     with pytest.raises(MdmprobError, match="draws"):
         mcmc_diagnostics(s, gibbs_remask(), den, draws=2)
+    other = Oracle(load_model("parity_block", k=3))
+    with pytest.raises(MdmprobError, match="denoiser/structure mismatch.*n_tokens=3"):
+        mcmc_diagnostics(s, gibbs_remask(), other)
 
 
 # ------------------------------------------------------------------ (f) errors
