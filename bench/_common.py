@@ -115,3 +115,13 @@ def fmt_s(seconds: float) -> str:
 def verdict(value: float, goal: float, at_most: bool = False) -> str:
     ok = value <= goal if at_most else value >= goal
     return "met" if ok else "NOT met"
+
+
+def parse_with_preset(parser, argv, quick: dict, full: dict):
+    """Parse ``argv``; every option of the preset (``quick`` with ``--quick``, else ``full``) left
+    at ``None`` takes the preset's value."""
+    args = parser.parse_args(argv)
+    for key, value in (quick if args.quick else full).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return args

@@ -68,6 +68,8 @@ from mdmprob.denoisers import Oracle
 from mdmprob.errors import BudgetError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import parse_with_preset  # noqa: E402
 from naive_decoders import NaiveDecoder  # noqa: E402
 
 RATIO_GOAL = 50.0
@@ -331,11 +333,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch.set_num_threads (default 1, as the mdmprob command uses)")
     parser.add_argument("--json", type=Path, help="also write the results as JSON to this path")
-    args = parser.parse_args(argv)
-    preset = QUICK if args.quick else FULL
-    for key, value in preset.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+    args = parse_with_preset(parser, argv, QUICK, FULL)
     for key in ("n", "m", "repeats"):
         if getattr(args, key) < 1:
             parser.error(f"--{key} must be >= 1")

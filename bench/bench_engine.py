@@ -54,7 +54,16 @@ from mdmprob.denoisers import Oracle
 from mdmprob.structure import Structure, load_model
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import fmt_s, load_line, loadavg, peak_memory_mib, repeat, slope, verdict  # noqa: E402
+from _common import (  # noqa: E402
+    fmt_s,
+    load_line,
+    loadavg,
+    parse_with_preset,
+    peak_memory_mib,
+    repeat,
+    slope,
+    verdict,
+)
 
 TOLERANCE = 1e-8  # max |p_ours - p_reference| allowed on the checked subset
 GOALS = {"pyro_64": 1000.0, "pyro_1": 300.0, "handwritten": 0.5, "decode_exponent": 1.1,
@@ -451,11 +460,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="torch.Generator seed (default 0)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1)")
     parser.add_argument("--json", type=Path, help="also write the results as JSON to this path")
-    args = parser.parse_args(argv)
-    preset = QUICK if args.quick else FULL
-    for key, value in preset.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+    args = parse_with_preset(parser, argv, QUICK, FULL)
+    for key in FULL:
         if getattr(args, key) < 1:
             parser.error(f"--{key.replace('_', '-')} must be >= 1")
     return args

@@ -80,8 +80,8 @@ def bench(settings: dict, device: torch.device) -> dict:
            "decode": {}}
     oracle = Oracle(structure, device=device)
     err = model_error(neural, oracle, num=settings["error_num"], seed=0)
-    out["kl_true_model"] = err.kl_true_model.value
-    out["kl_model_true"] = err.kl_model_true.value
+    out["kl_pq"] = err.kl_pq.value
+    out["kl_qp"] = err.kl_qp.value
     num = settings["decode"]
     for name, decoder in (("sequential(entropy)", sequential("entropy")),
                           ("mean_field_blocks", mean_field_blocks())):
@@ -132,8 +132,8 @@ def main(argv=None) -> int:
     print(f"  train   {tr['steps']} steps x batch {r['config']['batch_size']}: "
           f"{tr['seconds']:.3f} s, {tr['tokens_per_s']:,.0f} tokens/s, "
           f"{tr['steps_per_s']:.1f} steps/s; loss {tr['loss_first']:.4f} -> {tr['loss_last']:.4f}")
-    print(f"  error   KL(p || p_theta) = {r['kl_true_model']:.4f} nats, "
-          f"KL(p_theta || p) = {r['kl_model_true']:.4f} nats (model_error)")
+    print(f"  error   KL(p || p_theta) = {r['kl_pq']:.4f} nats, "
+          f"KL(p_theta || p) = {r['kl_qp']:.4f} nats (model_error)")
     for name, d in r["decode"].items():
         print(f"  decode  {name:<20} N={d['num']}: {d['seconds'] * 1e3:.1f} ms, "
               f"{d['seq_per_s']:,.1f} seq/s, NFE {d['nfe']:.0f}, {d['calls_per_s']:,.1f} calls/s")

@@ -61,7 +61,7 @@ def block_report(structure: Structure, *, samples: int = 2000, seed: int = 0,
         rows.append(row)
         if progress is not None:
             progress(m + 1, len(structure.blocks))
-    report = {
+    report = BlockReport({
         "model": structure.name,
         "params": {k: _jsonable(v) for k, v in structure.params.items()},
         "n_tokens": n,
@@ -74,7 +74,7 @@ def block_report(structure: Structure, *, samples: int = 2000, seed: int = 0,
         "samples": samples,
         "seed": seed,
         "blocks": rows,
-    }
+    })
     for key, mc_terms in (("forward_tc", mc_forward), ("reverse_tc_mean_field", mc_reverse)):
         exact_sum = sum(r[key] for r in rows if r["exact"])
         if mc_terms:
@@ -82,9 +82,47 @@ def block_report(structure: Structure, *, samples: int = 2000, seed: int = 0,
             total, se = exact_sum + est.value, est.se
         else:
             total, se = exact_sum, None
-        name = "forward_kl_mean_field" if key == "forward_tc" else "reverse_kl_mean_field"
+        name = "kl_pq_mean_field" if key == "forward_tc" else "kl_qp_mean_field"
         report[name], report[name + "_se"] = total, se
     return report
+
+
+RENAMED_KEYS = {"forward_kl_mean_field": "kl_pq_mean_field",
+                "forward_kl_mean_field_se": "kl_pq_mean_field_se",
+                "reverse_kl_mean_field": "kl_qp_mean_field",
+                "reverse_kl_mean_field_se": "kl_qp_mean_field_se"}
+
+
+class BlockReport(dict):
+    """The dict :func:`block_report` returns. KL totals are named by their arguments:
+    ``kl_pq_mean_field`` = KL(p ‖ q_MF) (information loss, the sum of forward TCs) and
+    ``kl_qp_mean_field`` = KL(q_MF ‖ p) (sampling risk, the sum of reverse TCs). The former
+    ``forward_kl_mean_field`` / ``reverse_kl_mean_field`` keys are still read, with a
+    ``DeprecationWarning`` naming the new key; they are not written (nor in ``info --json``)."""
+
+    def __missing__(self, key):
+        if key in RENAMED_KEYS:
+            import warnings
+
+            warnings.warn(f"block_report key {key!r} is now {RENAMED_KEYS[key]!r}",
+                          DeprecationWarning, stacklevel=2)
+            return self[RENAMED_KEYS[key]]
+        raise KeyError(key)
+
+    def get(self, key, default=None):
+        return self[key] if key in self or key in RENAMED_KEYS else default
+
+
+def block_costs(joint: torch.Tensor, k: int) -> dict[str, torch.Tensor]:
+    """Per row of a block table ``[R] + [V] * k`` (log p(x_B | x_P)): log M = log sup p / q with
+    q the product of its marginals, forward TC = KL(p ‖ q), and their difference."""
+    flat = joint.reshape(joint.shape[0], -1)
+    mf = info.mean_field(joint, k).reshape(flat.shape)
+    ratio = torch.where(flat > -math.inf, flat - mf, torch.full_like(flat, -math.inf))
+    log_m = ratio.amax(-1)
+    tc = info.forward_tc(joint, k)
+    return {"log_m": log_m, "m": log_m.exp(), "forward_tc": tc, "exp_forward_tc": tc.exp(),
+            "log_gap": log_m - tc}
 
 
 def needs_monte_carlo(structure: Structure, exact_limit: int) -> bool:

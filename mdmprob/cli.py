@@ -208,8 +208,8 @@ def train(
     if history:
         print(f"final loss: {history[-1]['loss']:.4g} (step {history[-1]['step']})")
     print(f"checkpoint: {Path(out_dir) / CHECKPOINT}")
-    print(f"model error KL(p‖p_theta) = {_pm(error.kl_true_model.value, error.kl_true_model.se)} "
-          f"nats, KL(p_theta‖p) = {_pm(error.kl_model_true.value, error.kl_model_true.se)} nats")
+    print(f"model error KL(p‖p_theta) = {_pm(error.kl_pq.value, error.kl_pq.se)} "
+          f"nats, KL(p_theta‖p) = {_pm(error.kl_qp.value, error.kl_qp.se)} nats")
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -431,9 +431,9 @@ def _print_report(r: dict[str, Any]) -> None:
                       "exact" if b["exact"] else f"MC n={r['samples']}")
     out.print(table)
     out.print(f"KL(p‖q_MF) (information loss) = sum of forward TCs = "
-              f"{_pm(r['forward_kl_mean_field'], r['forward_kl_mean_field_se'])} nats")
+              f"{_pm(r['kl_pq_mean_field'], r['kl_pq_mean_field_se'])} nats")
     out.print(f"KL(q_MF‖p) (sampling risk)    = sum of reverse TCs = "
-              f"{_pm(r['reverse_kl_mean_field'], r['reverse_kl_mean_field_se'])} nats")
+              f"{_pm(r['kl_qp_mean_field'], r['kl_qp_mean_field_se'])} nats")
 
 
 def _cell(v) -> str:

@@ -10,11 +10,8 @@ kernel ``draws`` times, and reports, for scalar functionals of the block — nev
   constraint),
 
 the bulk ESS and the (rank-normalised split) R-hat from ArviZ — ``az.ess`` / ``az.rhat`` on
-``az.convert_to_dataset`` of ``(chain, draw)`` arrays, calls that work on ArviZ 0.x and 1.x —
-falling back, when ``import arviz`` fails, to the same rank-normalised split estimators built on
-:func:`pyro.ops.stats.effective_sample_size` and :func:`pyro.ops.stats.gelman_rubin` (bulk ESS =
-ESS of the rank-normalised split chains; R-hat = max of the split R-hats of the rank-normalised
-values and of the rank-normalised |x - median|). The final violation rate over
+``az.convert_to_dataset`` of ``(chain, draw)`` arrays, calls that work on ArviZ 0.x and 1.x
+(ArviZ is a core dependency). The final violation rate over
 the chains and, for blocks with V^|B| <= 4096, the exact law q^(draws) = q^(0) K^draws of the
 chain (:meth:`Remask.window_chain`) with its KL(q^(draws) || p(. | x_P)) and violation rate come
 with them.
@@ -29,6 +26,7 @@ from typing import Any
 import torch
 
 from mdmprob import info
+from mdmprob.checks import check_int, check_match
 from mdmprob.decoders.protocol import DecoderBase, all_values
 from mdmprob.decoders.remask import Remask
 from mdmprob.denoisers.base import Denoiser
@@ -51,7 +49,7 @@ def mcmc_diagnostics(structure: Structure, decoder: DecoderBase | Remask, denois
         chains: independent chains (>= 2), run as one batch; draws: kernel steps (>= 4), each
             recorded; seed: the torch.Generator seed (on the denoiser's device).
 
-    Returns a dict: ``backend`` ("arviz" or "pyro"), ``chains``, ``draws``, ``block``, ``kernel``,
+    Returns a dict: ``backend`` (always "arviz"), ``chains``, ``draws``, ``block``, ``kernel``,
     ``ess_bulk`` / ``rhat`` / ``mean`` (each ``{functional: float}``; NaN where a functional is
     constant), ``log_p_clamped`` (fraction of recorded draws with p = 0), ``violation_rate`` (mean
     over chains of the final draw's indicator, None without a per-block constraint),
@@ -62,14 +60,9 @@ def mcmc_diagnostics(structure: Structure, decoder: DecoderBase | Remask, denois
     if not isinstance(kernel, Remask):
         raise MdmprobError(f"mcmc_diagnostics runs a Remask kernel; {decoder!r} has none (use "
                            "gibbs_remask(...) or pass a Remask)")
-    if isinstance(chains, bool) or not isinstance(chains, int) or chains < 2:
-        raise MdmprobError(f"chains={chains!r} must be an integer >= 2 (R-hat compares chains)")
-    if isinstance(draws, bool) or not isinstance(draws, int) or draws < 4:
-        raise MdmprobError(f"draws={draws!r} must be an integer >= 4")
-    if (denoiser.n_tokens, denoiser.vocab) != (structure.n_tokens, structure.vocab):
-        raise MdmprobError(
-            f"the denoiser has {denoiser.n_tokens} tokens over vocab {denoiser.vocab}, the "
-            f"structure {structure.name!r} has {structure.n_tokens} over {structure.vocab}")
+    check_int("chains", chains, 2)  # R-hat compares chains
+    check_int("draws", draws, 4)
+    check_match(denoiser, structure)
     windows = (decoder.windows(denoiser, structure.blocks) if isinstance(decoder, DecoderBase)
                else [list(b) for b in structure.blocks])
     window = windows[0]
@@ -135,49 +128,14 @@ def _block_column(structure: Structure, window) -> int | None:
 
 
 def _ess_rhat(traces: dict[str, torch.Tensor]) -> tuple[str, dict[str, float], dict[str, float]]:
-    """Bulk ESS and R-hat of each ``(chain, draw)`` trace: ArviZ if importable, else Pyro."""
-    try:
-        import arviz as az
-    except ImportError:
-        az = None
+    """Bulk ESS and (rank-normalised, split) R-hat of each ``(chain, draw)`` trace, by ArviZ."""
+    import arviz as az
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # constant traces: NaN with a RuntimeWarning
-        if az is not None:
-            data = az.convert_to_dataset({k: v.numpy() for k, v in traces.items()})
-            ess, rhat = az.ess(data, method="bulk"), az.rhat(data)
-            return ("arviz", {k: float(ess[k]) for k in traces},
-                    {k: float(rhat[k]) for k in traces})
-        from pyro.ops.stats import effective_sample_size, gelman_rubin
-
-        ess_p, rhat_p = {}, {}
-        for k, v in traces.items():
-            z = _z_scale(_split_chains(v))
-            folded = _z_scale(_split_chains((v - v.quantile(0.5)).abs()))
-            ess_p[k] = _nan_if_constant(v, effective_sample_size(z, chain_dim=0, sample_dim=1))
-            rhat = torch.maximum(gelman_rubin(z, chain_dim=0, sample_dim=1),
-                                 gelman_rubin(folded, chain_dim=0, sample_dim=1))
-            rhat_p[k] = _nan_if_constant(v, rhat)
-        return "pyro", ess_p, rhat_p
-
-
-def _split_chains(x: torch.Tensor) -> torch.Tensor:
-    """``(chain, draw)`` -> ``(2 chain, draw // 2)``: each chain's first and last halves."""
-    half = x.shape[1] // 2
-    return torch.cat([x[:, :half], x[:, x.shape[1] - half:]], 0)
-
-
-def _z_scale(x: torch.Tensor) -> torch.Tensor:
-    """Rank normalisation (Vehtari et al. 2021, as ArviZ): average ranks r over all draws, then
-    z = Phi^{-1}((r - 3/8) / (N + 1/4))."""
-    flat = x.reshape(-1)
-    values, inverse, counts = torch.unique(flat, return_inverse=True, return_counts=True)
-    below = torch.cumsum(counts, 0) - counts  # draws strictly smaller than each value
-    ranks = (below + (counts + 1) / 2).to(torch.float64)[inverse]
-    return torch.special.ndtri((ranks - 0.375) / (flat.numel() + 0.25)).reshape(x.shape)
-
-
-def _nan_if_constant(trace: torch.Tensor, value: torch.Tensor) -> float:
-    return math.nan if bool((trace == trace.reshape(-1)[0]).all()) else float(value)
+        data = az.convert_to_dataset({k: v.cpu().numpy() for k, v in traces.items()})
+        ess, rhat = az.ess(data, method="bulk"), az.rhat(data)
+    return "arviz", {k: float(ess[k]) for k in traces}, {k: float(rhat[k]) for k in traces}
 
 
 __all__ = ["EXACT_LIMIT", "mcmc_diagnostics"]

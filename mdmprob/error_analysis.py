@@ -30,23 +30,14 @@ import numpy as np
 import torch
 
 from mdmprob import info
+from mdmprob.checks import check_int, check_match, generator
 from mdmprob.denoisers.base import Denoiser
+from mdmprob.denoisers.error import masked_pairs, renamed
 from mdmprob.errors import EvidenceError, MdmprobError
 
 DEFAULT_RATIOS = (0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
 
 
-def _check_pair(denoiser: Denoiser, oracle: Denoiser) -> None:
-    if denoiser.n_tokens != oracle.n_tokens or denoiser.vocab != oracle.vocab:
-        raise EvidenceError(f"the denoiser has n_tokens={denoiser.n_tokens}, vocab="
-                            f"{denoiser.vocab} but the oracle has n_tokens={oracle.n_tokens}, "
-                            f"vocab={oracle.vocab}; compare denoisers of the same structure")
-
-
-def _check_count(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise MdmprobError(f"{name}={value!r} must be an integer >= 1")
-    return value
 
 
 # ---------------------------------------------------------------------- error by position/ratio
@@ -56,24 +47,27 @@ class ErrorTable:
 
     Attributes:
         ratios: the masking ratios, one per row.
-        kl_true_model, kl_model_true: ``[R][n]`` means of ``KL(p || p_theta)`` and
+        kl_pq, kl_qp: ``[R][n]`` means of ``KL(p || p_theta)`` and
             ``KL(p_theta || p)`` over the contexts where the position was masked (NaN when it
             never was; ``inf`` when some context gives p_theta > 0 = p, resp. p > 0 = p_theta).
         entropy: ``[R][n]`` mean true conditional entropy ``H(X_i | h)`` per bin.
         count: ``[R][n]`` masked positions averaged in each bin.
-        by_ratio: per ratio, the means over all masked positions (``kl_true_model``,
-            ``kl_model_true``, ``entropy``, ``count``).
+        by_ratio: per ratio, the means over all masked positions (``kl_pq``,
+            ``kl_qp``, ``entropy``, ``count``).
     """
 
     ratios: list[float]
-    kl_true_model: list[list[float]]
-    kl_model_true: list[list[float]]
+    kl_pq: list[list[float]]
+    kl_qp: list[list[float]]
     entropy: list[list[float]]
     count: list[list[int]]
     by_ratio: list[dict]
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    kl_model_true = property(lambda self: renamed(self, "kl_model_true", "kl_qp"))
+    kl_true_model = property(lambda self: renamed(self, "kl_true_model", "kl_pq"))
 
 
 def error_by_position_and_ratio(denoiser: Denoiser, oracle, *, num: int = 1000, seed: int = 0,
@@ -82,32 +76,23 @@ def error_by_position_and_ratio(denoiser: Denoiser, oracle, *, num: int = 1000, 
     """Exact error table of ``denoiser`` against ``oracle`` (an :class:`Oracle`, whose engine
     draws the exact samples) for each masking ratio in ``ratios`` (each in (0, 1]); ``num``
     sequences per ratio, the whole table fixed by ``seed``. See :class:`ErrorTable`."""
-    _check_pair(denoiser, oracle)
-    _check_count("num", num)
-    _check_count("batch_size", batch_size)
+    check_match(denoiser, oracle, "oracle", EvidenceError)
+    check_int("num", num, 1)
+    check_int("batch_size", batch_size, 1)
     ratios = [float(r) for r in ratios]
     if not ratios or not all(0 < r <= 1 for r in ratios):
         raise MdmprobError(f"ratios={ratios} must be a non-empty list of numbers in (0, 1]")
-    engine = oracle.engine
-    n, vocab, device = oracle.n_tokens, oracle.vocab, engine.device
-    g = torch.Generator(device=device).manual_seed(int(seed))
-    rows = {k: [] for k in ("kl_true_model", "kl_model_true", "entropy", "count")}
+    n, device = oracle.n_tokens, oracle.engine.device
+    g = generator(seed, device)
+    rows = {k: [] for k in ("kl_pq", "kl_qp", "entropy", "count")}
     by_ratio = []
     for ratio in ratios:
         sums = {k: torch.zeros(n, dtype=torch.float64, device=device)
-                for k in ("kl_true_model", "kl_model_true", "entropy")}
+                for k in ("kl_pq", "kl_qp", "entropy")}
         count = torch.zeros(n, dtype=torch.long, device=device)
-        for start in range(0, num, batch_size):
-            b = min(batch_size, num - start)
-            x = engine.sample(torch.zeros(b, n, dtype=torch.long, device=device),
-                              torch.zeros(b, n, dtype=torch.bool, device=device), generator=g)
-            masked = torch.rand(b, n, generator=g, device=device, dtype=torch.float64) < ratio
-            tokens = torch.where(masked, torch.full_like(x, vocab), x)
-            with torch.no_grad():
-                log_p = oracle(tokens).to(device, torch.float64)
-                log_q = denoiser(tokens).to(device, torch.float64)
-            values = {"kl_true_model": info.kl(p=log_p, q=log_q),
-                      "kl_model_true": info.kl(q=log_q, p=log_p),
+        for masked, log_p, log_q in masked_pairs(denoiser, oracle, num, g, ratio, batch_size):
+            values = {"kl_pq": info.kl(p=log_p, q=log_q),
+                      "kl_qp": info.kl(q=log_q, p=log_p),
                       "entropy": info.entropy(log_p)}
             for key, v in values.items():
                 sums[key] += torch.where(masked, v, torch.zeros_like(v)).sum(0)
@@ -121,7 +106,7 @@ def error_by_position_and_ratio(denoiser: Denoiser, oracle, *, num: int = 1000, 
             summary[key] = s.sum().item() / total if total else math.nan
         rows["count"].append(count.tolist())
         by_ratio.append(summary)
-    return ErrorTable(ratios, rows["kl_true_model"], rows["kl_model_true"], rows["entropy"],
+    return ErrorTable(ratios, rows["kl_pq"], rows["kl_qp"], rows["entropy"],
                       rows["count"], by_ratio)
 
 
@@ -178,11 +163,11 @@ def rollout_errors(denoiser: Denoiser, oracle: Denoiser, decoder, *, num: int = 
                    seed: int = 0, batch_size: int = 512) -> RolloutErrors:
     """Decode ``num`` sequences with ``decoder`` (one token per step) on ``denoiser`` and replay
     each trajectory, recording the exact local error and true entropy at every step."""
-    _check_pair(denoiser, oracle)
-    _check_count("num", num)
-    _check_count("batch_size", batch_size)
+    check_match(denoiser, oracle, "oracle", EvidenceError)
+    check_int("num", num, 1)
+    check_int("batch_size", batch_size, 1)
     n, mask_id = denoiser.n_tokens, denoiser.mask_id
-    g = torch.Generator(device=denoiser.device).manual_seed(int(seed))
+    g = generator(seed, denoiser.device)
     eps_all, ent_all, pos_all, tok_all = [], [], [], []
     for start in range(0, num, batch_size):
         b = min(batch_size, num - start)

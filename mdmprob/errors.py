@@ -29,6 +29,11 @@ class BudgetError(MdmprobError):
     """An explicit table would exceed the memory budget."""
 
 
+class EnumerationError(BudgetError):
+    """Exact enumeration of a decoder's outcomes is too large; the same quantity is available by
+    Monte Carlo (callers in ``mode="auto"`` fall back to it by catching this type)."""
+
+
 def unknown_name(kind: str, name: str, known: Iterable[str], hint: str = "") -> UnknownNameError:
     """An `UnknownNameError` for `name` that suggests the closest known names."""
     known = sorted(known)

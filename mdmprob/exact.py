@@ -21,9 +21,9 @@ from functools import lru_cache
 import torch
 from pyro.ops.special import safe_log
 
+from mdmprob.checks import check_device, check_dtype
 from mdmprob.compile import FactorGraph
-from mdmprob.config import default_device, default_dtype
-from mdmprob.errors import BudgetError, EvidenceError, MdmprobError, StructureError
+from mdmprob.errors import BudgetError, EnumerationError, EvidenceError, MdmprobError, StructureError
 from mdmprob.graph import elimination_order, shallow_elimination_order
 from mdmprob.sampling import gumbel_argmax
 
@@ -62,8 +62,7 @@ class ExactEngine:
     def __init__(self, graph: FactorGraph, device=None, dtype=None, budget: int = DEFAULT_BUDGET,
                  method: str = "messages"):
         self.graph = graph
-        self.device = _check_device(device) if device is not None else default_device()
-        self.dtype = _check_dtype(dtype) if dtype is not None else default_dtype()
+        self.device, self.dtype = check_device(device), check_dtype(dtype)
         self.budget = int(budget)
         if method not in METHODS:
             raise MdmprobError(f"method={method!r} is not one of {list(METHODS)}")
@@ -162,7 +161,7 @@ class ExactEngine:
         positions = self._check_positions(positions, visible)
         size = tokens.shape[0] * self.vocab ** len(positions)
         if size > self.budget:
-            raise BudgetError(
+            raise EnumerationError(
                 f"the joint table over {len(positions)} positions for {tokens.shape[0]} sequences "
                 f"has {size:.3g} entries, over the budget of {self.budget:.3g}; use the Monte Carlo "
                 "estimators (mdmprob.info.mc_*), fewer sequences per call, or a larger budget"
@@ -271,7 +270,7 @@ class ExactEngine:
         cannot fit in the device's free memory (or the largest one is over the budget)."""
         plan = self._plan((), False)
         if plan.largest * batch > self.budget:
-            raise BudgetError(
+            raise EnumerationError(
                 f"exact elimination needs a table of {plan.largest * batch:.3g} entries "
                 f"({batch} sequences x {plan.largest:.3g}), over the budget of {self.budget:.3g}; "
                 "use fewer sequences per call, the Monte Carlo estimators, or a larger budget")
@@ -355,7 +354,7 @@ class ExactEngine:
         plan = self._plan(tuple(keep), latents_first, False, seen)
         batch = evidence.shape[0]
         if plan.largest * batch > self.budget:
-            raise BudgetError(
+            raise EnumerationError(
                 f"exact elimination needs a table of {plan.largest * batch:.3g} entries "
                 f"({batch} sequences x {plan.largest:.3g}), over the budget of {self.budget:.3g}; "
                 "use fewer sequences per call, the Monte Carlo estimators, or a larger budget"
@@ -402,26 +401,6 @@ class ExactEngine:
                     value[v] = gumbel_argmax(logits, generator)
             out = torch.stack([value[i] for i in range(self.n)], dim=1)
         return torch.where(visible, tokens, out)
-
-
-def _check_device(device) -> torch.device:
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise MdmprobError(f"device={device!r} is not a torch device; use 'cpu' or 'cuda' "
-                           "(or 'cuda:N')") from e
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise MdmprobError(f"device={str(device)!r} but torch sees no CUDA device; use 'cpu'")
-    if device.type not in ("cpu", "cuda", "mps"):
-        raise MdmprobError(f"device={str(device)!r} is not supported; use 'cpu' or 'cuda'")
-    return device
-
-
-def _check_dtype(dtype) -> torch.dtype:
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point or dtype.itemsize < 4:
-        raise MdmprobError(f"dtype={dtype!r} is not a floating dtype the engine computes in; "
-                           "use torch.float64 (the default) or torch.float32")
-    return dtype
 
 
 def _free_memory(device: torch.device) -> int | None:

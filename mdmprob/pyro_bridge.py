@@ -22,6 +22,7 @@ import pyro.distributions as dist
 import torch
 from pyro.infer import TraceEnum_ELBO, config_enumerate
 
+from mdmprob.checks import check_match
 from mdmprob.decoders.protocol import DecoderBase
 from mdmprob.denoisers.base import Denoiser
 from mdmprob.errors import MdmprobError
@@ -36,9 +37,7 @@ def as_guide(decoder: DecoderBase, denoiser: Denoiser, structure: Structure, *, 
         raise MdmprobError(
             f"{decoder.name}: a guide needs log q(x) of its output, but this decoder's log q is a "
             "trajectory density (random or sample-then-choose choices)")
-    if (denoiser.n_tokens, denoiser.vocab) != (structure.n_tokens, structure.vocab):
-        raise MdmprobError(f"decoder/structure mismatch: denoiser {denoiser.n_tokens}x"
-                           f"{denoiser.vocab}, structure {structure.n_tokens}x{structure.vocab}")
+    check_match(denoiser, structure)
 
     def guide(*args, **kwargs):
         run_seed = seed if seed is not None else int(torch.randint(0, 2**62, ()).item())

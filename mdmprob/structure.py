@@ -93,12 +93,14 @@ class Structure:
 
     def engine(self, device=None, dtype=None, budget: int | None = None):
         """The exact engine for this structure on ``device``/``dtype`` (cached)."""
+        from mdmprob.checks import check_device, check_dtype
         from mdmprob.exact import DEFAULT_BUDGET, ExactEngine
 
-        engine = ExactEngine(self.factor_graph, device=device, dtype=dtype,
-                             budget=DEFAULT_BUDGET if budget is None else budget)
-        key = (engine.device, engine.dtype, engine.budget)
-        return self._engines.setdefault(key, engine)
+        key = (check_device(device), check_dtype(dtype),
+               int(DEFAULT_BUDGET if budget is None else budget))
+        if key not in self._engines:  # build only on a miss: compiling a plan is not free
+            self._engines[key] = ExactEngine(self.factor_graph, *key)
+        return self._engines[key]
 
     def violations(self, tokens: torch.Tensor) -> torch.Tensor | None:
         """Where the constraint is violated: bool ``[B, M]`` (per block) or ``[B]``; None if the

@@ -16,13 +16,16 @@ uninterrupted run with the same seed.
 
 from __future__ import annotations
 
+import math
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from mdmprob.checks import check_int
 from mdmprob.denoisers.neural import Neural, NeuralConfig, build_network
 from mdmprob.errors import MdmprobError
 
@@ -59,9 +62,7 @@ def train(structure_or_sampler, config: NeuralConfig | None = None, out_dir=None
         raise MdmprobError(f"config must be a NeuralConfig, got {type(config).__name__}")
     if structure is not None:
         _check_matches(config, structure, "the config")
-    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or \
-            checkpoint_every < 1:
-        raise MdmprobError(f"checkpoint_every={checkpoint_every!r} must be an integer >= 1")
+    check_int("checkpoint_every", checkpoint_every, 1)
 
     net = build_network(config, device)
     opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -152,6 +153,41 @@ def _step(net, opt, sampler: Sampler, gen: torch.Generator, config: NeuralConfig
     loss.backward()
     opt.step()
     return float(loss.detach())
+
+
+def train_cached(source, config: NeuralConfig, folder: Callable[[int], str], root: Path | None):
+    """Train to ``config.steps`` with checkpoints under ``root / folder(steps)``, continuing from
+    the largest cached shorter budget ``root / folder(s)`` (``s < steps``) when this one has no
+    checkpoint yet. ``source`` is a structure or a sampler (as :func:`train`); ``root=None``
+    trains without checkpoints. Returns ``(model, final loss, steps trained in this call)``."""
+    steps = config.steps
+    out = root / folder(steps) if root is not None else None
+    start = 0
+    if out is not None:
+        path = out / CHECKPOINT
+        if not path.exists():
+            shorter = [s for s in range(steps - 1, 0, -1) if (root / folder(s) / CHECKPOINT).exists()]
+            if shorter:
+                out.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(root / folder(shorter[0]) / CHECKPOINT, path)
+        if path.exists():
+            start = checkpoint_step(path)
+    model, history = train(source, config, out_dir=out, resume=True)
+    loss = history[-1]["loss"] if history else math.nan
+    return model, loss, steps - start
+
+
+def checkpoint_root(checkpoint_dir, workdir: Path | None) -> Path | None:
+    """Where an experiment caches trained models: ``checkpoint_dir`` when given, else
+    ``workdir / "checkpoints"`` (``None``: no cache)."""
+    if checkpoint_dir is not None:
+        return Path(checkpoint_dir)
+    return workdir / "checkpoints" if workdir is not None else None
+
+
+def checkpoint_step(path) -> int:
+    """The optimizer steps a checkpoint holds (its ``step``), read on the CPU."""
+    return int(_read(Path(path), torch.device("cpu"))["step"])
 
 
 def _save(path: Path, net, opt, gen, config, step, history, cuda) -> None:

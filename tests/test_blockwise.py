@@ -46,10 +46,10 @@ def test_block_hmm_paper_defaults():
     for b in blocks[1:]:
         tol = 1e-2 if b["exact"] else 1e-2 + 4 * b["forward_tc_se"]
         assert b["forward_tc"] == pytest.approx(1.39, abs=tol)
-    se = r["forward_kl_mean_field_se"]
-    assert r["forward_kl_mean_field"] == pytest.approx(12.327, abs=4 * se + 5e-3)
-    se = r["reverse_kl_mean_field_se"]
-    assert r["reverse_kl_mean_field"] == pytest.approx(72.08, abs=4 * se + 5e-2)
+    se = r["kl_pq_mean_field_se"]
+    assert r["kl_pq_mean_field"] == pytest.approx(12.327, abs=4 * se + 5e-3)
+    se = r["kl_qp_mean_field_se"]
+    assert r["kl_qp_mean_field"] == pytest.approx(72.08, abs=4 * se + 5e-2)
     violations = [b["violation_mean_field"] for b in blocks]
     assert sum(violations) / len(violations) == pytest.approx(0.497, abs=0.02)
 
@@ -72,11 +72,11 @@ def test_decompositions_eq16_eq18_by_enumeration(eta):
     assert all(b["exact"] for b in r["blocks"])
     kl_pq = info.kl(p=log_p, q=log_q).item()
     kl_qp = info.kl(q=log_q, p=log_p).item()
-    assert r["forward_kl_mean_field"] == pytest.approx(kl_pq, abs=1e-12)
+    assert r["kl_pq_mean_field"] == pytest.approx(kl_pq, abs=1e-12)
     if eta == 0:
-        assert kl_qp == math.inf and r["reverse_kl_mean_field"] == math.inf
+        assert kl_qp == math.inf and r["kl_qp_mean_field"] == math.inf
     else:
-        assert r["reverse_kl_mean_field"] == pytest.approx(kl_qp, abs=1e-12)
+        assert r["kl_qp_mean_field"] == pytest.approx(kl_qp, abs=1e-12)
     # violation per block = Pr_q[block's parity fails]
     viol = s.violations(xs)
     for m, b in enumerate(r["blocks"]):
@@ -88,8 +88,19 @@ def test_ideal_regime_ii_conditionally_independent_block():
     # rho = (.5, .5) and eta = .5: the parity bit is pure noise -> TC = 0 both ways
     s = load_model("block_hmm", n_blocks=2, block_size=3, rho=(0.5, 0.5), eta=0.5)
     r = block_report(s)
-    assert r["forward_kl_mean_field"] == pytest.approx(0.0, abs=1e-12)
-    assert r["reverse_kl_mean_field"] == pytest.approx(0.0, abs=1e-12)
+    assert r["kl_pq_mean_field"] == pytest.approx(0.0, abs=1e-12)
+    assert r["kl_qp_mean_field"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_former_report_keys_are_read_with_a_warning_naming_the_new_key():
+    r = block_report(load_model("parity_block", k=3, eta=0.1))
+    for old, new in (("forward_kl_mean_field", "kl_pq_mean_field"),
+                     ("reverse_kl_mean_field_se", "kl_qp_mean_field_se")):
+        assert old not in r
+        with pytest.warns(DeprecationWarning, match=new):
+            assert r[old] == r[new]
+    with pytest.raises(KeyError):
+        r["forward_kl"]
 
 
 def test_monte_carlo_blocks_agree_with_exact_blocks():

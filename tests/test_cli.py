@@ -34,7 +34,7 @@ def test_info_json_schema_and_values(capsys):
         assert key in block
     h = -(0.01 * math.log(0.01) + 0.99 * math.log(0.99))
     assert block["forward_tc"] == pytest.approx(math.log(2) - h, abs=1e-9)
-    assert doc["forward_kl_mean_field"] == pytest.approx(block["forward_tc"])
+    assert doc["kl_pq_mean_field"] == pytest.approx(block["forward_tc"])
 
 
 def test_info_table_output(capsys):
@@ -115,7 +115,7 @@ def test_info_json_is_strict_and_blocks_are_numbered_from_1(capsys):
     code, out, _ = run(capsys, "info", "agreement", "-p", "delta=0", "--json")
     assert code == 0 and "Infinity" not in out
     doc = json.loads(out, parse_constant=lambda c: pytest.fail(f"non-strict JSON {c}"))
-    assert doc["reverse_kl_mean_field"] == "+inf"
+    assert doc["kl_qp_mean_field"] == "+inf"
     assert [b["block"] for b in doc["blocks"]] == [i + 1 for i in range(len(doc["blocks"]))]
 
 

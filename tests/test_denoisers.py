@@ -214,32 +214,32 @@ def test_leave_one_out_matches_brute_force(chain):
 # ---------------------------------------------------------------------- model_error
 def test_model_error_of_the_oracle_is_zero(chain):
     err = model_error(chain, chain, num=300, seed=1)
-    assert abs(err.kl_model_true.value) < 1e-12 and abs(err.kl_true_model.value) < 1e-12
+    assert abs(err.kl_qp.value) < 1e-12 and abs(err.kl_pq.value) < 1e-12
     assert all(abs(v) < 1e-12 for v in err.per_position)
-    assert err.entropy.value > 0 and err.n_masked == err.kl_model_true.n > 0
+    assert err.entropy.value > 0 and err.n_masked == err.kl_qp.n > 0
     assert err.n_infinite == 0 and len(err.per_position) == 4
 
 
 def test_model_error_of_a_perturbed_oracle(chain):
     err = model_error(Perturbed(chain, "entropy_scaled", 0.3), chain, num=300, seed=2)
-    assert err.kl_model_true.value > 0 and err.kl_true_model.value > 0
+    assert err.kl_qp.value > 0 and err.kl_pq.value > 0
     assert err.alpha == pytest.approx(0.3, abs=1e-6)  # KL = 0.3 H exactly at every position
     assert abs(err.intercept) < 1e-6 and err.r2 == pytest.approx(1.0, abs=1e-9)
-    assert err.kl_model_true.value == pytest.approx(0.3 * err.entropy.value, rel=1e-6)
+    assert err.kl_qp.value == pytest.approx(0.3 * err.entropy.value, rel=1e-6)
     again = model_error(Perturbed(chain, "entropy_scaled", 0.3), chain, num=300, seed=2)
     assert again == err  # seeded
     noisy = model_error(Perturbed(chain, "logit_noise", 0.5), chain, num=300, seed=2,
                         mask_rate=0.5)
-    assert noisy.kl_model_true.value > 0 and noisy.kl_model_true.se > 0
-    assert noisy.as_dict()["kl_model_true_se"] == noisy.kl_model_true.se
+    assert noisy.kl_qp.value > 0 and noisy.kl_qp.se > 0
+    assert noisy.as_dict()["kl_qp_se"] == noisy.kl_qp.se
 
 
 def test_model_error_keeps_infinite_kl_infinite(parity):
     # uniform mixing puts mass on the impossible parity value: KL(p_theta || p) = +inf there
     err = model_error(Perturbed(parity, "uniform", 0.2), parity, num=400, seed=0)
-    assert err.kl_model_true.value == math.inf
+    assert err.kl_qp.value == math.inf
     assert 0 < err.n_infinite < err.n_masked
-    assert math.isfinite(err.kl_true_model.value)
+    assert math.isfinite(err.kl_pq.value)
     assert math.isfinite(err.alpha) and math.isfinite(err.intercept)
     assert not any(math.isnan(v) for v in err.per_position)
 

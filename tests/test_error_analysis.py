@@ -35,7 +35,7 @@ def test_oracle_has_no_error(oracle, order):
     assert all(v == 0 for v in fit.eps_by_step)
     assert all(math.isfinite(v) for v in fit.as_dict().values() if isinstance(v, float))
     tab = error_by_position_and_ratio(oracle, oracle, num=100, seed=0, ratios=[0.5, 1.0])
-    for key in ("kl_true_model", "kl_model_true"):
+    for key in ("kl_pq", "kl_qp"):
         assert all(abs(v) < 1e-12 for row in getattr(tab, key) for v in row)
 
 
@@ -57,14 +57,14 @@ def test_error_table_shape_and_signs(oracle):
     ratios = [0.1, 0.5, 0.9, 1.0]
     tab = error_by_position_and_ratio(den, oracle, num=200, seed=0, ratios=ratios)
     assert tab.ratios == ratios and len(tab.by_ratio) == 4
-    for key in ("kl_true_model", "kl_model_true", "entropy", "count"):
+    for key in ("kl_pq", "kl_qp", "entropy", "count"):
         table = getattr(tab, key)
         assert len(table) == 4 and all(len(row) == 6 for row in table)
-    for key in ("kl_true_model", "kl_model_true", "entropy"):
+    for key in ("kl_pq", "kl_qp", "entropy"):
         values = [v for row in getattr(tab, key) for v in row if not math.isnan(v)]
         assert values and min(values) >= -1e-12
     assert tab.count[-1] == [200] * 6  # ratio 1 masks everything
-    assert tab.by_ratio[-1]["kl_true_model"] > 0
+    assert tab.by_ratio[-1]["kl_pq"] > 0
     again = error_by_position_and_ratio(den, oracle, num=200, seed=0, ratios=ratios)
     assert again.as_dict() == tab.as_dict()
 
@@ -90,3 +90,17 @@ def test_bad_arguments(oracle):
     other = Oracle(load_model("markov_chain", length=4, vocab=3))
     with pytest.raises(EvidenceError):
         error_by_position_and_ratio(other, oracle, num=4)
+
+
+def test_former_kl_names_read_with_a_warning(oracle):
+    from mdmprob.denoisers import model_error
+
+    model = Perturbed(oracle, "temperature", 1.0)
+    err = model_error(model, oracle, num=50, seed=0)
+    table = error_by_position_and_ratio(model, oracle, num=20, seed=0, ratios=(0.5,))
+    for obj in (err, table):
+        with pytest.warns(DeprecationWarning, match="kl_model_true is now kl_qp"):
+            assert obj.kl_model_true == obj.kl_qp
+        with pytest.warns(DeprecationWarning, match="kl_true_model is now kl_pq"):
+            assert obj.kl_true_model == obj.kl_pq
+    assert err.kl_qp.value > 0 and "kl_qp_se" in err.as_dict()

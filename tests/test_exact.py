@@ -21,7 +21,7 @@ from pyro.infer import TraceEnum_ELBO, config_enumerate
 from pyro.ops.indexing import Vindex
 
 from mdmprob import Structure, load_model
-from mdmprob.errors import BudgetError, EvidenceError
+from mdmprob.errors import BudgetError, EnumerationError, EvidenceError
 from mdmprob.exact import ExactEngine
 from mdmprob.graph import elimination_order
 
@@ -538,10 +538,12 @@ def test_block_joint_over_budget_points_to_monte_carlo(device):
     hidden = torch.zeros(1, 5, dtype=torch.bool)
     tokens = torch.zeros(1, 5, dtype=torch.long)
     assert engine.block_joint(tokens, hidden, [0, 1, 2]).shape == (1, 3, 3, 3)  # 27 <= 64
-    with pytest.raises(BudgetError, match=r"81 entries.*budget of 64.*Monte Carlo"):
+    # typed: callers fall back to Monte Carlo by catching EnumerationError (a BudgetError)
+    with pytest.raises(EnumerationError, match=r"81 entries.*budget of 64.*Monte Carlo"):
         engine.block_joint(tokens, hidden, [0, 1, 2, 3])
-    with pytest.raises(BudgetError, match=r"budget of 64.*Monte Carlo"):  # batch counts too
+    with pytest.raises(EnumerationError, match=r"budget of 64.*Monte Carlo"):  # batch counts too
         engine.log_prob(torch.zeros(100, 5, dtype=torch.long))
+    assert issubclass(EnumerationError, BudgetError)
 
 
 def test_block_joint_positions_must_be_masked_and_distinct(device):

@@ -28,7 +28,7 @@ def tiny(**kw) -> NeuralConfig:
 def kl_p_ptheta(neural, structure) -> float:
     """Mean KL(p || p_theta) over MDM-training contexts (2000 sequences, seed 0: the same
     contexts for every model compared, so differences are paired)."""
-    return model_error(neural, Oracle(structure), num=2000, seed=0).kl_true_model.value
+    return model_error(neural, Oracle(structure), num=2000, seed=0).kl_pq.value
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +65,8 @@ def test_trained_model_is_close_to_the_oracle(chain_run, tmp_path):
     neural, history = train(s, tiny(steps=1000), folder, checkpoint_every=1000)
     assert len(history) == 1000 and history[-1]["step"] == 1000
     err = model_error(neural, Oracle(s), num=2000, seed=0)
-    assert err.kl_true_model.value < 0.02
-    assert err.kl_model_true.value < 0.02
+    assert err.kl_pq.value < 0.02
+    assert err.kl_qp.value < 0.02
 
 
 def test_agreement_model_error_falls():

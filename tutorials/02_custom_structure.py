@@ -31,8 +31,6 @@
 
 # %%
 import math
-import os
-import sys
 import tempfile
 from pathlib import Path
 
@@ -48,27 +46,12 @@ import mdmprob
 from mdmprob.decoders import mean_field_blocks, verified_blocks
 from mdmprob.denoisers import Oracle
 from mdmprob.evaluate import evaluate
+from mdmprob.tutorial import setup, show
 
-SMOKE = "CI" in os.environ or os.environ.get("MDMPROB_SMOKE")  # shrink everything to a quick check
-if SMOKE or "ipykernel" not in sys.modules:
-    plt.switch_backend("Agg")  # no display: plt.show() is a no-op
-
-# The engine's tensors are small and many: one intra-op thread is fastest on a CPU (as in
-# the mdmprob command; MDMPROB_THREADS overrides).
-torch.set_num_threads(int(os.environ.get("MDMPROB_THREADS", "1")))
+SMOKE = setup()  # MDMPROB_SMOKE or CI shrink everything; headless figures; one torch thread
 
 NEG_INF = -math.inf
 PENALTIES = [0.5, 2.0, 8.0, math.inf] if SMOKE else [0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, math.inf]
-FIGDIR = os.environ.get("MDMPROB_FIGDIR")  # a folder to also save the figures in, as PNG
-
-
-def show(fig, name):
-    """Display the figure (inline in a notebook; nothing under Agg), optionally save it, free it."""
-    if FIGDIR:
-        Path(FIGDIR).mkdir(parents=True, exist_ok=True)
-        fig.savefig(Path(FIGDIR) / f"{name}.png", dpi=100, bbox_inches="tight")
-    plt.show()
-    plt.close(fig)
 
 
 # %% [markdown]
@@ -219,7 +202,7 @@ for name, structure in (("one_hot", one_hot), ("latin", latin)):
         print(f"{name} block {row['index']} {row['positions']}: forward TC "
               f"{row['forward_tc']:.4f}, reverse TC {row['reverse_tc_mean_field']}, "
               f"violation {row['violation_mean_field']:.3f}")
-    assert math.isinf(report["reverse_kl_mean_field"])
+    assert math.isinf(report["kl_qp_mean_field"])
 
 # %% [markdown]
 # `evaluate` runs a decoder against the exact structure. These spaces are tiny (3^6 = 729
@@ -307,9 +290,9 @@ with tempfile.TemporaryDirectory() as tmp:
     path.write_text(MODEL_FILE)
     print(mdmprob.model_parameters(str(path)))
     from_file = mdmprob.load_model(str(path), penalty=2.0)
-    loss = mdmprob.block_report(from_file)["forward_kl_mean_field"]
+    loss = mdmprob.block_report(from_file)["kl_pq_mean_field"]
     print(from_file, f"KL(p||q_MF) = {loss:.4f} nats")
-    assert abs(loss - mdmprob.block_report(latin_structure(2.0))["forward_kl_mean_field"]) < 1e-12
+    assert abs(loss - mdmprob.block_report(latin_structure(2.0))["kl_pq_mean_field"]) < 1e-12
 
 # %% [markdown]
 # ## 7. The one mistake the compiler cannot accept

@@ -26,9 +26,6 @@
 # quantities are in nats.
 
 # %%
-import os
-import sys
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
@@ -47,28 +44,13 @@ from mdmprob.decoders.primitives import (
 )
 from mdmprob.denoisers import Oracle
 from mdmprob.evaluate import evaluate
+from mdmprob.tutorial import setup, show
 
-SMOKE = "CI" in os.environ or os.environ.get("MDMPROB_SMOKE")  # shrink everything to a quick check
-if SMOKE or "ipykernel" not in sys.modules:
-    plt.switch_backend("Agg")  # no display: plt.show() is a no-op
-
-# The engine's tensors are small and many: one intra-op thread is fastest on a CPU (as in
-# the mdmprob command; MDMPROB_THREADS overrides).
-torch.set_num_threads(int(os.environ.get("MDMPROB_THREADS", "1")))
+SMOKE = setup()  # MDMPROB_SMOKE or CI shrink everything; headless figures; one torch thread
 
 SAMPLES = 100 if SMOKE else 1000  # sequences per run for the NFE estimate
 TAUS = [0.6, 0.8, 0.95] if SMOKE else [0.55, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99]
 GAMMAS = [0.03, 0.3, 3.0] if SMOKE else [0.01, 0.03, 0.1, 0.3, 1.0, 3.0]
-FIGDIR = os.environ.get("MDMPROB_FIGDIR")  # a folder to also save the figures in, as PNG
-
-
-def show(fig, name):
-    """Display the figure (inline in a notebook; nothing under Agg), optionally save it, free it."""
-    if FIGDIR:
-        Path(FIGDIR).mkdir(parents=True, exist_ok=True)
-        fig.savefig(Path(FIGDIR) / f"{name}.png", dpi=100, bbox_inches="tight")
-    plt.show()
-    plt.close(fig)
 
 
 # %% [markdown]

@@ -27,9 +27,6 @@
 
 # %%
 import math
-import os
-import sys
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
@@ -48,14 +45,9 @@ from mdmprob.decoders.core import all_values
 from mdmprob.decoders.remask import Remask
 from mdmprob.denoisers import Oracle
 from mdmprob.evaluate import evaluate
+from mdmprob.tutorial import setup, show
 
-SMOKE = "CI" in os.environ or os.environ.get("MDMPROB_SMOKE")  # shrink everything to a quick check
-if SMOKE or "ipykernel" not in sys.modules:
-    plt.switch_backend("Agg")  # no display: plt.show() is a no-op
-
-# The engine's tensors are small and many: one intra-op thread is fastest on a CPU (as in
-# the mdmprob command; MDMPROB_THREADS overrides).
-torch.set_num_threads(int(os.environ.get("MDMPROB_THREADS", "1")))
+SMOKE = setup()  # MDMPROB_SMOKE or CI shrink everything; headless figures; one torch thread
 
 N_BLOCKS = 3 if SMOKE else 8  # Block-HMM blocks of 8 bits
 SEQUENCES = 300 if SMOKE else 3000  # sequences per run
@@ -63,16 +55,6 @@ PREFIXES = 100 if SMOKE else 1000  # true prefixes per block for the verificatio
 PARTICLES = [1, 4, 16] if SMOKE else [1, 2, 4, 8, 16, 32, 64]
 OUTPUTS = 100 if SMOKE else 300  # resampled sequences per K
 SWEEPS = [0, 1, 2, 5, 10, 20, 50]
-FIGDIR = os.environ.get("MDMPROB_FIGDIR")  # a folder to also save the figures in, as PNG
-
-
-def show(fig, name):
-    """Display the figure (inline in a notebook; nothing under Agg), optionally save it, free it."""
-    if FIGDIR:
-        Path(FIGDIR).mkdir(parents=True, exist_ok=True)
-        fig.savefig(Path(FIGDIR) / f"{name}.png", dpi=100, bbox_inches="tight")
-    plt.show()
-    plt.close(fig)
 
 
 def mean_of(records):

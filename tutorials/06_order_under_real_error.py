@@ -28,10 +28,7 @@
 
 # %%
 import math
-import os
-import sys
 import time
-from pathlib import Path
 from tempfile import TemporaryDirectory
 
 import matplotlib.pyplot as plt
@@ -53,13 +50,9 @@ from mdmprob.tasks.addition import (
     training_sampler,
 )
 from mdmprob.training import train
+from mdmprob.tutorial import setup, show
 
-SMOKE = "CI" in os.environ or os.environ.get("MDMPROB_SMOKE")  # shrink everything to a quick check
-if SMOKE or "ipykernel" not in sys.modules:
-    plt.switch_backend("Agg")  # no display: plt.show() is a no-op
-
-# Small networks on a CPU: one intra-op thread is fastest (MDMPROB_THREADS overrides).
-torch.set_num_threads(int(os.environ.get("MDMPROB_THREADS", "1")))
+SMOKE = setup()  # MDMPROB_SMOKE or CI shrink everything; headless figures; one torch thread
 
 D = 2 if SMOKE else 3  # digits per operand
 BUDGETS = (40, 160) if SMOKE else (300, 3000)  # optimizer steps of the two models
@@ -67,16 +60,6 @@ BATCH = 128 if SMOKE else 256
 D_MODEL = 32
 TEST_SIZE = 120 if SMOKE else 600  # test-suite problems
 ORDERS = {"l2r": "L2R", "r2l": "R2L", "random": "random", "confidence": "low-confidence"}
-FIGDIR = os.environ.get("MDMPROB_FIGDIR")  # a folder to also save the figures in, as PNG
-
-
-def show(fig, name):
-    """Display the figure (inline in a notebook; nothing under Agg), optionally save it, free it."""
-    if FIGDIR:
-        Path(FIGDIR).mkdir(parents=True, exist_ok=True)
-        fig.savefig(Path(FIGDIR) / f"{name}.png", dpi=100, bbox_inches="tight")
-    plt.show()
-    plt.close(fig)
 
 
 # %% [markdown]

@@ -47,7 +47,7 @@ class Denoiser:
         else:
             out = self.predict_window(tokens, self.check_window(window, tokens))
         visible = tokens != self.mask_id
-        point = _point_mass(tokens.clamp(max=self.vocab - 1), self.vocab, out.dtype)
+        point = point_mass(tokens.clamp(max=self.vocab - 1), self.vocab, out.dtype)
         return torch.where(visible[..., None], point, out)
 
     def predict(self, tokens: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
@@ -94,7 +94,9 @@ class Denoiser:
         return tokens.to(self.device, torch.long)
 
 
-def _point_mass(tokens: torch.Tensor, vocab: int, dtype) -> torch.Tensor:
+def point_mass(tokens: torch.Tensor, vocab: int, dtype) -> torch.Tensor:
+    """``log 1[v = tokens]``: ``tokens [...]`` (values in ``0..vocab-1``) -> ``[..., vocab]`` of
+    ``0`` and ``-inf`` in ``dtype``."""
     # a comparison, not one_hot: one_hot builds an int64 table first (5x slower on the CPU)
     onehot = tokens[..., None] == torch.arange(vocab, device=tokens.device)
     return torch.zeros(onehot.shape, dtype=dtype, device=tokens.device).masked_fill(~onehot,

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from mdmprob import info
+from mdmprob.checks import check_int, check_match, check_number, generator
 from mdmprob.denoisers.base import Denoiser
 from mdmprob.denoisers.oracle import Oracle
 from mdmprob.errors import EvidenceError, MdmprobError
@@ -28,10 +29,13 @@ from mdmprob.info import Estimate
 class ModelError:
     """Model error of a denoiser, over the masked positions of ``num`` sampled contexts (nats).
 
+    KL is named by its arguments with q = the model p_theta and p = the truth (the former names
+    ``kl_model_true`` / ``kl_true_model`` still read, with a ``DeprecationWarning``).
+
     Attributes:
-        kl_model_true: mean of ``KL(p_theta(.|h) || p(.|h))`` with its standard error
+        kl_qp: mean of ``KL(p_theta(.|h) || p(.|h))`` with its standard error
             (``+inf`` if any position has p_theta > 0 = p).
-        kl_true_model: mean of the reverse ``KL(p(.|h) || p_theta(.|h))``.
+        kl_pq: mean of ``KL(p(.|h) || p_theta(.|h))``.
         entropy: mean true conditional entropy ``H(X_i | h)``.
         alpha, intercept: least-squares fit ``KL(p_theta || p) = alpha * H + intercept`` over the
             masked positions with a finite KL (NaN when fewer than two distinct H values).
@@ -42,8 +46,8 @@ class ModelError:
             where it is masked (NaN for a position never masked).
     """
 
-    kl_model_true: Estimate
-    kl_true_model: Estimate
+    kl_qp: Estimate
+    kl_pq: Estimate
     entropy: Estimate
     alpha: float
     intercept: float
@@ -55,10 +59,21 @@ class ModelError:
     def as_dict(self) -> dict:
         """Plain floats and lists, e.g. for a JSON report."""
         out = asdict(self)
-        for key in ("kl_model_true", "kl_true_model", "entropy"):
+        for key in ("kl_qp", "kl_pq", "entropy"):
             est = getattr(self, key)
             out[key], out[f"{key}_se"] = est.value, est.se
         return out
+
+    kl_model_true = property(lambda self: renamed(self, "kl_model_true", "kl_qp"))
+    kl_true_model = property(lambda self: renamed(self, "kl_true_model", "kl_pq"))
+
+
+def renamed(obj, old: str, new: str):
+    """``obj.new``, with a ``DeprecationWarning`` saying that ``old`` is now ``new``."""
+    import warnings
+
+    warnings.warn(f"{type(obj).__name__}.{old} is now {new}", DeprecationWarning, stacklevel=3)
+    return getattr(obj, new)
 
 
 def model_error(denoiser: Denoiser, oracle: Oracle, *, num: int = 2000, seed: int = 0,
@@ -71,33 +86,13 @@ def model_error(denoiser: Denoiser, oracle: Oracle, *, num: int = 2000, seed: in
     denoisers on the masked sequences (``batch_size`` sequences per call) and averages over the
     masked positions. See :class:`ModelError` for the fields.
     """
-    if denoiser.n_tokens != oracle.n_tokens or denoiser.vocab != oracle.vocab:
-        raise EvidenceError(f"the denoiser has n_tokens={denoiser.n_tokens}, vocab="
-                            f"{denoiser.vocab} but the oracle has n_tokens={oracle.n_tokens}, "
-                            f"vocab={oracle.vocab}; compare denoisers of the same structure")
-    if isinstance(num, bool) or not isinstance(num, int) or num < 1:
-        raise MdmprobError(f"num={num!r} must be an integer >= 1")
-    if mask_rate is not None and (isinstance(mask_rate, bool) or not isinstance(
-            mask_rate, int | float) or not 0 < mask_rate <= 1):
-        raise MdmprobError(f"mask_rate={mask_rate!r} must be a number in (0, 1] or None "
-                           "(a uniform random rate per sequence)")
-    engine = oracle.engine
-    n, vocab, device = oracle.n_tokens, oracle.vocab, engine.device
-    g = torch.Generator(device=device).manual_seed(int(seed))
+    check_match(denoiser, oracle, "oracle", EvidenceError)
+    check_int("num", num, 1)
+    if mask_rate is not None:
+        check_number("mask_rate", mask_rate, 0, 1, low_open=True)
     kls, rev, ents, masks = [], [], [], []
-    for start in range(0, num, batch_size):
-        b = min(batch_size, num - start)
-        hidden = torch.zeros(b, n, dtype=torch.bool, device=device)
-        x = engine.sample(torch.zeros(b, n, dtype=torch.long, device=device), hidden,
-                          generator=g)
-        rate = (torch.rand(b, 1, generator=g, device=device, dtype=torch.float64)
-                if mask_rate is None else torch.full((b, 1), float(mask_rate), device=device,
-                                                     dtype=torch.float64))
-        masked = torch.rand(b, n, generator=g, device=device, dtype=torch.float64) < rate
-        tokens = torch.where(masked, torch.full_like(x, vocab), x)
-        with torch.no_grad():
-            log_p = oracle(tokens).to(torch.float64)
-            log_q = denoiser(tokens).to(device, torch.float64)
+    g = generator(seed, oracle.engine.device)
+    for masked, log_p, log_q in masked_pairs(denoiser, oracle, num, g, mask_rate, batch_size):
         kls.append(info.kl(q=log_q, p=log_p))
         rev.append(info.kl(p=log_p, q=log_q))
         ents.append(info.entropy(log_p))
@@ -113,9 +108,34 @@ def model_error(denoiser: Denoiser, oracle: Oracle, *, num: int = 2000, seed: in
     sums = torch.where(masked, kl_all, torch.zeros_like(kl_all)).sum(0)
     per_position = [s / c if c > 0 else math.nan for s, c in zip(sums.tolist(), count.tolist(),
                                                                   strict=True)]
-    return ModelError(kl_model_true=info.mc_mean(eps), kl_true_model=info.mc_mean(eps_rev),
+    return ModelError(kl_qp=info.mc_mean(eps), kl_pq=info.mc_mean(eps_rev),
                       entropy=info.mc_mean(h), alpha=alpha, intercept=intercept, r2=r2,
                       n_masked=int(masked.sum()), n_infinite=n_inf, per_position=per_position)
+
+
+def masked_pairs(denoiser: Denoiser, oracle: Oracle, num: int, generator: torch.Generator,
+                 mask_rate: float | None = None, batch_size: int = 1024):
+    """The sample-mask-compare loop shared by the error measures.
+
+    Per batch of at most ``batch_size`` of ``num`` exact sequences ``x ~ p`` (``oracle.engine``,
+    drawn with ``generator``), each position is masked independently with probability
+    ``mask_rate`` (``None``: a rate drawn uniformly in (0, 1) per sequence); yields
+    ``(masked [b, n] bool, log p(. | h) [b, n, V], log p_theta(. | h) [b, n, V])``, float64 on
+    the engine's device, ``h`` the masked sequences (mask id ``V``)."""
+    engine = oracle.engine
+    n, vocab, device = oracle.n_tokens, oracle.vocab, engine.device
+    for start in range(0, num, batch_size):
+        b = min(batch_size, num - start)
+        x = engine.sample(torch.zeros(b, n, dtype=torch.long, device=device),
+                          torch.zeros(b, n, dtype=torch.bool, device=device), generator=generator)
+        rate = (torch.rand(b, 1, generator=generator, device=device, dtype=torch.float64)
+                if mask_rate is None else float(mask_rate))
+        masked = torch.rand(b, n, generator=generator, device=device, dtype=torch.float64) < rate
+        tokens = torch.where(masked, torch.full_like(x, vocab), x)
+        with torch.no_grad():
+            log_p = oracle(tokens).to(device, torch.float64)
+            log_q = denoiser(tokens).to(device, torch.float64)
+        yield masked, log_p, log_q
 
 
 def _fit(h: torch.Tensor, eps: torch.Tensor) -> tuple[float, float, float, int]:

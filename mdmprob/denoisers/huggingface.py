@@ -28,6 +28,7 @@ from collections.abc import Sequence
 
 import torch
 
+from mdmprob.checks import check_match
 from mdmprob.config import default_dtype
 from mdmprob.denoisers.base import Denoiser
 from mdmprob.errors import MdmprobError
@@ -125,11 +126,8 @@ class HuggingFaceMLM(Denoiser):
         self.model = model.to(self.device).eval()
         self.dtype = dtype if dtype is not None else default_dtype()
         self.vocab, self.n_tokens = len(ids), int(n_tokens)
-        if structure is not None and (structure.vocab, structure.n_tokens) != (self.vocab,
-                                                                              self.n_tokens):
-            raise MdmprobError(f"structure {structure.name!r} has vocab={structure.vocab}, "
-                               f"n_tokens={structure.n_tokens} but the wrapper has vocab="
-                               f"{self.vocab}, n_tokens={self.n_tokens}")
+        if structure is not None:
+            check_match(self, structure)
         self.structure = structure
         self.token_map = ids
         self.mask_token_id = int(mask_token_id)

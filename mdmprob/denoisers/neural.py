@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, fields
 import torch
 from torch import nn
 
+from mdmprob.checks import check_int, check_match
 from mdmprob.config import default_device, default_dtype
 from mdmprob.denoisers.base import Denoiser
 from mdmprob.errors import MdmprobError
@@ -54,9 +55,7 @@ class NeuralConfig:
         ints = {"vocab": 2, "n_tokens": 1, "d_model": 1, "n_layers": 1, "n_heads": 1,
                 "steps": 0, "batch_size": 1, "seed": 0}
         for key, low in ints.items():
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise MdmprobError(f"NeuralConfig {key}={value!r} must be an integer >= {low}")
+            check_int(f"NeuralConfig {key}", getattr(self, key), low)
         if self.d_model % self.n_heads:
             raise MdmprobError(f"NeuralConfig d_model={self.d_model} must be divisible by "
                                f"n_heads={self.n_heads}")
@@ -148,11 +147,8 @@ class Neural(Denoiser):
         self.vocab, self.n_tokens = config.vocab, config.n_tokens
         self.device = torch.device(device) if device is not None else default_device()
         self.dtype = dtype if dtype is not None else default_dtype()
-        if structure is not None and (structure.vocab, structure.n_tokens) != (self.vocab,
-                                                                              self.n_tokens):
-            raise MdmprobError(f"structure {structure.name!r} has vocab={structure.vocab}, "
-                               f"n_tokens={structure.n_tokens} but the network has "
-                               f"vocab={self.vocab}, n_tokens={self.n_tokens}")
+        if structure is not None:
+            check_match(self, structure)
         self.structure = structure
         self.net = (net if net is not None else build_network(config)).to(self.device)
         self.refresh()

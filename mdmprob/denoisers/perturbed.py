@@ -26,6 +26,7 @@ import math
 
 import torch
 
+from mdmprob.checks import check_int
 from mdmprob.denoisers.base import Denoiser
 from mdmprob.errors import MdmprobError, unknown_name
 
@@ -47,6 +48,20 @@ _RANGES = {"temperature": (0.0, math.inf), "uniform": (0.0, 1.0),
 _BISECTION_STEPS = 60  # halves [0, p_mode] down to float64 resolution
 
 
+def check_level(family: str, level) -> float:
+    """``family`` is one of :data:`FAMILIES` and ``level`` a finite number in its range
+    (``[0, 1]`` for ``uniform``, ``[0, inf)`` for the others); returns ``float(level)``."""
+    if family not in FAMILIES:
+        raise unknown_name("error family", str(family), FAMILIES)
+    low, high = _RANGES[family]
+    valid = "[0, 1]" if high == 1.0 else "[0, inf) (finite)"
+    if isinstance(level, bool) or not isinstance(level, int | float) or not (
+            low <= level <= high) or not math.isfinite(level):
+        raise MdmprobError(f"level={level!r} is invalid for error family {family!r}; "
+                           f"it must be a number in {valid}")
+    return float(level)
+
+
 class Perturbed(Denoiser):
     """``denoiser`` with model error of a named ``family`` at strength ``level``.
 
@@ -63,16 +78,8 @@ class Perturbed(Denoiser):
     """
 
     def __init__(self, denoiser: Denoiser, family: str, level: float, seed: int = 0):
-        if family not in FAMILIES:
-            raise unknown_name("error family", str(family), FAMILIES)
-        low, high = _RANGES[family]
-        valid = "[0, 1]" if high == 1.0 else "[0, inf) (finite)"
-        if isinstance(level, bool) or not isinstance(level, int | float) or not (
-                low <= level <= high) or not math.isfinite(level):
-            raise MdmprobError(f"level={level!r} is invalid for error family {family!r}; "
-                               f"it must be a number in {valid}")
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise MdmprobError(f"seed={seed!r} must be an integer")
+        check_level(family, level)
+        check_int("seed", seed)
         self.denoiser, self.family, self.level, self.seed = denoiser, family, float(level), seed
         self.vocab, self.n_tokens = denoiser.vocab, denoiser.n_tokens
         self.device, self.dtype = denoiser.device, denoiser.dtype
@@ -110,44 +117,48 @@ def _normalize(log_q: torch.Tensor) -> torch.Tensor:
 
 # ---------------------------------------------------------------------- entropy-scaled error
 def entropy_scaled(log_p: torch.Tensor, level: float) -> torch.Tensor:
-    """Move mass ``w`` from the mode ``m`` of each row to the other values, proportionally:
-
-        p_theta(m) = p_m - w,    p_theta(v) = p_v (1 + w / s)  (v != m),   s = 1 - p_m,
-
-    with ``w in [0, p_m]`` chosen by bisection so that
-    ``KL(p_theta || p) = (p_m - w) log(1 - w / p_m) + (s + w) log(1 + w / s)`` (nats, increasing
-    in ``w``) equals ``min(level * H(p), -log s)``; ``-log s`` is the KL at ``w = p_m``. Rows with
-    ``H(p) = 0`` are returned unchanged. ``log_p [..., V]`` -> ``log p_theta [..., V]``.
+    """Move mass ``w`` from the mode ``m`` of each row to the other values, proportionally, so
+    that ``KL(p_theta || p) = min(level * H(p), -log(1 - p_m))`` (see :func:`away_from_mode`).
+    Rows with ``H(p) = 0`` are returned unchanged. ``log_p [..., V]`` -> ``log p_theta [..., V]``.
     """
     p = log_p.exp()
-    entropy = -torch.where(p > 0, p * log_p, torch.zeros_like(p)).sum(-1)
-    mode = log_p.argmax(-1, keepdim=True)
-    is_mode = torch.zeros_like(log_p, dtype=torch.bool).scatter_(-1, mode, True)
-    log_pm = log_p.gather(-1, mode).squeeze(-1)
-    pm = log_pm.exp()
-    s = torch.logsumexp(log_p.masked_fill(is_mode, -math.inf), -1).exp()  # 1 - p_m, accurately
-    movable = (s > 0) & (entropy > 0)
-    s_safe = torch.where(movable, s, torch.ones_like(s))
-    pm_safe = torch.where(movable, pm, torch.ones_like(pm))
+    entropy = -torch.where(p > 0, p * log_p, torch.zeros_like(p)).sum(-1)  # 0 log 0 = 0
+    return away_from_mode(log_p, level * entropy, _BISECTION_STEPS)[0]
 
-    def kl_of(w: torch.Tensor) -> torch.Tensor:
-        first = (pm_safe - w) * torch.log1p(-w / pm_safe)
-        first = torch.where(w < pm_safe, first, torch.zeros_like(first))
+
+def away_from_mode(log_r: torch.Tensor, target: torch.Tensor, steps: int = 80):
+    """Move mass w from the mode m of each row of ``log_r [..., V]`` to the other values
+    (proportionally; for V = 2: to the side away from the mode) so that
+    ``KL(r_theta ‖ r) = (r_m - w) log(1 - w / r_m) + (s + w) log(1 + w / s)`` (s = 1 - r_m) equals
+    ``target [...]`` (nats), saturating at w = r_m (KL = -log s). Ties for the mode go to the
+    lowest value; ``steps`` bisection halvings of [0, r_m]. Returns
+    ``(log r_theta [..., V], KL [...], saturated [...] bool)``."""
+    mode = log_r.argmax(-1, keepdim=True)
+    is_mode = torch.zeros_like(log_r, dtype=torch.bool).scatter_(-1, mode, True)
+    log_pm = log_r.gather(-1, mode).squeeze(-1)
+    pm = log_pm.exp()
+    s = torch.logsumexp(log_r.masked_fill(is_mode, -math.inf), -1).exp()
+    movable = s > 0
+    s_safe = torch.where(movable, s, torch.ones_like(s))
+
+    def kl_of(w):
+        first = torch.where(w < pm, (pm - w) * torch.log1p(-w / pm), torch.zeros_like(w))
         return first + (s_safe + w) * torch.log1p(w / s_safe)
 
-    kl_max = -torch.log(s_safe)
-    target = level * entropy
-    lo, hi = torch.zeros_like(pm_safe), pm_safe.clone()
-    for _ in range(_BISECTION_STEPS):
+    kl_max = torch.where(movable, -torch.log(s_safe), torch.zeros_like(s))
+    target = target.expand_as(pm)
+    saturated = movable & (target >= kl_max)
+    lo, hi = torch.zeros_like(pm), pm.clone()
+    for _ in range(steps):
         mid = 0.5 * (lo + hi)
         below = kl_of(mid) < target
-        lo = torch.where(below, mid, lo)
-        hi = torch.where(below, hi, mid)
-    w = torch.where(target >= kl_max, pm_safe, 0.5 * (lo + hi))
-    w = torch.where(movable, w, torch.zeros_like(w))
-    log_mode = torch.where(movable, log_pm + torch.log1p(-w / pm_safe), log_pm)
-    log_rest = log_p + torch.log1p(w / s_safe)[..., None]
-    return torch.where(is_mode, log_mode[..., None], log_rest)
+        lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
+    w = torch.where(saturated, pm, 0.5 * (lo + hi))
+    w = torch.where(movable & (target > 0), w, torch.zeros_like(w))
+    log_mode = torch.where(w < pm, log_pm + torch.log1p(-w / pm), torch.full_like(pm, -math.inf))
+    log_rest = log_r + torch.log1p(w / s_safe)[..., None]
+    log_theta = torch.where(is_mode, log_mode[..., None], log_rest)
+    return log_theta, kl_of(w), saturated
 
 
 # ---------------------------------------------------------------------- context-hashed noise

@@ -13,8 +13,9 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from mdmprob.checks import check_int
 from mdmprob.config import default_device, default_dtype
-from mdmprob.denoisers.base import Denoiser, _point_mass
+from mdmprob.denoisers.base import Denoiser, point_mass
 from mdmprob.errors import BudgetError, MdmprobError
 
 MAX_STATES = 2**20  # (V+1)**n states at most
@@ -24,10 +25,8 @@ _CHUNK = 4096  # states per call when snapshotting a denoiser
 
 def n_states(n_tokens: int, vocab: int) -> int:
     """``(V+1)**n``, the number of partially masked states; BudgetError past ``2**20``."""
-    if isinstance(n_tokens, bool) or not isinstance(n_tokens, int) or n_tokens < 1:
-        raise MdmprobError(f"n_tokens={n_tokens!r} must be an integer >= 1")
-    if isinstance(vocab, bool) or not isinstance(vocab, int) or vocab < 2:
-        raise MdmprobError(f"vocab={vocab!r} must be an integer >= 2")
+    check_int("n_tokens", n_tokens, 1)
+    check_int("vocab", vocab, 2)
     count = (vocab + 1) ** n_tokens
     if count > MAX_STATES:
         raise BudgetError(
@@ -162,5 +161,5 @@ class Table(Denoiser):
 
 def _fill_visible(log_probs: torch.Tensor, states: torch.Tensor, vocab: int) -> torch.Tensor:
     visible = states != vocab
-    point = _point_mass(states.clamp(max=vocab - 1), vocab, log_probs.dtype)
+    point = point_mass(states.clamp(max=vocab - 1), vocab, log_probs.dtype)
     return torch.where(visible[..., None], point, log_probs)

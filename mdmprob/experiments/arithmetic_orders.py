@@ -22,7 +22,6 @@ folder or an explicit ``checkpoint_dir``).
 from __future__ import annotations
 
 import math
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +29,9 @@ from typing import Any
 
 import torch
 
+from mdmprob.checks import check_int
 from mdmprob.errors import MdmprobError
-from mdmprob.experiments.base import Experiment, record
+from mdmprob.experiments.base import Experiment, check_numbers, record
 
 ORDERS = ("l2r", "r2l", "random", "confidence", "margin", "entropy")
 LABELS = {"l2r": "L2R", "r2l": "R2L", "random": "random", "confidence": "low-confidence",
@@ -61,22 +61,16 @@ class Config:
     checkpoint_dir: str | None = None
 
     def check(self):
-        if isinstance(self.D, bool) or not isinstance(self.D, int) or not 2 <= self.D <= 18:
-            raise MdmprobError(f"D={self.D!r} must be an integer in 2..18 (the test suite needs D >= 2)")
+        check_int("D", self.D, 2, 18)  # the test suite needs D >= 2
         for name in ("d_models", "steps", "ks"):
-            values = getattr(self, name)
-            if not values or any(isinstance(v, bool) or not isinstance(v, int) or v < 1
-                                 for v in values):
-                raise MdmprobError(f"{name}={values!r} must be a non-empty tuple of integers >= 1")
+            check_numbers(name, getattr(self, name), low=1, integer=True)
         bad = [o for o in self.orders if o not in ORDERS]
         if not self.orders or bad:
             raise MdmprobError(f"orders={self.orders!r}: unknown {bad}; choose from {ORDERS}")
         if any(d % self.n_heads for d in self.d_models):
             raise MdmprobError(f"every d_model in {self.d_models} must be divisible by "
                                f"n_heads={self.n_heads}")
-        if isinstance(self.test_size, bool) or not isinstance(self.test_size, int) or \
-                self.test_size < 1:
-            raise MdmprobError(f"test_size={self.test_size!r} must be an integer >= 1")
+        check_int("test_size", self.test_size, 1)
 
     def answer_len(self) -> int:
         return self.D + 1
@@ -112,33 +106,12 @@ def _folder_name(config: Config, d_model: int, steps: int) -> str:
             f"_lr{config.lr:g}_seed{config.train_seed}_s{steps}")
 
 
-def checkpoint_root(config: Config, workdir: Path | None) -> Path | None:
-    if config.checkpoint_dir is not None:
-        return Path(config.checkpoint_dir)
-    return workdir / "checkpoints" if workdir is not None else None
-
-
 def train_model(config: Config, d_model: int, steps: int, root: Path | None):
     """The trained model (cached under ``root``), its final loss and the steps trained now."""
-    from mdmprob.training import CHECKPOINT, _read, train
+    from mdmprob.training import train_cached
 
-    nc = _neural_config(config, d_model, steps)
-    folder = root / _folder_name(config, d_model, steps) if root is not None else None
-    start = 0
-    if folder is not None:
-        path = folder / CHECKPOINT
-        if not path.exists():  # continue from the largest cached shorter budget, if any
-            shorter = [s for s in range(steps - 1, 0, -1)
-                       if (root / _folder_name(config, d_model, s) / CHECKPOINT).exists()]
-            if shorter:
-                folder.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(root / _folder_name(config, d_model, shorter[0]) / CHECKPOINT,
-                                path)
-        if path.exists():
-            start = int(_read(path, torch.device("cpu"))["step"])
-    model, history = train(_sampler(config.D), nc, out_dir=folder, resume=True)
-    loss = history[-1]["loss"] if history else math.nan
-    return model, loss, steps - start
+    return train_cached(_sampler(config.D), _neural_config(config, d_model, steps),
+                        lambda s: _folder_name(config, d_model, s), root)
 
 
 # ---------------------------------------------------------------------- decoding
@@ -180,10 +153,11 @@ class ArithmeticOrders(Experiment):
             encode_problems,
             test_suite,
         )
+        from mdmprob.training import checkpoint_root
 
         t0 = time.perf_counter()
         model, loss, trained = train_model(config, setting["d_model"], setting["steps"],
-                                           checkpoint_root(config, self.workdir))
+                                           checkpoint_root(config.checkpoint_dir, self.workdir))
         setting = {**setting, "model": f"d{setting['d_model']}/s{setting['steps']}",
                    "params": sum(p.numel() for p in model.net.parameters())}
         out = [record(setting, "final_loss", loss if math.isfinite(loss) else None),
@@ -216,47 +190,9 @@ class ArithmeticOrders(Experiment):
 
     # ------------------------------------------------------------------ plot
     def plot(self, records, config: Config, out_dir: Path) -> list[Path]:
-        import matplotlib
+        from mdmprob.experiments.plotting import arithmetic_orders
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        acc = [r for r in records if r["metric"] == "accuracy" and r["category"] == "overall"]
-        if not acc:
-            return []
-        models = sorted({(r["d_model"], r["steps"]) for r in acc})
-        largest = _largest(acc)
-        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.4))
-        for order in config.orders:
-            pts = sorted(((models.index((r["d_model"], r["steps"])), r) for r in acc
-                          if r["order"] == order and r["k"] == 1), key=lambda p: p[0])
-            if pts:
-                _errorbar(ax1, [p[0] for p in pts], [p[1] for p in pts], LABELS[order])
-            pts = sorted((r for r in acc if r["order"] == order and
-                          (r["d_model"], r["steps"]) == largest), key=lambda r: r["k"])
-            if pts:
-                _errorbar(ax2, [r["k"] for r in pts], pts, LABELS[order])
-        ax1.set_xticks(range(len(models)), [f"d={d}\n{s} steps" for d, s in models])
-        ax1.set_xlabel("model (width d_model, training budget) [-, optimizer steps]")
-        ax1.set_ylabel("exact-match accuracy, k = 1 [fraction]")
-        ax1.set_title(f"accuracy vs model training budget (D = {config.D}, k = 1)")
-        ks = config.k_values()
-        ax2.set_xticks(ks, [f"{k}" + (" (all)" if k == config.answer_len() else "") for k in ks])
-        ax2.set_xlabel("tokens committed per step k [tokens]")
-        ax2.set_ylabel("exact-match accuracy [fraction]")
-        ax2.set_title(f"accuracy vs k, largest model (d={largest[0]}, {largest[1]} steps)")
-        for ax in (ax1, ax2):
-            ax.set_ylim(-0.03, 1.03)
-            ax.grid(alpha=0.3)
-            ax.legend(title="order (95% Wilson CI)", fontsize=8)
-        fig.suptitle(self.title, fontsize=10)
-        fig.tight_layout()
-        stem = out_dir / "arithmetic_orders"
-        paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
-        for p in paths:
-            fig.savefig(p, dpi=120)
-        plt.close(fig)
-        return paths
+        return arithmetic_orders(records, config, self.title, LABELS, out_dir / "arithmetic_orders")
 
     # ------------------------------------------------------------------ summary
     def summary(self, records, config: Config) -> list[dict[str, Any]]:
@@ -290,16 +226,6 @@ class ArithmeticOrders(Experiment):
                          "paper": "Low-Confidence > R2L > L2R (Table 1)", "ours": diff,
                          "se": math.hypot(conf["se"] or 0, best["se"] or 0), "holds": diff > 0})
         return rows
-
-
-def _largest(acc) -> tuple[int, int]:
-    return max((r["d_model"], r["steps"]) for r in acc)
-
-
-def _errorbar(ax, xs, rs, label):
-    ys = [r["value"] for r in rs]
-    err = [[r["value"] - r["ci_low"] for r in rs], [r["ci_high"] - r["value"] for r in rs]]
-    ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=label)
 
 
 EXPERIMENT = ArithmeticOrders()

@@ -145,6 +145,18 @@ def check_structure_specs(field: str, specs, max_tokens: int | None = None) -> N
                                f"max_tokens={max_tokens}; choose a smaller instance")
 
 
+def load_structure(spec: str, max_tokens: int):
+    """The zoo model named by ``spec`` (see :func:`parse_spec`), at most ``max_tokens`` tokens."""
+    from mdmprob.structure import load_model
+
+    name, params = parse_spec(spec)
+    structure = load_model(name, **params)
+    if structure.n_tokens > max_tokens:
+        raise MdmprobError(f"structure {spec!r} has {structure.n_tokens} tokens; exact mode here "
+                           f"is for small structures (max_tokens={max_tokens})")
+    return structure
+
+
 def check_numbers(field: str, values, *, low: float | None = None, high: float | None = None,
                   low_open: bool = False, integer: bool = False, nonempty: bool = True) -> None:
     """Every element of ``values`` is a number (an integer if ``integer``) in the range

@@ -516,9 +516,10 @@ def _timed_setting(experiment, config, setting, seed, device):
 
 
 def _call_setting(experiment, config, setting, seed, device):
-    if device:
-        os.environ["MDMPROB_DEVICE"] = device
-    return experiment.run_setting(config, dict(setting), seed)
+    from mdmprob.config import use_device
+
+    with use_device(device):
+        return experiment.run_setting(config, dict(setting), seed)
 
 
 def _versions() -> dict[str, str]:

@@ -24,13 +24,10 @@ single output (reported as +inf, never NaN).
 from __future__ import annotations
 
 import math
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from mdmprob.errors import MdmprobError
 from mdmprob.experiments.base import (
@@ -74,9 +71,7 @@ class Config:
     checkpoint_dir: str | None = None
 
     def check(self):
-        if not self.steps or any(isinstance(s, bool) or not isinstance(s, int) or s < 1
-                                 for s in self.steps):
-            raise MdmprobError(f"steps={self.steps!r} must be a non-empty tuple of integers >= 1")
+        check_numbers("steps", self.steps, low=1, integer=True)
         if len(set(self.steps)) != len(self.steps):
             raise MdmprobError(f"steps={self.steps!r} has duplicates")
         if not 0 <= float(self.eta) <= 0.5:
@@ -113,32 +108,12 @@ def _folder_name(config: Config, steps: int) -> str:
             f"_lr{config.lr:g}_seed{config.train_seed}_s{steps}")
 
 
-def checkpoint_root(config: Config, workdir: Path | None) -> Path | None:
-    if config.checkpoint_dir is not None:
-        return Path(config.checkpoint_dir)
-    return workdir / "checkpoints" if workdir is not None else None
-
-
 def train_model(config: Config, structure, steps: int, root: Path | None):
     """The trained model (cached under ``root``), its final loss and the steps trained now."""
-    from mdmprob.training import CHECKPOINT, _read, train
+    from mdmprob.training import train_cached
 
-    nc = _neural_config(config, structure, steps)
-    folder = root / _folder_name(config, steps) if root is not None else None
-    start = 0
-    if folder is not None:
-        path = folder / CHECKPOINT
-        if not path.exists():  # continue from the largest cached shorter budget, if any
-            shorter = [s for s in range(steps - 1, 0, -1)
-                       if (root / _folder_name(config, s) / CHECKPOINT).exists()]
-            if shorter:
-                folder.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(root / _folder_name(config, shorter[0]) / CHECKPOINT, path)
-        if path.exists():
-            start = int(_read(path, torch.device("cpu"))["step"])
-    model, history = train(structure, nc, out_dir=folder, resume=True)
-    loss = history[-1]["loss"] if history else math.nan
-    return model, loss, steps - start
+    return train_cached(structure, _neural_config(config, structure, steps),
+                        lambda s: _folder_name(config, s), root)
 
 
 class LearnedBlockHmm(Experiment):
@@ -159,16 +134,18 @@ class LearnedBlockHmm(Experiment):
         from mdmprob.evaluate import evaluate
 
         s = _structure(config)
+        from mdmprob.training import checkpoint_root
+
         t0 = time.perf_counter()
         model, loss, trained = train_model(config, s, setting["steps"],
-                                           checkpoint_root(config, self.workdir))
+                                           checkpoint_root(config.checkpoint_dir, self.workdir))
         base = {**setting, "decoder": None}
         out = [record(base, "final_loss", loss if math.isfinite(loss) else None),
                record(base, "steps_trained_now", trained),
                record(base, "train_seconds", time.perf_counter() - t0)]
         err = model_error(model, Oracle(s), num=config.error_samples, seed=seed)
-        out.append(record(base, "model_error_kl_pq", err.kl_true_model.value, err.kl_true_model.se))
-        out.append(record(base, "model_error_kl_qp", err.kl_model_true.value, err.kl_model_true.se))
+        out.append(record(base, "model_error_kl_pq", err.kl_pq.value, err.kl_pq.se))
+        out.append(record(base, "model_error_kl_qp", err.kl_qp.value, err.kl_qp.se))
         mode = "exact" if s.vocab ** s.n_tokens <= config.exact_limit else "mc"
         for spec in config.decoders:
             name, params = parse_spec(spec)

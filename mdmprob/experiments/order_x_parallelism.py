@@ -16,7 +16,6 @@ rates and NFE (denoiser calls per sequence).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,10 +28,10 @@ from mdmprob.experiments.base import (
     check_budget,
     check_numbers,
     check_structure_specs,
+    load_structure,
     mc_bytes_per_sample,
     records_from,
 )
-from mdmprob.experiments.order_under_error import COLORS, load_structure
 
 METRICS = ("kl_qp", "kl_pq", "tv", "violation", "incoherence", "nfe")
 
@@ -56,23 +55,15 @@ class Config:
 
     def check(self):
         from mdmprob.decoders.primitives import SCORES
-        from mdmprob.denoisers.perturbed import _RANGES, FAMILIES
+        from mdmprob.denoisers.perturbed import check_level
         from mdmprob.errors import unknown_name
 
-        if self.family not in FAMILIES:
-            raise unknown_name("error family", str(self.family), FAMILIES)
-        low, high = _RANGES[self.family]
         for level in self.levels:
-            if isinstance(level, bool) or not isinstance(level, int | float) or not (
-                    low <= level <= high) or not math.isfinite(level):
-                raise MdmprobError(f"level {level!r} is invalid for error family "
-                                   f"{self.family!r} (valid: [{low}, {high}])")
+            check_level(self.family, level)
         for rule in self.rules:
             if rule not in SCORES:
                 raise unknown_name("rule", str(rule), SCORES)
-        if not self.ks or any(isinstance(k, bool) or not isinstance(k, int) or k < 1
-                              for k in self.ks):
-            raise MdmprobError(f"ks={self.ks!r} must be integers >= 1 (tokens per step)")
+        check_numbers("ks", self.ks, low=1, integer=True)
         if not self.structures or not self.levels or not self.rules:
             raise MdmprobError("structures, levels and rules must be non-empty")
         check_numbers("samples", self.samples, low=2, integer=True)
@@ -113,6 +104,8 @@ class OrderXParallelism(Experiment):
         return records_from(setting, ev, METRICS)
 
     def plot(self, records, config: Config, out_dir: Path) -> list[Path]:
+        from mdmprob.experiments.plotting import k_grid
+
         out = []
         for metric, ylabel, stem in (
                 ("kl_qp", "KL(q ‖ p) (sampling risk) [nats]", "order_x_parallelism"),
@@ -120,8 +113,8 @@ class OrderXParallelism(Experiment):
                 ("violation", "constraint-violation rate [fraction of blocks]",
                  "order_x_parallelism_violation")):
             if any(r["metric"] == metric and r["value"] is not None for r in records):
-                out += grid_plot(records, metric, ylabel, f"{self.title}: {ylabel.split(' [')[0]}",
-                                 out_dir / stem)
+                out += k_grid(records, metric, ylabel, f"{self.title}: {ylabel.split(' [')[0]}",
+                              out_dir / stem)
         return out
 
     def summary(self, records, config: Config) -> list[dict[str, Any]]:
@@ -154,49 +147,6 @@ class OrderXParallelism(Experiment):
                              "paper": "open question (§5 Q1)", "ours": max(diffs.values()),
                              "se": None, "holds": all(d < 0 for d in diffs.values())})
         return rows
-
-
-def grid_plot(records, metric: str, ylabel: str, title: str, out: Path) -> list[Path]:
-    """Panels per (error level, structure): ``metric`` vs k, one line per selection rule."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    structures, levels, rules = [], [], []
-    for r in records:
-        for seq, key in ((structures, "structure"), (levels, "level"), (rules, "rule")):
-            if r[key] not in seq:
-                seq.append(r[key])
-    levels.sort()
-    fig, axes = plt.subplots(len(levels), len(structures), squeeze=False,
-                             figsize=(4.6 * len(structures), 3.5 * len(levels)))
-    family = next((r["family"] for r in records), "")
-    for i, level in enumerate(levels):
-        for j, s in enumerate(structures):
-            ax = axes[i][j]
-            for rule in rules:
-                pts = sorted((r["k"], r["value"]) for r in records
-                             if r["metric"] == metric and r["structure"] == s and
-                             r["level"] == level and r["rule"] == rule and r["value"] is not None)
-                if not pts:
-                    continue
-                ys = [y if math.isfinite(y) else float("nan") for _, y in pts]
-                ax.plot([k for k, _ in pts], ys, marker="o", ms=4, color=COLORS.get(rule),
-                        label=rule)
-            ax.set_xlabel("tokens committed per step k [tokens]")
-            ax.set_ylabel(ylabel, fontsize=8)
-            ax.set_title(f"{s}\n{family} level {level:g}", fontsize=9)
-            ax.xaxis.get_major_locator().set_params(integer=True)
-            ax.grid(alpha=0.3)
-            ax.legend(title="selection rule", fontsize=7, title_fontsize=7)
-    fig.suptitle(title)
-    fig.tight_layout()
-    paths = [out.with_suffix(".png"), out.with_suffix(".svg")]
-    for p in paths:
-        fig.savefig(p, dpi=120)
-    plt.close(fig)
-    return paths
 
 
 EXPERIMENT = OrderXParallelism()

@@ -14,7 +14,7 @@ support, so at eta = 0 KL(q^(n) ‖ p) = +inf for every finite n (Prop. C.5).
 
 Each (eta, k) also runs the kernel as MCMC (:func:`mdmprob.diagnostics.mcmc_diagnostics`:
 ``chains`` chains x ``draws`` steps from the mean-field proposal) and reports the bulk ESS and
-R-hat of log p(x_B) and of the violation indicator (ArviZ, or the Pyro fallback; None where the
+R-hat of log p(x_B) and of the violation indicator (by ArviZ; None where the
 trace is constant over all chains and draws, e.g. the violation indicator of the frozen k = 1 chain
 at eta = 0, where ArviZ would report ESS = chains x draws; a frozen chain whose chains sit at
 different states shows up as R-hat >> 1 and a tiny ESS of log p). Records ``ess_bulk_<f>``,
@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 
+from mdmprob.checks import check_int
 from mdmprob.errors import MdmprobError
 from mdmprob.experiments.base import Experiment, check_numbers, record
 
@@ -60,26 +61,15 @@ class Config:
         from mdmprob.decoders.remask import KERNELS
 
         b = self.block_size
-        if isinstance(b, bool) or not isinstance(b, int) or not 2 <= b <= 12:
-            raise MdmprobError(f"block_size={b!r} must be an integer in 2..12: the exact chain "
-                               f"enumerates 2^B <= {EXACT_LIMIT} block states")
-        if not self.ks or any(isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= b
-                              for k in self.ks):
-            raise MdmprobError(f"ks={self.ks!r} must be integers in 1..block_size={b}")
+        check_int("block_size", b, 2, 12)  # the exact chain enumerates 2^B block states
+        check_numbers("ks", self.ks, low=1, high=b, integer=True)
         if not self.kernels or any(k not in KERNELS for k in self.kernels):
             raise MdmprobError(f"kernels={self.kernels!r} must be among {sorted(KERNELS)}")
         check_numbers("etas", self.etas, low=0, high=0.5)
-        if not self.sweeps or any(isinstance(n, bool) or not isinstance(n, int) or n < 0
-                                  for n in self.sweeps):
-            raise MdmprobError(f"sweeps={self.sweeps!r} must be integers >= 0")
-        if isinstance(self.n_blocks, bool) or not isinstance(self.n_blocks, int) or \
-                self.n_blocks < 1:
-            raise MdmprobError(f"n_blocks={self.n_blocks!r} must be an integer >= 1")
-        if isinstance(self.chains, bool) or not isinstance(self.chains, int) or self.chains < 2:
-            raise MdmprobError(f"chains={self.chains!r} must be an integer >= 2 (R-hat compares "
-                               "chains)")
-        if isinstance(self.draws, bool) or not isinstance(self.draws, int) or self.draws < 4:
-            raise MdmprobError(f"draws={self.draws!r} must be an integer >= 4")
+        check_numbers("sweeps", self.sweeps, low=0, integer=True)
+        check_int("n_blocks", self.n_blocks, 1)
+        check_int("chains", self.chains, 2)  # R-hat compares chains
+        check_int("draws", self.draws, 4)
 
 
 class Remasking(Experiment):
@@ -149,131 +139,11 @@ class Remasking(Experiment):
 
     # ------------------------------------------------------------------ figures
     def plot(self, records, config: Config, out_dir: Path) -> list[Path]:
-        return self._plot_chain(records, config, out_dir) + \
-            self._plot_diagnostics(records, config, out_dir)
+        from mdmprob.experiments.plotting import remasking_chain, remasking_diagnostics
 
-    def _plot_chain(self, records, config, out_dir) -> list[Path]:
-        import matplotlib
+        return remasking_chain(records, config, self.title, out_dir / "remasking") + \
+            remasking_diagnostics(records, config, out_dir / "remasking_diagnostics")
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        from matplotlib.lines import Line2D
-
-        etas = sorted({r["eta"] for r in records})
-        lines = sorted({(r["kernel"], r["k"]) for r in records})
-        colors = {line: plt.cm.tab10(i % 10) for i, line in enumerate(lines)}
-        finite = [r["value"] for r in records if r["metric"] == "kl_qp" and
-                  math.isfinite(r["value"])]
-        top = max(finite, default=1.0)
-        y_inf = 10 ** math.ceil(math.log10(max(top, 1e-2)) + 0.5)  # the "+inf" row, above all
-        fig, axes = plt.subplots(2, len(etas), figsize=(5.6 * len(etas), 8.2), squeeze=False)
-        sweeps = sorted({r["n"] for r in records if r["metric"] == "violation"})
-        for col, eta in enumerate(etas):
-            ax_v, ax_k = axes[0, col], axes[1, col]
-            for j, line in enumerate(lines):
-                kernel, k = line
-                label = f"k = {k}" if len(config.kernels) == 1 else f"{kernel}, k = {k}"
-                sel = [r for r in records if r["eta"] == eta and r["kernel"] == kernel and
-                       r["k"] == k and r["n"] is not None]
-                viol = sorted((r["n"], r["value"]) for r in sel if r["metric"] == "violation")
-                kl = sorted((r["n"], r["value"]) for r in sel if r["metric"] == "kl_qp")
-                if viol:
-                    ax_v.plot(*zip(*viol, strict=True), marker="o", color=colors[line], label=label)
-                if kl:
-                    xs = [x for x, _ in kl]
-                    ys = [y if math.isfinite(y) else math.nan for _, y in kl]
-                    ax_k.plot(xs, ys, marker="o", color=colors[line], label=label)
-                    inf_x = [x for x, y in kl if y == math.inf]
-                    if inf_x:
-                        jitter = 1 + 0.06 * (j - (len(lines) - 1) / 2)
-                        ax_k.plot([x * jitter if x else 0.06 * (j - (len(lines) - 1) / 2)
-                                   for x in inf_x], [y_inf] * len(inf_x), "^", markersize=9,
-                                  color=colors[line], markeredgecolor="black", linestyle="none")
-            target = [r["value"] for r in records if r["eta"] == eta and
-                      r["metric"] == "violation_target"]
-            if target:
-                ax_v.axhline(target[0], color="gray", linestyle=":", label=f"target p: {target[0]:.2g}")
-            ax_k.axhline(y_inf, color="red", linestyle="--", linewidth=0.8)
-            ax_k.text(0.5, y_inf * 1.35, "KL = +∞ (▲ markers)", color="red", va="bottom",
-                      ha="center", fontsize=8,
-                      transform=ax_k.get_yaxis_transform())
-            for ax in (ax_v, ax_k):
-                ax.set_xscale("symlog", linthresh=1)
-                ax.set_xlim(-0.25, max(sweeps) * 1.25 if max(sweeps) > 0 else 1)
-                ax.set_xticks(sweeps)
-                ax.set_xticklabels([str(n) for n in sweeps])
-                ax.set_xlabel("remasking sweeps n [kernel steps]")
-                ax.grid(alpha=0.3)
-            ax_v.set_ylabel("parity-violation rate of q^(n) [fraction]")
-            ax_v.set_ylim(-0.02, 0.6)
-            ax_v.set_title(f"η = {eta:g}: violation", fontsize=10)
-            ax_k.set_yscale("symlog", linthresh=1e-3)
-            ax_k.set_ylim(0, y_inf * 3)
-            ax_k.set_ylabel("KL(q^(n) ‖ p) [nats]")
-            ax_k.set_title(f"η = {eta:g}: sampling risk", fontsize=10)
-            handles, labels = ax_v.get_legend_handles_labels()
-            ax_v.legend(fontsize=8)
-            inf_handle = Line2D([], [], marker="^", color="gray", markeredgecolor="black",
-                                linestyle="none", markersize=9, label="KL = +∞")
-            handles_k, _ = ax_k.get_legend_handles_labels()
-            ax_k.legend(handles=handles_k + [inf_handle], fontsize=8, loc="center right")
-        fig.suptitle(f"{self.title}\nexact chain q^(n) = q^(0) K^n, B = {config.block_size}, "
-                     "exact conditionals", fontsize=10.5)
-        fig.tight_layout()
-        return _save(fig, out_dir / "remasking")
-
-    def _plot_diagnostics(self, records, config, out_dir) -> list[Path]:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        etas = sorted({r["eta"] for r in records})
-        lines = sorted({(r["kernel"], r["k"]) for r in records})
-        panels = [("ess_bulk", "bulk ESS [effective draws]"), ("rhat", "R-hat [ratio]")]
-        fig, axes = plt.subplots(1, 2, figsize=(11.5, 4.4), squeeze=False)
-        width = 0.8 / (2 * len(etas))
-        for ax, (stat, ylabel) in zip(axes.flat, panels, strict=True):
-            finite = [r["value"] for r in records if r["metric"].startswith(stat + "_") and
-                      r["value"] is not None and math.isfinite(r["value"])]
-            cap = 10 * max(finite + [10.0])  # where an infinite value (R-hat = inf) is drawn
-            for e, eta in enumerate(etas):
-                for f, functional in enumerate(("log_p", "violation")):
-                    values = []
-                    for kernel, k in lines:
-                        v = [r["value"] for r in records if r["metric"] == f"{stat}_{functional}"
-                             and r["eta"] == eta and r["kernel"] == kernel and r["k"] == k]
-                        values.append(v[0] if v and v[0] is not None else math.nan)
-                    offset = (2 * e + f - (2 * len(etas) - 1) / 2) * width
-                    xs = [i + offset for i in range(len(lines))]
-                    base = 0.5 if stat == "rhat" else 0.0
-                    heights = [0 if math.isnan(v) else min(v, cap) - base for v in values]
-                    ax.bar(xs, heights, width, bottom=base, label=f"{functional}, η = {eta:g}",
-                           hatch="//" if f else None, alpha=0.85)
-                    for x, v in zip(xs, values, strict=True):
-                        if math.isnan(v) or v == math.inf:
-                            ax.text(x, base if math.isnan(v) else cap, "n/a" if math.isnan(v)
-                                    else "+∞", ha="center", va="bottom", fontsize=7,
-                                    rotation=90 if math.isnan(v) else 0)
-            if stat == "rhat":
-                ax.axhline(1.01, color="red", linestyle="--", linewidth=0.8, label="R-hat = 1.01")
-                ax.set_yscale("log")
-            else:
-                ax.axhline(config.chains * config.draws, color="gray", linestyle=":",
-                           linewidth=0.8, label="chains × draws")
-                ax.set_yscale("symlog", linthresh=10)
-            ax.set_xticks(range(len(lines)))
-            ax.set_xticklabels([f"k = {k}" if len(config.kernels) == 1 else f"{kern}\nk = {k}"
-                                for kern, k in lines])
-            ax.set_xlabel("remasking kernel R_k [positions redrawn per step]")
-            ax.set_ylabel(ylabel)
-            ax.grid(alpha=0.3, axis="y")
-            ax.legend(fontsize=7.5)
-        fig.suptitle(f"MCMC diagnostics of R_k (first block, {config.chains} chains × "
-                     f"{config.draws} draws; n/a: constant trace; +∞: chains stuck apart)",
-                     fontsize=10.5)
-        fig.tight_layout()
-        return _save(fig, out_dir / "remasking_diagnostics")
 
     # ------------------------------------------------------------------ paper comparison
     def summary(self, records, config: Config) -> list[dict[str, Any]]:
@@ -323,16 +193,6 @@ class Remasking(Experiment):
 
 def _or_none(value):
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
-
-
-def _save(fig, out: Path) -> list[Path]:
-    import matplotlib.pyplot as plt
-
-    paths = [out.with_suffix(".png"), out.with_suffix(".svg")]
-    for p in paths:
-        fig.savefig(p, dpi=120)
-    plt.close(fig)
-    return paths
 
 
 EXPERIMENT = Remasking()

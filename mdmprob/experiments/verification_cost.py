@@ -40,7 +40,8 @@ from typing import Any
 
 import torch
 
-from mdmprob.errors import MdmprobError
+from mdmprob.blockwise import block_costs
+from mdmprob.checks import check_int
 from mdmprob.experiments.base import (
     Experiment,
     check_budget,
@@ -68,34 +69,17 @@ class Config:
     max_proposals: float = 1e8
 
     def check(self):
-        if not self.block_sizes or any(isinstance(b, bool) or not isinstance(b, int) or
-                                       not 2 <= b <= 12 for b in self.block_sizes):
-            raise MdmprobError(f"block_sizes={self.block_sizes!r} must be integers in 2..12 (the "
-                               "block table has 2^B entries)")
+        # the block table has 2^B entries
+        check_numbers("block_sizes", self.block_sizes, low=2, high=12, integer=True)
         check_numbers("etas", self.etas, low=0, high=0.5)
         for name in ("n_blocks", "samples", "prefix_samples", "exact_limit"):
             value = getattr(self, name)
             low = 1 if name in ("n_blocks", "exact_limit") else 2
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise MdmprobError(f"{name}={value!r} must be an integer >= {low}")
+            check_int(name, value, low)
         check_numbers("max_proposals", self.max_proposals, low=0)
         check_budget("verification-cost", max(self.samples, self.prefix_samples),
                      mc_bytes_per_sample(self.n_blocks * max(self.block_sizes), 2),
                      "lower samples / prefix_samples")
-
-
-def block_costs(joint: torch.Tensor, k: int) -> dict[str, torch.Tensor]:
-    """Per row of a block table ``[R] + [V] * k`` (log p(x_B | x_P)): log M = log sup p / q with
-    q the product of its marginals, forward TC = KL(p ‖ q), and their difference."""
-    from mdmprob import info
-
-    flat = joint.reshape(joint.shape[0], -1)
-    mf = info.mean_field(joint, k).reshape(flat.shape)
-    ratio = torch.where(flat > -math.inf, flat - mf, torch.full_like(flat, -math.inf))
-    log_m = ratio.amax(-1)
-    tc = info.forward_tc(joint, k)
-    return {"log_m": log_m, "m": log_m.exp(), "forward_tc": tc, "exp_forward_tc": tc.exp(),
-            "log_gap": log_m - tc}
 
 
 class VerificationCost(Experiment):
@@ -208,57 +192,9 @@ class VerificationCost(Experiment):
         return out
 
     def plot(self, records, config: Config, out_dir: Path) -> list[Path]:
-        import matplotlib
+        from mdmprob.experiments.plotting import verification_cost
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        from matplotlib.lines import Line2D
-
-        etas = sorted({r["eta"] for r in records})
-        sizes = sorted({r["block_size"] for r in records})
-        colors = {e: plt.cm.viridis(i / max(1, len(etas) - 1) * 0.85) for i, e in enumerate(etas)}
-        panels = [("mean", "mean over blocks"), (1, "block 1 (prefix empty: w = prior)")]
-        if any(r["block"] == 2 for r in records):
-            panels.append((2, "block 2 (prefix = block 1)"))
-        styles = {"m": ("-", "o", "optimal M: E[sup p/q]"),
-                  "exp_forward_tc": ("--", "s", "bound E[exp(forward TC)] (Prop. 5.1)"),
-                  "proposals": ("none", "x", "rejection(): mean proposals (±1 se)")}
-        fig, axes = plt.subplots(1, len(panels), figsize=(5.4 * len(panels), 5.6), squeeze=False)
-        for ax, (block, label) in zip(axes.flat, panels, strict=True):
-            for i, eta in enumerate(etas):
-                shift = 0.05 * (i - (len(etas) - 1) / 2)  # etas side by side, not on top
-                for metric, (ls, marker, _) in styles.items():
-                    pts = sorted((r["block_size"], r["value"], r["se"] or 0.0) for r in records
-                                 if r["metric"] == metric and r["eta"] == eta and
-                                 r["block"] == block)
-                    if not pts:
-                        continue
-                    xs, ys, es = zip(*pts, strict=True)
-                    ax.errorbar([x + shift for x in xs], ys, yerr=es, linestyle=ls, marker=marker,
-                                color=colors[eta], capsize=3, markersize=9 if marker == "x" else 5,
-                                alpha=0.85)
-            ax.plot(sizes, [2.0 ** b for b in sizes], ":", color="black", marker="d")
-            ax.set_yscale("log")
-            ax.set_xticks(sizes)
-            ax.set_xlabel("block size B [tokens]")
-            ax.set_ylabel("expected proposals per block [draws]")
-            ax.set_title(label, fontsize=10)
-            ax.grid(alpha=0.3, which="both")
-        handles = [Line2D([], [], color=colors[e], lw=2, label=f"η = {e:g}") for e in etas]
-        handles += [Line2D([], [], color="gray", linestyle=ls, marker=mk, label=lab)
-                    for ls, mk, lab in styles.values()]
-        handles.append(Line2D([], [], color="black", linestyle=":", marker="d",
-                              label="enumeration: 2^B table entries (verified decoder)"))
-        fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=8.5)
-        fig.suptitle(self.title + "\nexpectations over true prefixes x_P ~ p; Block-HMM, "
-                     f"{config.n_blocks} blocks", fontsize=10.5)
-        fig.tight_layout(rect=(0, 0.11, 1, 1))
-        out = out_dir / "verification_cost"
-        paths = [out.with_suffix(".png"), out.with_suffix(".svg")]
-        for p in paths:
-            fig.savefig(p, dpi=120)
-        plt.close(fig)
-        return paths
+        return verification_cost(records, config, self.title, out_dir / "verification_cost")
 
     def summary(self, records, config: Config) -> list[dict[str, Any]]:
         """Per (B, eta): the rejection run's mean proposals over the blocks it covered vs E[M] over

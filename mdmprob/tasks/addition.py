@@ -52,6 +52,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from mdmprob.checks import check_int
 from mdmprob.errors import MdmprobError
 
 DIGITS = 10
@@ -245,8 +246,7 @@ def test_suite(D: int = 10, size: int = 1000, seed: int = 0) -> list[Problem]:
     D = _check_digits(D)
     if D < 2:
         raise MdmprobError(f"the test suite needs D >= 2 (mixed operands differ in length), got {D}")
-    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-        raise MdmprobError(f"size={size!r} must be a non-negative integer")
+    check_int("size", size, 0)
     rng = np.random.default_rng(seed)
     ranges = category_ranges(D)
     counts = category_counts(size)
@@ -325,8 +325,7 @@ def training_sampler(D: int, seed: int = 0, batch_size: int = 256,
     each operand's length is uniform in 1 .. D (the paper's curriculum), its value uniform among
     numbers of that length (length 1 includes 0)."""
     D = _check_digits(D)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise MdmprobError(f"batch_size={batch_size!r} must be a positive integer")
+    check_int("batch_size", batch_size, 1)
     rng = np.random.default_rng(seed)
     produced = 0
     while n_batches is None or produced < n_batches:

@@ -1,0 +1,107 @@
+"""Argument checks shared by the library: integers, numbers, probabilities, seeds, generators and
+the denoiser/structure match. Each raises :class:`~mdmprob.errors.MdmprobError` (or the subclass
+given) with a message that names the offending value and the valid range."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from mdmprob.errors import MdmprobError
+
+
+def check_int(name: str, value, low: int | None = None, high: int | None = None) -> int:
+    """``value`` is an ``int`` (not a ``bool``) in ``[low, high]``; returns it."""
+    if isinstance(value, bool) or not isinstance(value, int) or (
+            low is not None and value < low) or (high is not None and value > high):
+        raise MdmprobError(f"{name}={value!r} must be an integer{_range(low, high, False, True)}")
+    return value
+
+
+def check_number(name: str, value, low: float | None = None, high: float | None = None, *,
+                 low_open: bool = False, finite: bool = True) -> float:
+    """``value`` is an ``int`` or ``float`` (not a ``bool``, not NaN; finite unless
+    ``finite=False``) in ``[low, high]`` (``(low, high]`` if ``low_open``); returns it as float."""
+    ok = not isinstance(value, bool) and isinstance(value, int | float) and value == value
+    if ok:
+        ok = (not finite or math.isfinite(value)) and (
+            low is None or (value > low if low_open else value >= low)) and (
+            high is None or value <= high)
+    if not ok:
+        raise MdmprobError(f"{name}={value!r} must be a number{_range(low, high, low_open, False)}"
+                           + (" (finite)" if finite and (high is None or low is None) else ""))
+    return float(value)
+
+
+def check_prob(name: str, value, low: float = 0.0, high: float = 1.0) -> float:
+    """``value`` is a number in ``[low, high]`` (default: a probability); returns it as float."""
+    return check_number(name, value, low, high)
+
+
+def check_seed(seed) -> int:
+    """A seed is a non-negative ``int``; ``None`` is refused (it never silently means 0)."""
+    if seed is None:
+        raise MdmprobError("seed=None: give an integer seed >= 0 (runs are reproducible by "
+                           "default; pass e.g. seed=0)")
+    return check_int("seed", seed, 0)
+
+
+def generator(seed, device: torch.device | str | None = None) -> torch.Generator:
+    """A ``torch.Generator`` on ``device`` (default CPU) seeded with :func:`check_seed` ``(seed)``."""
+    return torch.Generator(device=device if device is not None else "cpu").manual_seed(
+        check_seed(seed))
+
+
+def check_device(device=None) -> torch.device:
+    """``device`` as a ``torch.device`` (``None``: :func:`mdmprob.config.default_device`), refused
+    when it names no device torch can use here."""
+    if device is None:
+        from mdmprob.config import default_device
+
+        return default_device()
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise MdmprobError(f"device={device!r} is not a torch device; use 'cpu' or 'cuda' "
+                           "(or 'cuda:N')") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise MdmprobError(f"device={str(device)!r} but torch sees no CUDA device; use 'cpu'")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise MdmprobError(f"device={str(device)!r} is not supported; use 'cpu' or 'cuda'")
+    return device
+
+
+def check_dtype(dtype=None) -> torch.dtype:
+    """``dtype`` as a floating ``torch.dtype`` of at least 32 bits (``None``:
+    :func:`mdmprob.config.default_dtype`, float64 unless configured)."""
+    if dtype is None:
+        from mdmprob.config import default_dtype
+
+        return default_dtype()
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point or dtype.itemsize < 4:
+        raise MdmprobError(f"dtype={dtype!r} is not a floating dtype the engine computes in; "
+                           "use torch.float64 (the default) or torch.float32")
+    return dtype
+
+
+def check_match(denoiser, other, what: str = "structure",
+                error: type[MdmprobError] = MdmprobError) -> None:
+    """``denoiser`` and ``other`` (a structure, engine or denoiser) have the same number of tokens
+    and vocabulary; otherwise ``error`` naming both shapes."""
+    if denoiser.n_tokens != other.n_tokens or denoiser.vocab != other.vocab:
+        raise error(f"denoiser/{what} mismatch: the denoiser has n_tokens={denoiser.n_tokens}, "
+                    f"vocab={denoiser.vocab} but the {what} has n_tokens={other.n_tokens}, "
+                    f"vocab={other.vocab}; use a denoiser of the same structure")
+
+
+def _range(low, high, low_open: bool, integer: bool) -> str:
+    if low is None and high is None:
+        return ""
+    if high is None:
+        return f" {'>' if low_open else '>='} {low}"
+    if low is None:
+        return f" <= {high}"
+    if integer:
+        return f" in {low}..{high}"
+    return f" in {'(' if low_open else '['}{low}, {high}]"
