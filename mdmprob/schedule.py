@@ -50,21 +50,23 @@ class SchedulePoint:
 
 
 def optimal_policy(structure, *, nfe_cost: float = 0.0, max_nfe: int | None = None,
-                   initial: State | None = None) -> SchedulePoint:
+                   initial: State | None = None, blocks=None) -> SchedulePoint:
     """The deterministic mean-field policy minimising KL(q‖p) + ``nfe_cost`` * E[NFE].
 
     ``max_nfe``: at most that many steps on every trajectory (None: no cap; a cap below the number
     of blocks with masks raises). Ties go to fewer expected NFE. ``initial``: the start state
-    (default all masked).
+    (default all masked). ``blocks``: the decoding blocks, decoded in order (default the
+    structure's; ``[range(n)]`` lets a policy commit anywhere, as a decoder with one window).
     """
-    return _Problem.of(structure).solve(nfe_cost, max_nfe, initial)
+    return _Problem.of(structure, blocks).solve(nfe_cost, max_nfe, initial)
 
 
-def frontier(structure, *, initial: State | None = None) -> list[SchedulePoint]:
+def frontier(structure, *, initial: State | None = None, blocks=None) -> list[SchedulePoint]:
     """The vertices of the lower convex hull of (E[NFE], KL(q‖p)) over all deterministic adaptive
     mean-field policies, by increasing NFE (decreasing KL): from one step per block to the fewest
-    NFE that reach the least KL. No mean-field policy, and no mixture of them, lies below it."""
-    problem = _Problem.of(structure)
+    NFE that reach the least KL. No deterministic mean-field policy within ``blocks`` (default the
+    structure's; see :func:`optimal_policy`) lies below it."""
+    problem = _Problem.of(structure, blocks)
     cheap = problem.solve(0.0, problem.blocks_left(problem.start(initial)), initial)
     if not math.isfinite(cheap.kl):  # whole blocks at once put mass outside the support
         cheap = problem.solve(_LARGE_COST, None, initial)
@@ -76,10 +78,11 @@ def frontier(structure, *, initial: State | None = None) -> list[SchedulePoint]:
     return hull
 
 
-def budget_frontier(structure, *, initial: State | None = None) -> list[SchedulePoint]:
+def budget_frontier(structure, *, initial: State | None = None, blocks=None
+                    ) -> list[SchedulePoint]:
     """For each worst-case budget k = (blocks with masks) .. (masked positions): the policy with
     the least KL(q‖p) that takes at most k steps on every trajectory (ties: fewer E[NFE])."""
-    problem = _Problem.of(structure)
+    problem = _Problem.of(structure, blocks)
     start = problem.start(initial)
     low = problem.blocks_left(start)
     high = sum(1 for v in start if v < 0)
@@ -106,10 +109,11 @@ def frontier_kl(points: list[SchedulePoint], nfe: float) -> float:
     return points[-1].kl
 
 
-def policy_value(structure, policy: dict, *, initial: State | None = None) -> SchedulePoint:
+def policy_value(structure, policy: dict, *, initial: State | None = None,
+                 blocks=None) -> SchedulePoint:
     """The exact (E[NFE], KL(q‖p)) of a given stationary deterministic policy (``policy[state]`` =
     the positions committed there, for every reachable state)."""
-    problem = _Problem.of(structure)
+    problem = _Problem.of(structure, blocks)
     return problem.evaluate(policy, problem.start(initial))
 
 
@@ -117,30 +121,41 @@ def policy_value(structure, policy: dict, *, initial: State | None = None) -> Sc
 class _Problem:
     """The exact target as one table, the states' options, and the dynamic programme."""
 
-    def __init__(self, structure):
+    def __init__(self, structure, blocks, joint):
         self.n, self.vocab = structure.n_tokens, structure.vocab
-        self.blocks = [sorted(b) for b in structure.blocks]
-        states = (self.vocab + 1) ** self.n
+        self.blocks, self.joint = blocks, joint
+        self._options: dict[State, list] = {}
+
+    @classmethod
+    def of(cls, structure, blocks=None) -> _Problem:
+        """The problem of ``structure`` within ``blocks`` (cached on the structure)."""
+        n = structure.n_tokens
+        blocks = structure.blocks if blocks is None else blocks
+        blocks = [sorted(int(i) for i in b) for b in blocks]
+        if sorted(i for b in blocks for i in b) != list(range(n)) or not all(blocks):
+            raise MdmprobError(f"blocks {blocks} must be non-empty and partition the positions "
+                               f"0..{n - 1}")
+        cache = structure.__dict__.setdefault("_schedule_problems", {})
+        key = tuple(map(tuple, blocks))
+        if key not in cache:
+            joint = next(iter(cache.values())).joint if cache else cls.target(structure)
+            cache[key] = cls(structure, blocks, joint)
+        return cache[key]
+
+    @staticmethod
+    def target(structure) -> torch.Tensor:
+        """log p(x) as one table ``[V] * n`` on the CPU."""
+        n, vocab = structure.n_tokens, structure.vocab
+        states = (vocab + 1) ** n
         if states > MAX_STATES:
             raise MdmprobError(
                 f"{structure.name!r} has (V+1)^n = {states:.3g} decoding states, over the "
                 f"{MAX_STATES} the optimal schedule enumerates; use a smaller instance "
                 "(fewer positions or a smaller vocabulary)")
         engine = structure.engine()
-        everything = torch.zeros(1, self.n, dtype=torch.long, device=engine.device)
-        hidden = torch.zeros(1, self.n, dtype=torch.bool, device=engine.device)
-        self.joint = engine.block_joint(everything, hidden, tuple(range(self.n)))[0].to(
-            "cpu", torch.float64)
-        self._options: dict[State, list] = {}
-
-    @classmethod
-    def of(cls, structure) -> _Problem:
-        if isinstance(structure, _Problem):
-            return structure
-        cache = structure.__dict__.setdefault("_schedule_problem", None)
-        if cache is None:
-            cache = structure.__dict__["_schedule_problem"] = cls(structure)
-        return cache
+        everything = torch.zeros(1, n, dtype=torch.long, device=engine.device)
+        hidden = torch.zeros(1, n, dtype=torch.bool, device=engine.device)
+        return engine.block_joint(everything, hidden, tuple(range(n)))[0].to("cpu", torch.float64)
 
     def start(self, initial) -> State:
         if initial is None:

@@ -163,18 +163,31 @@ def test_blocks_restrict_the_policies():
     ("mean_field_blocks", {}), ("sequential", {"order": "l2r"}),
     ("sequential", {"order": "max_prob"}),
     ("fast_dllm_threshold", {"tau": 0.7, "confidence": "max_prob"}),
-    ("eb_sampler", {}),
+    ("eb_sampler", {}), ("eb_sampler", {"gamma": 0.5, "ties": "lowest_position"}),
 ])
-def test_no_preset_beats_the_frontier(name, params):
+def test_no_preset_beats_the_frontier_of_its_windows(name, params):
     structure = load_model("block_hmm", n_blocks=2, block_size=3, eta=0.05)
-    points = schedule.frontier(structure)
+    oracle = Oracle(structure)
+    decoder = get_decoder(name, **params)
+    points = schedule.frontier(structure, blocks=decoder.windows(oracle, structure.blocks))
     assert [p.nfe for p in points] == sorted(p.nfe for p in points)
     assert [p.kl for p in points] == sorted((p.kl for p in points), reverse=True)
-    result = evaluate(structure, get_decoder(name, **params), Oracle(structure), mode="exact",
-                      samples=2000, seed=0)
+    result = evaluate(structure, decoder, oracle, mode="exact", samples=2000, seed=0)
     # the frontier falls with NFE: reading it 4 standard errors to the right is conservative
     nfe = result["nfe"] + 4 * (result["nfe_se"] or 0.0)
     assert schedule.regret(points, nfe, result["kl_qp"]) >= -1e-9
+
+
+def test_one_window_frontier_lies_below_the_blocks_frontier():
+    structure = load_model("block_hmm", n_blocks=2, block_size=2, eta=0.05)
+    within = schedule.frontier(structure)
+    anywhere = schedule.frontier(structure, blocks=[range(4)])
+    assert anywhere[0].nfe == 1.0 and within[0].nfe == 2.0
+    for p in within:
+        assert schedule.frontier_kl(anywhere, p.nfe) <= p.kl + 1e-12
+    # the one-window programme on a one-block structure is the exhaustive check above
+    one = schedule.frontier(structure, blocks=[[0, 1], [2, 3]])
+    assert [(p.nfe, p.kl) for p in one] == [(p.nfe, p.kl) for p in within]
 
 
 def test_frontier_kl_reads_the_hull_linearly():
@@ -200,6 +213,8 @@ def test_bad_input_is_a_typed_error():
         schedule.policy_value(structure, {})
     with pytest.raises(MdmprobError, match="non-empty frontier"):
         schedule.regret([], 1.0, 0.0)
+    with pytest.raises(MdmprobError, match="partition"):
+        schedule.frontier(structure, blocks=[[0, 1], [1, 2, 3]])
     with pytest.raises(MdmprobError, match="decoding states"):
         schedule.frontier(load_model("block_hmm", n_blocks=4, block_size=4))
 
@@ -214,3 +229,18 @@ def test_a_prompt_starts_the_programme_from_its_state():
     a, b = post.sum(1), post.sum(0)
     want = sum(a[i] * b[j] * math.log(a[i] * b[j] / post[i, j]) for i in range(2) for j in range(2))
     assert prompt.kl == pytest.approx(float(want), abs=1e-12) and prompt.kl > 0
+
+
+def test_experiment_records_frontiers_and_regrets():
+    from mdmprob.experiments import get_experiment
+
+    exp = get_experiment("optimal-schedule")
+    config = exp.Config(**exp.quick)
+    config.check()
+    (setting,) = exp.settings(config)
+    records = exp.run_setting(config, setting, seed=0)
+    windows = {r["window"] for r in records if r["metric"] == "frontier_nfe"}
+    assert windows == {"blocks", "all"}
+    regrets = [r["value"] for r in records if r["metric"] == "regret"]
+    assert len(regrets) == len(config.decoders)
+    assert all(r >= -1e-9 for r in regrets)

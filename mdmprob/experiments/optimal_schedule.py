@@ -20,7 +20,8 @@ from mdmprob.experiments.base import (
 class Config:
     """structures / decoders: specs ``name:key=value:key=value``; every structure small enough for
     the dynamic programme ((V+1)^n states); decoders are evaluated exactly (q enumerated), their NFE
-    from ``samples`` runs."""
+    from ``samples`` runs, and their regret read on the frontier of their own windows (the
+    structure's blocks, or one window for a decoder that commits anywhere)."""
 
     structures: tuple = ("block_hmm:n_blocks=2:block_size=3:eta=0.05",
                          "block_hmm:n_blocks=2:block_size=3:eta=1e-8",
@@ -57,24 +58,32 @@ class OptimalSchedule(Experiment):
 
         model, model_params = parse_spec(setting["structure"])
         s = load_model(model, **model_params)
-        points = schedule.frontier(s)
         out = []
-        for k, p in enumerate(points):
-            out.append(record(setting, "frontier_nfe", p.nfe, decoder="optimal", vertex=k))
-            out.append(record(setting, "frontier_kl_qp", p.kl, decoder="optimal", vertex=k))
-        low = len(s.blocks)
-        for k, p in enumerate(schedule.budget_frontier(s), start=low):
-            out.append(record(setting, "budget_kl_qp", p.kl, decoder="optimal",
+        anywhere = [list(range(s.n_tokens))]
+        frontiers = {}
+        for window, blocks in (("blocks", s.blocks), ("all", anywhere)):
+            points = frontiers[str(blocks)] = schedule.frontier(s, blocks=blocks)
+            for k, p in enumerate(points):
+                extra = {"decoder": "optimal", "window": window, "vertex": k}
+                out.append(record(setting, "frontier_nfe", p.nfe, **extra))
+                out.append(record(setting, "frontier_kl_qp", p.kl, **extra))
+        for k, p in enumerate(schedule.budget_frontier(s), start=len(s.blocks)):
+            out.append(record(setting, "budget_kl_qp", p.kl, decoder="optimal", window="blocks",
                               budget=k))
         oracle = Oracle(s)
         for spec in config.decoders:
             name, params = parse_spec(spec)
-            ev = evaluate(s, get_decoder(name, **params), oracle, mode="exact",
-                          samples=config.samples, seed=seed)
-            regret = schedule.regret(points, ev["nfe"], ev["kl_qp"])
-            out += [record(setting, "kl_qp", ev["kl_qp"], decoder=spec),
-                    record(setting, "nfe", ev["nfe"], ev["nfe_se"], decoder=spec),
-                    record(setting, "regret", regret, decoder=spec)]
+            decoder = get_decoder(name, **params)
+            # regret within the decoder's own windows; a decoder without them: anywhere
+            blocks = decoder.windows(oracle, s.blocks) if hasattr(decoder, "windows") else anywhere
+            if str(blocks) not in frontiers:
+                frontiers[str(blocks)] = schedule.frontier(s, blocks=blocks)
+            ev = evaluate(s, decoder, oracle, mode="exact", samples=config.samples, seed=seed)
+            regret = schedule.regret(frontiers[str(blocks)], ev["nfe"], ev["kl_qp"])
+            window = "blocks" if blocks == s.blocks else "all" if blocks == anywhere else str(blocks)
+            out += [record(setting, "kl_qp", ev["kl_qp"], decoder=spec, window=window),
+                    record(setting, "nfe", ev["nfe"], ev["nfe_se"], decoder=spec, window=window),
+                    record(setting, "regret", regret, decoder=spec, window=window)]
         return out
 
     def plot(self, records, config: Config, out_dir: Path) -> list[Path]:
@@ -92,13 +101,15 @@ class OptimalSchedule(Experiment):
         decoders = [d for d in dict.fromkeys(r["decoder"] for r in records) if d != "optimal"]
         for ax, st in zip(axes[0], structures, strict=True):
             mine = [r for r in records if r["structure"] == st]
-            hull = {}
-            for r in mine:
-                if r["metric"] in ("frontier_nfe", "frontier_kl_qp"):
-                    hull.setdefault(r["vertex"], {})[r["metric"]] = r["value"]
-            xs = [hull[k]["frontier_nfe"] for k in sorted(hull)]
-            ys = [hull[k]["frontier_kl_qp"] for k in sorted(hull)]
-            ax.plot(xs, ys, "k-", lw=1.4, marker=".", label="optimal (convex frontier)", zorder=2)
+            for window, style, label in (("blocks", "k-", "optimal within the blocks"),
+                                         ("all", "k--", "optimal, one window")):
+                hull = {}
+                for r in mine:
+                    if r["metric"] in ("frontier_nfe", "frontier_kl_qp") and r["window"] == window:
+                        hull.setdefault(r["vertex"], {})[r["metric"]] = r["value"]
+                xs = [hull[k]["frontier_nfe"] for k in sorted(hull)]
+                ys = [hull[k]["frontier_kl_qp"] for k in sorted(hull)]
+                ax.plot(xs, ys, style, lw=1.3, marker=".", label=label, zorder=2)
             for i, dec in enumerate(decoders):
                 m = {r["metric"]: r["value"] for r in mine if r["decoder"] == dec}
                 if m.get("nfe") is None or m.get("kl_qp") is None:
