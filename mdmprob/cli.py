@@ -418,14 +418,19 @@ def _print_report(r: dict[str, Any]) -> None:
     out.print(f"tokens {r['n_tokens']}, vocab {r['vocab']}, blocks {len(r['blocks'])}, "
               f"latents {r['n_latents']}, factors {r['n_factors']}, "
               f"elimination width {r['elimination_width']}")
+    from rich.markup import escape
+
+    out.print(f"token sites: {_names(r['tokens'])}", highlight=False)
     table = Table(title="per decoding block (nats); ± = one standard error (Monte Carlo)")
-    for col in ("block", "positions", "forward TC  E_p", "reverse TC of mean-field  E_q",
+    for col in ("block", "positions", "tokens", "forward TC  E_p", "reverse TC of mean-field  E_q",
                 "mean-field violation", "exact"):
         table.add_column(col, justify="right")
     for b in r["blocks"]:
         pos = b["positions"]
         span = f"{pos[0]}..{pos[-1]}" if pos == list(range(pos[0], pos[-1] + 1)) else str(pos)
-        table.add_row(str(b["block"]), span, _pm(b["forward_tc"], b["forward_tc_se"]),
+        first, last = r["tokens"][pos[0]], r["tokens"][pos[-1]]
+        table.add_row(str(b["block"]), span, escape(first if first == last else f"{first}..{last}"),
+                      _pm(b["forward_tc"], b["forward_tc_se"]),
                       _pm(b["reverse_tc_mean_field"], b["reverse_tc_mean_field_se"]),
                       _pm(b["violation_mean_field"], b["violation_mean_field_se"]),
                       "exact" if b["exact"] else f"MC n={r['samples']}")
@@ -434,6 +439,14 @@ def _print_report(r: dict[str, Any]) -> None:
               f"{_pm(r['kl_pq_mean_field'], r['kl_pq_mean_field_se'])} nats")
     out.print(f"KL(q_MF‖p) (sampling risk)    = sum of reverse TCs = "
               f"{_pm(r['kl_qp_mean_field'], r['kl_qp_mean_field_se'])} nats")
+
+
+def _names(names: list[str], keep: int = 4) -> str:
+    """``a, b, c, d, e, f`` -> ``a, b, …, f`` past ``2 * keep`` names (rich markup escaped)."""
+    from rich.markup import escape
+
+    shown = names if len(names) <= 2 * keep else [*names[:keep], "…", *names[-keep:]]
+    return escape(", ".join(shown))
 
 
 def _cell(v) -> str:
