@@ -24,7 +24,6 @@ from mdmprob.decoders.step import (
     SelectionStep,
     _first_only,
     _product,
-    _round,
     _scatter_logsumexp,
     _subview,
 )
@@ -197,7 +196,7 @@ class PlackettLuceStep(SelectionStep):
 
     def _log_weights(self, view: Step, draws) -> torch.Tensor:
         """log softmax(key / alg_temp) over the candidates, ``[B, n]`` (-inf elsewhere)."""
-        keys = _round(self.rule.score(view, draws).to(view.logp.dtype))
+        keys = self.rule.score(view, draws).to(view.logp.dtype)  # weights: no tie to break
         keys = (keys / self.alg_temp).masked_fill(~view.candidates, -math.inf)
         return torch.log_softmax(keys, -1).masked_fill(~view.candidates, -math.inf)
 
