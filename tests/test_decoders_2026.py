@@ -16,7 +16,15 @@ from scipy.stats import chi2
 from mdmprob import load_model
 from mdmprob.catalog import decoders as listed_decoders
 from mdmprob.decoders import get_decoder
-from mdmprob.decoders.presets import dream, dus, llada, pc_sampler, prophet
+from mdmprob.decoders.presets import (
+    dream,
+    dus,
+    llada,
+    mdlm,
+    pc_sampler,
+    prophet,
+    remdm_loop,
+)
 from mdmprob.decoders.published import dilated_levels
 from mdmprob.denoisers import Oracle, Table
 from mdmprob.errors import MdmprobError, UnknownNameError
@@ -348,12 +356,66 @@ def test_prophet_early_commit_saves_calls_and_changes_the_law():
     assert (_q(early, o) - _q(base, o)).abs().max() > 1e-3
 
 
+# ------------------------------------------------------------------------- reference: ReMDM loop
+def remdm_loop_ref(model, steps, eta, t_on, t_off, alpha_on, temperature) -> dict:
+    """ReMDM loop (arXiv 2503.00307): alpha rises linearly to alpha_on at t_on, holds to t_off,
+    rises to 1 at t = 0; every position moves independently given the state: a visible token is
+    remasked with probability sigma (eta while alpha is held, else 0), a mask is revealed with
+    probability (alpha_s - (1 - sigma) alpha_t) / (1 - alpha_t), its value drawn. The law of the
+    state is propagated over the grid t_j = 1 - j / steps."""
+    n = model.n
+
+    def alpha(t):
+        if t >= t_on:
+            return alpha_on * (1 - t) / (1 - t_on)
+        return alpha_on if t >= t_off else 1 - (1 - alpha_on) * t / t_off
+
+    level = {(model.mask,) * n: 1.0}
+    for j in range(steps):
+        a_t, a_s = alpha(1 - j / steps), alpha(1 - (j + 1) / steps)
+        sigma = eta if t_off <= 1 - (j + 1) / steps and 1 - j / steps <= t_on else 0.0
+        reveal = (a_s - (1 - sigma) * a_t) / (1 - a_t)
+        out: dict = defaultdict(float)
+        for tokens, prob in level.items():
+            P = model.probs(tokens)
+            moves = []
+            for i in range(n):
+                if tokens[i] != model.mask:
+                    moves.append([(tokens[i], 1 - sigma), (model.mask, sigma)])
+                else:
+                    law = ref.value_law(P[i], temperature)
+                    moves.append([(v, reveal * pv) for v, pv in law.items()] +
+                                 [(model.mask, 1 - reveal)])
+            for combo in itertools.product(*moves):
+                pr = math.prod(p for _, p in combo)
+                if pr > 0:
+                    out[tuple(v for v, _ in combo)] += prob * pr
+        level = out
+    return dict(level)
+
+
+@pytest.mark.parametrize("make", DENOISERS, ids=["ties", "generic", "ternary"])
+def test_remdm_loop_matches_its_published_algorithm(make):
+    den = make()
+    n, V = den.n_tokens, den.vocab
+    m = ref.Model(den)
+    for steps, eta, t_on, t_off, alpha_on, t in [(6, 0.05, 0.55, 0.05, 0.9, 1.0),
+                                                 (5, 0.3, 0.7, 0.3, 0.6, 0.8)]:
+        law = remdm_loop_ref(m, steps, eta, t_on, t_off, alpha_on, t)
+        assert all(tok != den.mask_id for x in law for tok in x)  # everything revealed at t = 0
+        d = remdm_loop(steps, eta, t_on, t_off, alpha_on, temperature=t)
+        _close(_q(d, den), law, n, V)
+    # the loop remasks: the law differs from MDLM on the same grid
+    assert (_q(remdm_loop(5, 0.3, 0.7, 0.3, 0.6), den) - _q(mdlm(5), den)).abs().max() > 1e-4
+
+
 # ------------------------------------------------------------------------- runs against exact q
 CHI_SQUARE_CASES = [
     dream(3, "origin"), dream(3, "maskgit_plus", 0.8), dream(3, "topk_margin", 0.8),
     dream(3, "entropy", 0.8, alg_temp=0.5), dream(3, "maskgit_plus", 0.8, alg_temp=0.3),
     dus(2, temperature=0.8), pc_sampler(2, temperature=0.8),
     prophet(3, gap_early=1.0, gap_mid=0.6, gap_late=0.3, temperature=0.8),
+    remdm_loop(5, 0.3, 0.7, 0.3, 0.6),
 ]
 
 
@@ -400,7 +462,8 @@ def test_listed_with_description_and_parameters():
     for name, params in [("dream", {"steps", "alg", "alg_temp", "eps", "temperature"}),
                          ("dus", {"block_length", "base", "skip"}),
                          ("pc_sampler", {"steps", "lam", "alpha", "background"}),
-                         ("prophet", {"steps", "gap_early", "gap_mid", "gap_late"})]:
+                         ("prophet", {"steps", "gap_early", "gap_mid", "gap_late"}),
+                         ("remdm_loop", {"steps", "eta", "t_on", "t_off", "alpha_on"})]:
         assert len(listing[name]["description"]) > 40
         assert params <= set(listing[name]["params"])
     assert get_decoder("dream", alg="entropy", steps=2).name == "dream(entropy, steps=2)"
@@ -432,3 +495,9 @@ def test_errors():
         pc_sampler(background=[0.5, 0.3, 0.2]).run(den, 2)
     with pytest.raises(MdmprobError, match="gaps"):
         prophet(gap_mid=-1.0)
+    with pytest.raises(MdmprobError, match="t_off=0.6 must be below t_on=0.55"):
+        remdm_loop(t_off=0.6)
+    with pytest.raises(MdmprobError, match="alpha_on=1"):
+        remdm_loop(alpha_on=1)
+    with pytest.raises(MdmprobError, match="eta <= 0.111"):
+        remdm_loop(eta=0.5)

@@ -341,4 +341,20 @@ def prophet(steps: int = 8, block_length: int | None = None, gap_early: float = 
                    "all" if block_length is None else block_length, temperature, ties=ties)
 
 
-PRESETS.update(dream=dream, dus=dus, pc_sampler=pc_sampler, prophet=prophet)
+def remdm_loop(steps: int = 8, eta: float = 0.02, t_on: float = 0.55, t_off: float = 0.05,
+               alpha_on: float = 0.9, temperature: float = 1.0, top_k: int | None = None,
+               top_p: float | None = None, nucleus: str = "drop_crossing") -> DecoderBase:
+    """ReMDM loop schedule: MDLM up to alpha_on at t_on, then remask (prob. eta) and re-unmask at
+    equal rates down to t_off, then MDLM to the end.
+
+    Steps on the grid t_j = 1 - j/steps; see :class:`~mdmprob.decoders.published.ReMDMLoop`.
+    The reference scripts use t_on = 0.55, t_off = 0.05, alpha_on = 0.9, eta = 0.02 and
+    ``top_p=0.9`` with a nucleus that drops the value crossing p.
+    """
+    from mdmprob.decoders.published import ReMDMLoop
+
+    return ReMDMLoop(steps, eta, t_on, t_off, alpha_on, temperature, top_k, top_p, nucleus)
+
+
+PRESETS.update(dream=dream, dus=dus, pc_sampler=pc_sampler, prophet=prophet,
+               remdm_loop=remdm_loop)

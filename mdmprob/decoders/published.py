@@ -20,6 +20,7 @@ import torch
 
 from mdmprob.decoders.core import Decoder
 from mdmprob.decoders.primitives import CommitRule, EvenSplit, Score, Step, ValueLaw, entropy_of
+from mdmprob.decoders.remask import ReMDM
 from mdmprob.decoders.step import (
     SelectionStep,
     _first_only,
@@ -445,6 +446,50 @@ class EarlyCommit(CommitRule):
         return torch.where(mean > tau, step.n_candidates, base)
 
 
+# ----------------------------------------------------------------------------------- ReMDM loop
+class ReMDMLoop(ReMDM):
+    """ReMDM ``loop`` schedule (arXiv 2503.00307, Sec. 4): on the grid t_j = 1 - j/steps the
+    masking level is alpha(t) = alpha_on (1 - t)/(1 - t_on) for t >= t_on, alpha_on on
+    [t_off, t_on], and alpha_on + (1 - alpha_on)(t_off - t)/t_off below t_off. A step with
+    alpha_s = alpha_t (the loop) remasks visible tokens with probability sigma = eta and unmasks
+    masks with probability eta alpha_on / (1 - alpha_on); the other steps are MDLM steps
+    (sigma = 0, unmask probability (alpha_s - alpha_t) / (1 - alpha_t))."""
+
+    def __init__(self, steps: int = 8, eta: float = 0.02, t_on: float = 0.55,
+                 t_off: float = 0.05, alpha_on: float = 0.9, temperature: float = 1.0,
+                 top_k: int | None = None, top_p: float | None = None,
+                 nucleus: str = "standard"):
+        super().__init__(steps, eta, "cap", temperature, top_k, top_p, nucleus)
+        for label, x in (("t_on", t_on), ("t_off", t_off), ("alpha_on", alpha_on)):
+            if isinstance(x, bool) or not isinstance(x, int | float) or not 0 < x < 1:
+                raise MdmprobError(f"{label}={x!r} must be in (0, 1)")
+        if not t_off < t_on:
+            raise MdmprobError(f"t_off={t_off!r} must be below t_on={t_on!r} (the loop runs "
+                               "from t_on down to t_off)")
+        if eta * alpha_on / (1 - alpha_on) > 1:
+            raise MdmprobError(f"eta={eta!r}: the loop unmasks with probability eta alpha_on / "
+                               f"(1 - alpha_on) = {eta * alpha_on / (1 - alpha_on):.3g} > 1; use "
+                               f"eta <= {(1 - alpha_on) / alpha_on:.3g}")
+        self.t_on, self.t_off, self.alpha_on = float(t_on), float(t_off), float(alpha_on)
+        self.name = (f"remdm_loop(steps={steps}, eta={eta:g}, t_on={t_on:g}, t_off={t_off:g}, "
+                     f"alpha_on={alpha_on:g})")
+
+    def alpha(self, t: float) -> float:
+        """The loop's masking level alpha(t) (fraction of tokens visible at time t)."""
+        if t >= self.t_on:
+            return self.alpha_on * (1 - t) / (1 - self.t_on)
+        if t >= self.t_off:
+            return self.alpha_on
+        return self.alpha_on + (1 - self.alpha_on) * (self.t_off - t) / self.t_off
+
+    def rates(self, j: int) -> tuple[float, float]:
+        """(sigma_j, u_j) of step ``j`` in 1..steps, from t = 1 - (j-1)/steps to s = 1 - j/steps."""
+        a_t = self.alpha(1 - (j - 1) / self.steps)
+        a_s = 1.0 if j == self.steps else self.alpha(1 - j / self.steps)
+        sigma = self.eta if a_s == a_t else 0.0
+        return sigma, (a_s - (1 - sigma) * a_t) / (1 - a_t)
+
+
 # ----------------------------------------------------------------------------------- checks
 def _check_int(label, x, low):
     if isinstance(x, bool) or not isinstance(x, int) or x < low:
@@ -462,5 +507,5 @@ def _check_eps(eps):
 
 __all__ = ["DREAM_ALGS", "BestTied", "DilatedOrder", "DreamBernoulli", "DreamSchedule",
            "DreamScore", "EarlyCommit", "PlackettLuceStep", "PositionCalibrated",
-           "RandomizedPositions",
+           "RandomizedPositions", "ReMDMLoop",
            "dilated_levels", "dream_times"]
