@@ -501,3 +501,27 @@ def test_errors():
         remdm_loop(alpha_on=1)
     with pytest.raises(MdmprobError, match="eta <= 0.111"):
         remdm_loop(eta=0.5)
+
+
+ZOO = [("block_hmm", dict(n_blocks=2, block_size=3, eta=0.05)),  # z1 -> z2, each -> 3 bits
+       ("markov_chain", dict(length=4, vocab=3, block_size=2))]  # x1 -> x2 -> x3 -> x4
+
+
+@pytest.mark.parametrize("name,params", ZOO)
+def test_zoo_runs_are_valid_and_replay(name, params):
+    s = load_model(name, **params)
+    o = Oracle(s)
+    for decoder in [dream(3, "maskgit_plus", 0.8, alg_temp=0.5), dream(4, "topk_margin", 0.0),
+                    dus(None), pc_sampler(2, temperature=0.8), prophet(s.n_tokens),
+                    remdm_loop(4, 0.05)]:
+        run = decoder.run(o, 32, seed=3)
+        assert ((run.tokens >= 0) & (run.tokens < s.vocab)).all() and (run.nfe >= 1).all()
+        q = decoder.distribution(o).reshape(-1)
+        assert q.exp().sum().item() == pytest.approx(1.0, abs=1e-10)
+        codes = (run.tokens * s.vocab ** torch.arange(s.n_tokens - 1, -1, -1)).sum(-1)
+        assert (q[codes] > -math.inf).all()
+        replay = decoder.log_prob(o, run.tokens, committed=run.committed)
+        if decoder.log_q_is_marginal:
+            torch.testing.assert_close(run.log_q, q[codes], atol=1e-10, rtol=0)
+        else:
+            torch.testing.assert_close(run.log_q, replay, atol=1e-10, rtol=0)
