@@ -1,5 +1,6 @@
 """Scores and commit rules of the published decoders of 2025–2026 (Dream, DUS, PC-Sampler,
-Prophet), and the randomised position choice of Dream's ``alg_temp``.
+Prophet), the randomised position choice of Dream's ``alg_temp``, and ReMDM's loop schedule
+(:class:`ReMDMLoop`, a :class:`~mdmprob.decoders.remask.ReMDM` with its own rates).
 
 Each is one small primitive composed by a preset in :mod:`mdmprob.decoders.presets`; the step law,
 the drivers and exact mode are the shared ones. Dream's ``alg_temp > 0`` draws the committed
