@@ -33,6 +33,14 @@ def conditionals(denoiser, tokens: torch.Tensor) -> torch.Tensor:
     return denoiser(tokens)
 
 
+def step_law(decoder, view: Step):
+    """The step distribution of ``decoder`` at ``view``: the decoder's own ``step_law(view)``
+    where it defines one (a selection law other than ranking), else
+    :class:`~mdmprob.decoders.step.SelectionStep`."""
+    own = getattr(decoder, "step_law", None)
+    return SelectionStep(decoder, view) if own is None else own(view)
+
+
 # ----------------------------------------------------------------------------------- run
 def run(decoder, denoiser, num: int, generator, windows, *, initial=None, oracle=None,
         target=None) -> DecodeResult:
@@ -65,7 +73,7 @@ def run(decoder, denoiser, num: int, generator, windows, *, initial=None, oracle
             view = _view(decoder, denoiser, tokens, cand, step_no, window_masked, len(windows),
                          oracle)
             nfe = nfe + active.long()
-            sel, draws, lp_tokens, br = SelectionStep(decoder, view).sample(generator)
+            sel, draws, lp_tokens, br = step_law(decoder, view).sample(generator)
             tokens = torch.where(sel, draws, tokens)
             log_q_tokens = log_q_tokens + lp_tokens.to(log_q_tokens.dtype)
             branched = branched | br
@@ -114,7 +122,7 @@ def replay(decoder, denoiser, tokens: torch.Tensor, committed, windows, *, initi
             view = _view(decoder, denoiser, state, cand, step_no, window_masked, len(windows),
                          oracle)
             sel = _next_step(steps).to(device) & cand
-            log_q = log_q + SelectionStep(decoder, view).log_prob(sel, tokens)
+            log_q = log_q + step_law(decoder, view).log_prob(sel, tokens)
             state = torch.where(sel, tokens, state)
             step_no = step_no + active.long()
     return log_q
@@ -177,7 +185,7 @@ def enumerate_states(decoder, denoiser, start: torch.Tensor, windows, *, oracle=
             for part in torch.arange(tokens.shape[0], device=device).split(CALL_CHUNK):
                 view = _view(decoder, denoiser, tokens[part], cand[part], step[part],
                              opened[part], W, oracle)
-                r, s, v, p = SelectionStep(decoder, view).enumerate(
+                r, s, v, p = step_law(decoder, view).enumerate(
                     None if forced is None else forced[seq[part]])
                 row.append(r + offset)
                 sel.append(s)

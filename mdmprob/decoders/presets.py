@@ -242,3 +242,119 @@ def remdm(steps: int = 4, eta: float = 0.1, schedule: str = "cap", temperature: 
 
 
 PRESETS.update(gibbs_remask=gibbs_remask, remdm=remdm)
+
+
+# ----------------------------------------------------------------------------- 2025–2026
+def dream(steps: int = 8, alg: str = "origin", temperature: float = 1.0,
+          top_k: int | None = None, top_p: float | None = None, alg_temp: float = 0.0,
+          eps: float = 1e-3, ties: str = "random") -> DecoderBase:
+    """Dream diffusion_generate: steps on linspace(1, eps); origin reveals masks w.p. 1 - s/t,
+    the others commit floor(|M|(1 - s/t)) by maskgit_plus / topk_margin / entropy keys, drawn
+    when alg_temp > 0.
+
+    ``alg``: ``origin`` (each mask independently, MDLM-style), ``maskgit_plus`` (the probability
+    of the drawn value; the largest at T = 0), ``topk_margin`` (top-1 minus top-2), ``entropy``
+    (lowest entropy first). Keys are read from the law values are drawn from (softmax(logits /
+    T) cut to top-p / top-k), as the reference's ``sample_tokens``; ``alg_temp > 0`` draws the
+    committed positions without replacement from softmax(key / alg_temp). The whole sequence is
+    one window; the last step commits every mask. The reference's default is ``origin`` and
+    its README decodes with T = 0.2, top_p = 0.95, ``alg="entropy"``.
+    """
+    from mdmprob.decoders.primitives import ValueLaw
+    from mdmprob.decoders.published import (
+        DREAM_ALGS,
+        DreamBernoulli,
+        DreamSchedule,
+        DreamScore,
+        RandomizedPositions,
+    )
+
+    if alg not in DREAM_ALGS:
+        raise unknown_name("Dream alg", str(alg), DREAM_ALGS)
+    tag = f"dream({alg}, steps={steps}" + (f", alg_temp={alg_temp})" if alg_temp else ")")
+    if alg == "origin":
+        if alg_temp:
+            raise MdmprobError(f"alg_temp={alg_temp!r} has no effect with alg='origin' (its "
+                               "positions are already random); use another alg or alg_temp=0")
+        return Decoder(tag, RandomOrder(), DreamBernoulli(steps, eps), "all", temperature,
+                       top_k=top_k, top_p=top_p)
+    score = DreamScore(alg, ValueLaw(temperature, top_k, top_p))
+    return RandomizedPositions(tag, score, DreamSchedule(steps, eps), "all", temperature,
+                               top_k=top_k, top_p=top_p, ties=ties, alg_temp=alg_temp)
+
+
+def dus(block_length: int | None = None, base: int = 2, skip: int = 1,
+        temperature: float = 1.0, top_k: int | None = None,
+        top_p: float | None = None) -> Decoder:
+    """DUS dilated unmasking: in each block, commit the dilated groups of stride B/2, B/4, ...,
+    1 (about log2 B model calls per block), positions fixed in advance.
+
+    The levels of a block of B positions (:func:`~mdmprob.decoders.published.dilated_levels`):
+    stride ``B // base**skip`` divided by ``base`` down to 1, positions revealed earlier skipped,
+    leftovers last, the last level merged into the previous one when smaller. A level whose
+    positions are all visible (a prompt) is skipped. ``block_length=None``: one block. The
+    reference decodes greedily (T = 0); its optional remasking of low-confidence tokens is not
+    included.
+    """
+    from mdmprob.decoders.published import BestTied, DilatedOrder
+
+    name = f"dus(block_length={block_length}, base={base})"
+    return Decoder(name, DilatedOrder(block_length, base, skip), BestTied(),
+                   "all" if block_length is None else block_length, temperature,
+                   top_k=top_k, top_p=top_p)
+
+
+def pc_sampler(steps: int = 8, lam: float = 0.25, alpha: float = 10.0, background=None,
+               block_length: int | None = None, temperature: float = 1.0,
+               steps_per: str = "total", ties: str = "random") -> Decoder:
+    """PC-Sampler: LLaDA's even split of masks over steps, ranked by exp(-lam i) * min(alpha,
+    p(drawn) * -log p_bg(drawn)) (position prior x calibrated confidence).
+
+    ``background``: token frequencies ``[V]`` of a reference corpus (None: uniform, so the
+    calibration is a constant factor); ``lam = 0`` removes the position prior. Sample-then-choose
+    at T > 0, as LLaDA's low-confidence rule. Steps are the total over the blocks
+    (``steps_per="window"``: per block).
+    """
+    from mdmprob.decoders.published import PositionCalibrated
+
+    return Decoder(f"pc_sampler(steps={steps}, lam={lam})",
+                   PositionCalibrated(lam, alpha, background), EvenSplit(steps, per=steps_per),
+                   "all" if block_length is None else block_length, temperature, ties=ties)
+
+
+def prophet(steps: int = 8, block_length: int | None = None, gap_early: float = 7.5,
+            gap_mid: float = 5.0, gap_late: float = 2.5, temperature: float = 0.0,
+            steps_per: str = "total", ties: str = "random") -> Decoder:
+    """Prophet early commit: LLaDA low-confidence steps, and every remaining mask of the window
+    at once when the mean top-2 logit gap exceeds the threshold for the progress.
+
+    Thresholds (nats) ``gap_early`` before a third of the window's steps, ``gap_mid`` before two
+    thirds, ``gap_late`` after; the gap is averaged over the window's masked positions. The early
+    commit draws its values from the value law (the argmax at the default T = 0, as the
+    reference). With semi-AR blocks the early commit fills the current block and each later block
+    tests its own gap (the reference stops the whole decode).
+    """
+    from mdmprob.decoders.published import EarlyCommit
+
+    rule = EarlyCommit(EvenSplit(steps, per=steps_per), (gap_early, gap_mid, gap_late))
+    return Decoder(f"prophet(steps={steps})", DrawConfidence(), rule,
+                   "all" if block_length is None else block_length, temperature, ties=ties)
+
+
+def remdm_loop(steps: int = 8, eta: float = 0.02, t_on: float = 0.55, t_off: float = 0.05,
+               alpha_on: float = 0.9, temperature: float = 1.0, top_k: int | None = None,
+               top_p: float | None = None, nucleus: str = "drop_crossing") -> DecoderBase:
+    """ReMDM loop schedule: MDLM up to alpha_on at t_on, then remask (prob. eta) and re-unmask at
+    equal rates down to t_off, then MDLM to the end.
+
+    Steps on the grid t_j = 1 - j/steps; see :class:`~mdmprob.decoders.published.ReMDMLoop`.
+    The reference scripts use t_on = 0.55, t_off = 0.05, alpha_on = 0.9, eta = 0.02 and
+    ``top_p=0.9`` with a nucleus that drops the value crossing p.
+    """
+    from mdmprob.decoders.published import ReMDMLoop
+
+    return ReMDMLoop(steps, eta, t_on, t_off, alpha_on, temperature, top_k, top_p, nucleus)
+
+
+PRESETS.update(dream=dream, dus=dus, pc_sampler=pc_sampler, prophet=prophet,
+               remdm_loop=remdm_loop)
