@@ -3,6 +3,8 @@
 from mdmprob.decoders.core import Decoder, DecodeResult
 from mdmprob.decoders.presets import (
     PRESETS,
+    dream,
+    dus,
     eb_sampler,
     fast_dllm_factor,
     fast_dllm_threshold,
@@ -12,8 +14,11 @@ from mdmprob.decoders.presets import (
     llada,
     mdlm,
     mean_field_blocks,
+    pc_sampler,
+    prophet,
     rejection,
     remdm,
+    remdm_loop,
     sequential,
     speculative,
     verified_blocks,
@@ -23,5 +28,6 @@ from mdmprob.decoders.protocol import DecoderBase
 __all__ = [
     "PRESETS", "DecodeResult", "Decoder", "DecoderBase", "eb_sampler", "fast_dllm_factor", "importance",
     "fast_dllm_threshold", "get_decoder", "llada", "mdlm", "mean_field_blocks", "rejection",
-    "sequential", "speculative", "verified_blocks", "gibbs_remask", "remdm",
+    "sequential", "speculative", "verified_blocks", "gibbs_remask", "remdm", "dream", "dus",
+    "pc_sampler", "prophet", "remdm_loop",
 ]
