@@ -22,14 +22,19 @@ import torch
 from mdmprob.decoders.primitives import Step
 from mdmprob.decoders.protocol import DecodeResult, initial_tokens
 from mdmprob.decoders.step import SelectionStep, _scatter_logsumexp
+from mdmprob.denoisers.base import Denoiser
 from mdmprob.errors import BudgetError, MdmprobError
 
 CALL_CHUNK = 2 ** 14  # states per denoiser call in exact mode
 
 
-def conditionals(denoiser, tokens: torch.Tensor) -> torch.Tensor:
+def conditionals(denoiser, tokens: torch.Tensor, window: torch.Tensor | None = None) -> torch.Tensor:
     """The denoiser's log-probabilities ``[B, n, V]`` at ``tokens [B, n]``: the one place the
-    drivers call a denoiser."""
+    drivers call a denoiser. ``window`` (bool ``[B, n]``) marks the rows the step reads (its
+    candidates); a :class:`~mdmprob.denoisers.base.Denoiser` may answer only those (the oracle
+    then costs what the window costs, not the whole sequence); other rows are never read."""
+    if window is not None and isinstance(denoiser, Denoiser):
+        return denoiser(tokens, window=window)
     return denoiser(tokens)
 
 
@@ -214,10 +219,10 @@ def enumerate_states(decoder, denoiser, start: torch.Tensor, windows, *, oracle=
 
 # ----------------------------------------------------------------------------------- helpers
 def _view(decoder, denoiser, tokens, cand, step_no, window_masked, n_windows, oracle) -> Step:
-    logp = conditionals(denoiser, tokens)
+    logp = conditionals(denoiser, tokens, window=cand)
     oracle_logp = None
     if oracle is not None and getattr(decoder.score, "needs_oracle", False):
-        oracle_logp = conditionals(oracle, tokens)
+        oracle_logp = conditionals(oracle, tokens, window=cand)
     return Step(logp, cand, step_no, window_masked, oracle_logp, n_windows)
 
 
