@@ -50,6 +50,7 @@ import pyro.poutine as poutine
 import torch
 from pyro.infer import TraceEnum_ELBO, config_enumerate
 
+from mdmprob.decoders import mean_field_blocks
 from mdmprob.denoisers import Oracle
 from mdmprob.structure import Structure, load_model
 
@@ -365,6 +366,10 @@ def bench_decode(args, device) -> dict:
             return mean_field_decode(Oracle(s), b, args.decode_n, args.seed, window=True)
 
         win = repeat(windowed, max(1, args.repeats // 2), device, slow=10.0)
+        # the same decode through the decoder driver (the mean_field_blocks preset), which passes
+        # each step's candidates to the oracle as its window
+        preset = repeat(lambda s=structure: mean_field_blocks().run(
+            Oracle(s), args.decode_n, seed=args.seed), max(1, args.repeats // 2), device, slow=10.0)
         bare = repeat(lambda s=structure, b=blocks: engine_side_decode(
             s.engine(), b, args.decode_n, args.seed), max(1, args.repeats // 2), device, slow=10.0)
         full_calls = nb if nb <= args.full_decode_max else 3
@@ -377,25 +382,28 @@ def bench_decode(args, device) -> dict:
             same = torch.equal(windowed(), mean_field_decode(Oracle(structure), blocks,
                                                              args.decode_n, args.seed, False))
         rows.append({"n_blocks": nb, "window": win.as_dict(), "engine_side": bare.as_dict(),
+                     "preset": preset.as_dict(),
                      "whole_s": whole_s,
                      "whole_extrapolated": full_calls < nb, "same_tokens": same})
         print(f"{nb:>4} blocks: with window {fmt_s(win.min)} ({fmt_s(win.min / nb)} per call; "
               f"engine side {fmt_s(bare.min / nb)}); "
               f"without {fmt_s(whole_s)}{' (extrapolated from 3 calls)' if full_calls < nb else ''}"
-              f" ({fmt_s(whole_s / nb)} per call); same tokens: {same}", flush=True)
+              f" ({fmt_s(whole_s / nb)} per call); same tokens: {same}; "
+              f"mean_field_blocks preset {fmt_s(preset.min)}", flush=True)
     xs = [r["n_blocks"] for r in rows]
     exp_w = slope(xs, [r["window"]["min_s"] for r in rows])
     exp_f = slope(xs, [r["whole_s"] for r in rows])
     exp_e = slope(xs, [r["engine_side"]["min_s"] for r in rows])
+    exp_p = slope(xs, [r["preset"]["min_s"] for r in rows])
     last = rows[-1]["window"]["min_s"]
     print(f"decode exponent: with window {exp_w:.2f} (goal <= {GOALS['decode_exponent']}: "
           f"{verdict(exp_w, GOALS['decode_exponent'], at_most=True)}), engine side alone "
-          f"{exp_e:.2f}, without window {exp_f:.2f}; "
+          f"{exp_e:.2f}, mean_field_blocks preset {exp_p:.2f}, without window {exp_f:.2f}; "
           f"{xs[-1]} blocks in {fmt_s(last)}" + (f" (goal < {GOALS['decode_512_s']:.0f} s: "
                                                    f"{verdict(last, GOALS['decode_512_s'], True)})"
                                                    if xs[-1] == 512 else ""))
     return {"rows": rows, "exponent_window": exp_w, "exponent_whole": exp_f,
-            "exponent_engine_side": exp_e,
+            "exponent_engine_side": exp_e, "exponent_preset": exp_p,
             "agree": all(r["same_tokens"] in (None, True) for r in rows)}
 
 
