@@ -132,6 +132,217 @@ def marginal_log_prob(decoder, denoiser, tokens, start, windows, *, oracle=None,
                                                       device=tokens.device)
 
 
+# ----------------------------------------------------------------------------------- forced replay
+SUBSET_BUDGET = 2 ** 8  # selections one sample-then-choose proposal step enumerates per row
+PROPOSAL_CHUNK = 2 ** 15  # (row, selection) pairs scored at once by that enumeration
+
+
+def forced(decoder, denoiser, tokens: torch.Tensor, windows, generator, *, committed=None,
+           initial=None, oracle=None, target=None):
+    """The decoder replayed with its values forced to ``tokens [B, n]``: the proposal
+    r(tau | x) of the KL bounds (:mod:`mdmprob.bounds`).
+
+    Each step's selection is drawn from ``r(sel | state, x)`` (see :func:`proposal_step`) and the
+    committed values are x there. Returns ``(log_q [B], log_r [B])``: the exact log q(x, tau) of
+    the decoder and log r(tau | x) of the proposal for the trajectory tau taken. With
+    ``committed`` (a run's per-step selections) the trajectory is that one, scored under both.
+    Exact block correctors are deterministic given x (their window law is p(x_W | x_P))."""
+    B = tokens.shape[0]
+    n, mask, device = denoiser.n_tokens, denoiser.mask_id, tokens.device
+    state = initial_tokens(denoiser, initial, B)
+    log_q = torch.zeros(B, dtype=denoiser.dtype, device=device)
+    log_r = torch.zeros_like(log_q)
+    steps = None if committed is None else iter(committed)
+    for window in windows:
+        if decoder.corrector is not None:
+            log_q = log_q + _corrector_window_lp(decoder, denoiser, state, tokens, window, target)
+            state[:, window] = tokens[:, window]
+            if steps is not None:
+                _next_step(steps)
+            continue
+        win = _window_mask(window, n, device)
+        window_masked = ((state == mask) & win).sum(-1)
+        step_no = torch.zeros(B, dtype=torch.long, device=device)
+        while True:
+            cand = (state == mask) & win
+            active = cand.any(-1)
+            if not active.any():
+                break
+            view = _view(decoder, denoiser, state, cand, step_no, window_masked, len(windows),
+                         oracle)
+            step = SelectionStep(decoder, view)
+            given = None if steps is None else _next_step(steps).to(device) & cand
+            sel, lr = proposal_step(step, tokens, generator, given)
+            log_q = log_q + step.log_prob(sel, tokens)
+            log_r = log_r + torch.where(active, lr, torch.zeros_like(lr))
+            state = torch.where(sel, tokens, state)
+            step_no = step_no + active.long()
+    return log_q, log_r
+
+
+def proposal_step(step: SelectionStep, x: torch.Tensor, generator, given=None):
+    """One step of the forced replay: ``(sel [B, n], log r(sel | state, x) [B])``, ``sel`` drawn
+    (or ``given``, scored).
+
+    * selections that do not read the drawn values (random and fixed orders, confidence of the
+      model's marginals, Bernoulli schedules): r is the decoder's own selection law, so the
+      importance weight of a step is prod_{i in sel} p_theta(x_i | state);
+    * sample-then-choose selections: r(sel) ∝ q(sel, x_sel | state), the step's exact law given
+      that the committed values are x (all selections of the candidates enumerated, up to
+      2^8 per row); past that, a conditional-Bernoulli proposal over selections of the rule's
+      size (any size for count rules that read the draws), weighted by each x_i's probability
+      and how often its key beats the other candidates' draws."""
+    cand = step.view.candidates
+    if not step.draws_random:
+        if given is None:
+            given = step.sample(generator)[0]
+        return given, _selection_lp(step, given)
+    if 2 ** int(cand.sum(-1).max()) <= SUBSET_BUDGET:
+        return _enumerated_proposal(step, x, generator, given)
+    return _bernoulli_proposal(step, x, generator, given)
+
+
+def _selection_lp(step: SelectionStep, sel) -> torch.Tensor:
+    """log Pr[the step selects ``sel``] for selections that do not read the drawn values."""
+    from mdmprob.decoders import step as step_module
+
+    view, rule = step.view, step.rule
+    cand = view.candidates
+    if rule.commit.stochastic:
+        return step_module._bernoulli_lp(rule.commit.probs(view), sel, cand)
+    draws = step.values_lp.argmax(-1) if rule.score.uses_draws else None
+    keys = step._keys(view, draws)
+    return step_module._selection_lp(keys, cand, sel, step._count(view, keys), step.random_ties)
+
+
+def _enumerated_proposal(step: SelectionStep, x, generator, given):
+    """r(sel) = q(sel, x_sel | state) / sum_sel' q(sel', x_sel' | state) over every subset of
+    the candidates."""
+    from mdmprob.decoders.step import _subview
+
+    cand = step.view.candidates
+    B, n = cand.shape
+    device = cand.device
+    c = int(cand.sum(-1).max())
+    slots = torch.sort((~cand).to(torch.int8), dim=-1, stable=True).indices[:, :c]  # [B, c]
+    filled = torch.arange(c, device=device)[None] < cand.sum(-1)[:, None]  # [B, c]
+    S = 2 ** c
+    bits = (torch.arange(S, device=device)[:, None] >> torch.arange(c, device=device)) & 1
+    bits = bits.bool()  # [S, c]
+    rows_per = max(1, PROPOSAL_CHUNK // S)
+    lps = []
+    for part in torch.arange(B, device=device).split(rows_per):
+        row = part.repeat_interleave(S)
+        on = bits.repeat(len(part), 1) & filled[row]  # [R*S, c]
+        sel = torch.zeros(len(row), n, dtype=torch.bool, device=device)
+        sel.scatter_(1, slots[row], on)
+        sel = sel & cand[row]
+        valid = ~(bits.repeat(len(part), 1) & ~filled[row]).any(-1)  # no bit on a missing slot
+        sub = SelectionStep(step.rule, _subview(step.view, row))
+        lp = sub.log_prob(sel, x[row])
+        lps.append(torch.where(valid, lp, torch.full_like(lp, -math.inf)).reshape(len(part), S))
+    table = torch.cat(lps)  # [B, S]
+    log_z = torch.logsumexp(table, -1)
+    if given is None:
+        pick = _gumbel_pick(table, generator)
+        on = bits[pick] & filled
+        given = torch.zeros(B, n, dtype=torch.bool, device=device).scatter_(1, slots, on) & cand
+        lp_sel = table.gather(-1, pick[:, None])[:, 0]
+    else:
+        lp_sel = step.log_prob(given, x)
+    lr = torch.where(log_z > -math.inf, lp_sel - log_z, torch.zeros_like(log_z))
+    return given, lr
+
+
+def _bernoulli_proposal(step: SelectionStep, x, generator, given):
+    """A conditional-Bernoulli proposal over selections (exact density): weights
+    w_i = p(x_i) * s_i^(c - k), s_i the mean probability that another candidate's draw has a
+    lower key than x_i; of size k when the rule's count does not read the draws, else
+    independent inclusions prod (w_i / (1 + w_i)) conditioned on a non-empty selection."""
+    view, rule = step.view, step.rule
+    cand = view.candidates
+    B, n = cand.shape
+    device, dtype = cand.device, step.values_lp.dtype
+    vkeys = step._value_keys()  # [B, n, V]
+    xs = x.clamp(0, vkeys.shape[-1] - 1)[..., None]
+    key_x = vkeys.gather(-1, xs)[..., 0]  # [B, n]
+    lp_x = step.values_lp.gather(-1, xs)[..., 0]
+    prob = step.values_lp.exp()
+    lose = torch.stack([torch.where(vkeys < key_x[:, i, None, None], prob, 0.0).sum(-1)
+                        for i in range(n)], 1)  # [B, i, j]: Pr[key of j's draw < key of x_i]
+    other = cand[:, None, :] & ~torch.eye(n, dtype=torch.bool, device=device)[None]
+    c = cand.sum(-1)
+    s = torch.where(other, lose, 0.0).sum(-1) / (c[:, None] - 1).clamp(min=1)
+    if rule.commit.uses_scores:
+        k = torch.ones_like(c)
+    else:
+        k = step._count(view, torch.zeros_like(step.values_lp[..., 0]))
+    log_w = lp_x + (c - k)[:, None].to(dtype) * s.clamp(min=1e-300).log()
+    log_w = torch.where(cand & (lp_x > -math.inf), log_w, torch.full_like(log_w, -math.inf))
+    if rule.commit.uses_scores:
+        return _independent(log_w, cand, generator, given)
+    return _conditional_bernoulli(log_w, k, generator, given)
+
+
+def _independent(log_w, cand, generator, given):
+    """Inclusions with odds w_i, conditioned on at least one."""
+    log_p = log_w - torch.logaddexp(log_w, torch.zeros_like(log_w))
+    log_1mp = -torch.logaddexp(log_w, torch.zeros_like(log_w))
+    log_none = torch.where(cand, log_1mp, torch.zeros_like(log_1mp)).sum(-1)
+    log_some = torch.log(-torch.expm1(log_none.clamp(max=-1e-300)))
+    if given is None:
+        given = torch.zeros_like(cand)
+        pending = cand.any(-1)
+        while pending.any():  # rejection: an empty draw is redrawn
+            u = torch.rand(log_p.shape, generator=generator, device=cand.device,
+                           dtype=log_p.dtype)
+            draw = (u.log() < log_p) & cand
+            take = pending & draw.any(-1)
+            given = torch.where(take[:, None], draw, given)
+            pending = pending & ~take
+    lp = torch.where(cand, torch.where(given, log_p, log_1mp), torch.zeros_like(log_p)).sum(-1)
+    lp = torch.where(given.any(-1), lp - log_some, torch.full_like(lp, -math.inf))
+    return given, lp
+
+
+def _conditional_bernoulli(log_w, k, generator, given):
+    """Selections of exactly k positions with Pr ∝ prod_{i in sel} w_i (log-space elementary
+    symmetric polynomials over suffixes)."""
+    B, n = log_w.shape
+    device, dtype = log_w.device, log_w.dtype
+    K = int(k.max())
+    ninf = torch.full((B, K + 1), -math.inf, dtype=dtype, device=device)
+    suffix = [None] * (n + 1)
+    e = ninf.clone()
+    e[:, 0] = 0.0
+    suffix[n] = e
+    for i in range(n - 1, -1, -1):
+        shifted = torch.cat([ninf[:, :1], e[:, :-1]], -1)
+        e = torch.logaddexp(e, log_w[:, i:i + 1] + shifted)
+        suffix[i] = e
+    total = suffix[0].gather(-1, k[:, None])[:, 0]
+    if given is None:
+        given = torch.zeros(B, n, dtype=torch.bool, device=device)
+        need = k.clone()
+        for i in range(n):
+            nxt = suffix[i + 1]
+            here = suffix[i].gather(-1, need[:, None])[:, 0]
+            take_lp = log_w[:, i] + nxt.gather(-1, (need - 1).clamp(min=0)[:, None])[:, 0] - here
+            u = torch.rand(B, generator=generator, device=device, dtype=dtype)
+            take = (need > 0) & (here > -math.inf) & (u.log() < take_lp)
+            given[:, i] = take
+            need = need - take.long()
+    lp = torch.where(given, log_w, torch.zeros_like(log_w)).sum(-1) - total
+    ok = (given.sum(-1) == k) & (total > -math.inf)
+    return given, torch.where(ok, lp, torch.full_like(lp, -math.inf))
+
+
+def _gumbel_pick(table, generator):
+    from mdmprob.sampling import gumbel_argmax
+
+    return gumbel_argmax(table, generator)
+
+
 # ----------------------------------------------------------------------------------- exact mode
 def enumerate_states(decoder, denoiser, start: torch.Tensor, windows, *, oracle=None,
                      target=None, max_states: int = 2**16, forced=None) -> torch.Tensor:
@@ -305,4 +516,5 @@ def _corrector_window_lp(decoder, denoiser, state, tokens, window, target) -> to
     return table.reshape(tokens.shape[0], -1).gather(-1, code[:, None])[:, 0]
 
 
-__all__ = ["conditionals", "enumerate_states", "marginal_log_prob", "replay", "run"]
+__all__ = ["conditionals", "enumerate_states", "forced", "marginal_log_prob", "proposal_step",
+           "replay", "run"]
