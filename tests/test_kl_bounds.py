@@ -78,28 +78,36 @@ def test_gap_shrinks_as_k_grows():
 
 
 def test_proposal_densities_are_normalised():
-    # brute force over every selection of 5 positions: the conditional-Bernoulli proposal sums to
-    # one over the k-subsets and the independent one over the non-empty subsets
-    torch.manual_seed(0)
-    n = 5
-    log_w = torch.randn(2, n, dtype=torch.float64)
-    log_w[1, 3] = -math.inf  # not a candidate
-    cand = log_w > -math.inf
+    # brute force over every selection of 5 positions: the ranked proposal sums to one over the
+    # k-subsets of the candidates and the independent one over the non-empty subsets
+    gen = torch.Generator().manual_seed(0)
+    n, V = 5, 3
+    logp = torch.log_softmax(torch.randn(2, n, V, generator=gen, dtype=torch.float64), -1)
+    prob = logp.exp()
+    vkeys = prob.clone()
+    vkeys[0, 1] = vkeys[0, 2]  # tied keys
+    x = torch.randint(V, (2, n), generator=gen)
+    key_x = vkeys.gather(-1, x[..., None])[..., 0]
+    lp_x = logp.gather(-1, x[..., None])[..., 0]
+    cand = torch.ones(2, n, dtype=torch.bool)
+    cand[1, 3] = False
     subsets = torch.tensor(list(itertools.product([0, 1], repeat=n)), dtype=torch.bool)
-    k = torch.tensor([2, 3])
-    for row in range(2):
-        lw = log_w[row:row + 1].expand(len(subsets), n)
-        _, lp_cb = drivers._conditional_bernoulli(lw, k[row].expand(len(subsets)), None,
-                                                  subsets & cand[row])
-        assert torch.logsumexp(lp_cb[(subsets & ~cand[row]).sum(-1) == 0], 0).exp().item() == \
-            pytest.approx(1.0, abs=1e-12)
-        _, lp_in = drivers._independent(lw, cand[row].expand(len(subsets), n), None,
-                                        subsets & cand[row])
-        assert torch.logsumexp(lp_in[(subsets & ~cand[row]).sum(-1) == 0], 0).exp().item() == \
-            pytest.approx(1.0, abs=1e-12)
-    gen = torch.Generator().manual_seed(1)
-    sel, lp = drivers._conditional_bernoulli(log_w, k, gen, None)
-    assert (sel.sum(-1) == k).all() and (lp > -math.inf).all() and not sel[1, 3]
+    S = len(subsets)
+    for row, k in ((0, 2), (1, 3)):
+        rep = [t[row:row + 1].expand(S, *t.shape[1:]) for t in (cand, key_x, lp_x, vkeys, prob)]
+        sel = subsets & cand[row]
+        fits = (subsets & ~cand[row]).sum(-1) == 0
+        _, lp = drivers._ranked_proposal(*rep, torch.full((S,), k), None, sel)
+        assert torch.logsumexp(lp[fits], 0).exp().item() == pytest.approx(1.0, abs=1e-12)
+        assert (lp[fits & (sel.sum(-1) != k)] == -math.inf).all()
+        _, lp_in = drivers._independent(lp_x[row:row + 1].expand(S, n), rep[0], None, sel)
+        assert torch.logsumexp(lp_in[fits], 0).exp().item() == pytest.approx(1.0, abs=1e-12)
+    drawn, lp = drivers._ranked_proposal(cand, key_x, lp_x, vkeys, prob, torch.tensor([2, 3]),
+                                         gen, None)
+    assert drawn.sum(-1).tolist() == [2, 3] and (lp > -math.inf).all() and not drawn[1, 3]
+    _, again = drivers._ranked_proposal(cand, key_x, lp_x, vkeys, prob, torch.tensor([2, 3]),
+                                        None, drawn)
+    assert torch.allclose(lp, again)
 
 
 def test_large_windows_use_the_bernoulli_proposal_and_still_bracket():

@@ -189,9 +189,8 @@ def proposal_step(step: SelectionStep, x: torch.Tensor, generator, given=None):
       importance weight of a step is prod_{i in sel} p_theta(x_i | state);
     * sample-then-choose selections: r(sel) ∝ q(sel, x_sel | state), the step's exact law given
       that the committed values are x (all selections of the candidates enumerated, up to
-      2^8 per row); past that, a conditional-Bernoulli proposal over selections of the rule's
-      size (any size for count rules that read the draws), weighted by each x_i's probability
-      and how often its key beats the other candidates' draws."""
+      2^8 per row); past that, the ranked proposal (:func:`_ranked_proposal`) for counts fixed
+      before the draws, and independent inclusions for counts that read them."""
     cand = step.view.candidates
     if not step.draws_random:
         if given is None:
@@ -255,33 +254,118 @@ def _enumerated_proposal(step: SelectionStep, x, generator, given):
 
 
 def _bernoulli_proposal(step: SelectionStep, x, generator, given):
-    """A conditional-Bernoulli proposal over selections (exact density): weights
-    w_i = p(x_i) * s_i^(c - k), s_i the mean probability that another candidate's draw has a
-    lower key than x_i; of size k when the rule's count does not read the draws, else
-    independent inclusions prod (w_i / (1 + w_i)) conditioned on a non-empty selection."""
+    """Proposals past the enumeration budget (exact densities). A count that does not read the
+    draws (k known): the ranked proposal of :func:`_ranked_proposal`, exact for the step when no
+    keys tie. A count that reads them (thresholds): independent inclusions with odds
+    w_i = p(x_i) s_i^(c - 1), s_i the mean probability that another candidate's draw has a key
+    <= that of x_i, conditioned on a non-empty selection."""
     view, rule = step.view, step.rule
     cand = view.candidates
-    B, n = cand.shape
-    device, dtype = cand.device, step.values_lp.dtype
     vkeys = step._value_keys()  # [B, n, V]
     xs = x.clamp(0, vkeys.shape[-1] - 1)[..., None]
     key_x = vkeys.gather(-1, xs)[..., 0]  # [B, n]
     lp_x = step.values_lp.gather(-1, xs)[..., 0]
     prob = step.values_lp.exp()
-    lose = torch.stack([torch.where(vkeys < key_x[:, i, None, None], prob, 0.0).sum(-1)
-                        for i in range(n)], 1)  # [B, i, j]: Pr[key of j's draw < key of x_i]
-    other = cand[:, None, :] & ~torch.eye(n, dtype=torch.bool, device=device)[None]
-    c = cand.sum(-1)
-    s = torch.where(other, lose, 0.0).sum(-1) / (c[:, None] - 1).clamp(min=1)
-    if rule.commit.uses_scores:
-        k = torch.ones_like(c)
-    else:
+    if not rule.commit.uses_scores:
         k = step._count(view, torch.zeros_like(step.values_lp[..., 0]))
-    log_w = lp_x + (c - k)[:, None].to(dtype) * s.clamp(min=1e-300).log()
+        return _ranked_proposal(cand, key_x, lp_x, vkeys, prob, k, generator, given)
+    n = cand.shape[-1]
+    lose = torch.stack([torch.where(vkeys <= key_x[:, i, None, None], prob, 0.0).sum(-1)
+                        for i in range(n)], 1)  # [B, i, j]: Pr[key of j's draw <= key of x_i]
+    other = cand[:, None, :] & ~torch.eye(n, dtype=torch.bool, device=cand.device)[None]
+    c = cand.sum(-1)
+    s_i = torch.where(other, lose, 0.0).sum(-1) / (c[:, None] - 1).clamp(min=1)
+    log_w = lp_x + (c - 1)[:, None].to(lp_x.dtype) * s_i.clamp(min=1e-300).log()
     log_w = torch.where(cand & (lp_x > -math.inf), log_w, torch.full_like(log_w, -math.inf))
-    if rule.commit.uses_scores:
-        return _independent(log_w, cand, generator, given)
-    return _conditional_bernoulli(log_w, k, generator, given)
+    return _independent(log_w, cand, generator, given)
+
+
+def _ranked_proposal(cand, key_x, lp_x, vkeys, prob, k, generator, given):
+    """r(sel) ∝ prod_{i in sel} p(x_i) prod_{j not in sel} Pr[key of j's draw <= w] over
+    selections of k candidates, w the key of x at the weakest selected position m (candidates
+    ranked by the key of x, lowest position first among ties): the step's law given x_sel when
+    keys do not tie. Drawn as m first (each m's total by a dynamic programme over the positions
+    ranked above it), then the k - 1 others; ``log r`` exact."""
+    B, n = cand.shape
+    device, dtype = cand.device, lp_x.dtype
+    ninf = -math.inf
+    order = torch.sort(torch.where(cand, key_x, torch.full_like(key_x, ninf)), dim=-1,
+                       descending=True, stable=True).indices  # ranked candidates first
+    c = cand.sum(-1)
+    lp_r = lp_x.gather(-1, order)  # [B, n] in rank order
+    key_r = key_x.gather(-1, order)
+    # below[b, m, j] = log Pr[key of j's draw <= key of x at m] (rank order for both)
+    vk_r = vkeys.gather(1, order[..., None].expand_as(vkeys))
+    pr_r = prob.gather(1, order[..., None].expand_as(prob))
+    below = torch.stack([torch.where(vk_r <= key_r[:, m, None, None], pr_r, 0.0).sum(-1)
+                         for m in range(n)], 1).clamp(max=1.0).log()  # [B, m, j]
+    ranked = torch.arange(n, device=device)
+    valid = ranked[None] < c[:, None]  # [B, n]
+    K = int(k.max())
+    log_total = torch.full((B, n), ninf, dtype=dtype, device=device)
+    tables = _rank_tables(lp_r, below, valid, K)  # [B, m, K + 1]: before m, j selected
+    after = torch.where(valid[:, None, :] & (ranked[None, None] > ranked[None, :, None]),
+                        below, torch.zeros_like(below)).sum(-1)  # [B, m]
+    km1 = (k - 1).clamp(min=0)
+    log_total = lp_r + after + tables.gather(-1, km1[:, None, None].expand(B, n, 1))[..., 0]
+    log_total = torch.where(valid & (ranked[None] >= km1[:, None]), log_total,
+                            torch.full_like(log_total, ninf))
+    log_z = torch.logsumexp(log_total, -1)
+    if given is None:
+        m = _gumbel_pick(log_total, generator)
+        chosen = torch.zeros(B, n, dtype=torch.bool, device=device)
+        chosen[torch.arange(B, device=device), m] = True
+        # the k - 1 others among the positions ranked above m, backwards through the programme
+        need = km1.clone()
+        lp_m = lp_r
+        bel_m = below[torch.arange(B, device=device), m]  # [B, j]
+        prefix = _prefix_dp(lp_m, bel_m, ranked[None] < m[:, None], K)  # [n + 1, B, K + 1]
+        for j in range(n - 1, -1, -1):
+            in_range = j < m
+            here = prefix[j + 1].gather(-1, need[:, None])[:, 0]
+            take_lp = lp_m[:, j] + prefix[j].gather(-1, (need - 1).clamp(min=0)[:, None])[:, 0] \
+                - here
+            u = torch.rand(B, generator=generator, device=device, dtype=dtype)
+            take = in_range & (need > 0) & (u.log() < take_lp)
+            chosen[:, j] = chosen[:, j] | take
+            need = need - take.long()
+        given = torch.zeros(B, n, dtype=torch.bool, device=device).scatter_(1, order, chosen)
+        given = given & cand
+    sel_r = given.gather(-1, order)
+    m = torch.where(sel_r, ranked[None], torch.full_like(sel_r, -1, dtype=torch.long)).amax(-1)
+    bel_m = below[torch.arange(B, device=device), m.clamp(min=0)]
+    lp = torch.where(sel_r, lp_r, torch.where(valid, bel_m, torch.zeros_like(bel_m))).sum(-1)
+    ok = (given.sum(-1) == k) & (m >= 0) & (log_z > ninf)
+    return given, torch.where(ok, lp - log_z, torch.full_like(lp, ninf))
+
+
+def _prefix_dp(lp, bel, inside, K):
+    """``out[j][b, t]`` = log sum over selections of t among ranked positions < j (restricted to
+    ``inside``) of prod_sel p(x_i) prod_unsel Pr[below]; list of n + 1 tensors ``[B, K + 1]``."""
+    B, n = lp.shape
+    e = torch.full((B, K + 1), -math.inf, dtype=lp.dtype, device=lp.device)
+    e[:, 0] = 0.0
+    out = [e]
+    for j in range(n):
+        shifted = torch.cat([torch.full_like(e[:, :1], -math.inf), e[:, :-1]], -1)
+        new = torch.logaddexp(e + bel[:, j:j + 1], shifted + lp[:, j:j + 1])
+        e = torch.where(inside[:, j:j + 1], new, e)
+        out.append(e)
+    return out
+
+
+def _rank_tables(lp, below, valid, K):
+    """For every m: the prefix programme over the positions ranked above m, ``[B, m, K + 1]``."""
+    B, n = lp.shape
+    ranked = torch.arange(n, device=lp.device)
+    inside = valid[:, None, :] & (ranked[None, None] < ranked[None, :, None])  # [B, m, j]
+    e = torch.full((B, n, K + 1), -math.inf, dtype=lp.dtype, device=lp.device)
+    e[..., 0] = 0.0
+    for j in range(n):
+        shifted = torch.cat([torch.full_like(e[..., :1], -math.inf), e[..., :-1]], -1)
+        new = torch.logaddexp(e + below[:, :, j:j + 1], shifted + lp[:, None, j:j + 1])
+        e = torch.where(inside[:, :, j:j + 1], new, e)
+    return e
 
 
 def _independent(log_w, cand, generator, given):
@@ -303,38 +387,6 @@ def _independent(log_w, cand, generator, given):
     lp = torch.where(cand, torch.where(given, log_p, log_1mp), torch.zeros_like(log_p)).sum(-1)
     lp = torch.where(given.any(-1), lp - log_some, torch.full_like(lp, -math.inf))
     return given, lp
-
-
-def _conditional_bernoulli(log_w, k, generator, given):
-    """Selections of exactly k positions with Pr ∝ prod_{i in sel} w_i (log-space elementary
-    symmetric polynomials over suffixes)."""
-    B, n = log_w.shape
-    device, dtype = log_w.device, log_w.dtype
-    K = int(k.max())
-    ninf = torch.full((B, K + 1), -math.inf, dtype=dtype, device=device)
-    suffix = [None] * (n + 1)
-    e = ninf.clone()
-    e[:, 0] = 0.0
-    suffix[n] = e
-    for i in range(n - 1, -1, -1):
-        shifted = torch.cat([ninf[:, :1], e[:, :-1]], -1)
-        e = torch.logaddexp(e, log_w[:, i:i + 1] + shifted)
-        suffix[i] = e
-    total = suffix[0].gather(-1, k[:, None])[:, 0]
-    if given is None:
-        given = torch.zeros(B, n, dtype=torch.bool, device=device)
-        need = k.clone()
-        for i in range(n):
-            nxt = suffix[i + 1]
-            here = suffix[i].gather(-1, need[:, None])[:, 0]
-            take_lp = log_w[:, i] + nxt.gather(-1, (need - 1).clamp(min=0)[:, None])[:, 0] - here
-            u = torch.rand(B, generator=generator, device=device, dtype=dtype)
-            take = (need > 0) & (here > -math.inf) & (u.log() < take_lp)
-            given[:, i] = take
-            need = need - take.long()
-    lp = torch.where(given, log_w, torch.zeros_like(log_w)).sum(-1) - total
-    ok = (given.sum(-1) == k) & (total > -math.inf)
-    return given, torch.where(ok, lp, torch.full_like(lp, -math.inf))
 
 
 def _gumbel_pick(table, generator):
