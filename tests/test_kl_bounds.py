@@ -10,6 +10,7 @@ import torch
 
 from mdmprob import load_model
 from mdmprob.decoders import (
+    drivers,
     eb_sampler,
     fast_dllm_factor,
     fast_dllm_threshold,
@@ -21,7 +22,6 @@ from mdmprob.decoders import (
     remdm,
     sequential,
 )
-from mdmprob.decoders import drivers
 from mdmprob.decoders.presets import PRESETS
 from mdmprob.denoisers import Oracle
 from mdmprob.errors import MdmprobError
