@@ -45,7 +45,7 @@ def test_bounds_bracket_the_exact_kl(decoder):
     s = load_model("block_hmm", **SMALL)
     o = Oracle(s)
     exact = evaluate(s, decoder, o, mode="exact", samples=10)
-    mc = evaluate(s, decoder, o, mode="mc", samples=400, seed=3, draws=8)
+    mc = evaluate(s, decoder, o, mode="mc", samples=300, seed=3, draws=4)
     _bracket(exact, mc, "kl_qp")
     assert mc["kl_qp_lower"] - 1e-12 <= mc["kl_qp"] <= mc["kl_qp_upper"] + 1e-12
     assert exact["kl_pq"] <= mc["kl_pq_upper"] + 4 * mc["kl_pq_upper_se"] + 1e-9
@@ -117,7 +117,7 @@ def test_large_windows_use_the_bernoulli_proposal_and_still_bracket():
     o = Oracle(s)
     d = llada(steps=3)
     exact = evaluate(s, d, o, mode="exact", samples=10)
-    mc = evaluate(s, d, o, mode="mc", samples=300, seed=0, draws=8)
+    mc = evaluate(s, d, o, mode="mc", samples=200, seed=0, draws=4)
     _bracket(exact, mc, "kl_qp")
 
 
