@@ -67,9 +67,10 @@ class DecoderFrontier(Experiment):
         decoder = get_decoder(name, **params)
         ev = evaluate(s, decoder, Oracle(s), mode="auto", samples=config.samples, seed=seed,
                       exact_limit=config.exact_limit)
-        return records_from(setting, ev, ("kl_qp", "kl_pq", "tv", "incoherence", "violation", "nfe",
-                                          "kl_qp_lower", "kl_qp_upper", "kl_pq_upper"),
-                            mode=ev.mode)
+        keys = ("kl_qp", "kl_pq", "tv", "incoherence", "violation", "nfe")
+        if ev.get("kl_qp_lower") != ev.get("kl_qp_upper"):  # a KL interval (mdmprob.bounds)
+            keys += ("kl_qp_lower", "kl_qp_upper", "kl_pq_upper")
+        return records_from(setting, ev, keys, mode=ev.mode)
 
     def plot(self, records, config: Config, out_dir: Path) -> list[Path]:
         import textwrap
