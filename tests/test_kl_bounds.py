@@ -15,13 +15,13 @@ from mdmprob.decoders import (
     fast_dllm_factor,
     fast_dllm_threshold,
     gibbs_remask,
-    importance,
     llada,
     mdlm,
     mean_field_blocks,
     remdm,
     sequential,
 )
+from mdmprob.decoders.importance import ImportanceResampling
 from mdmprob.decoders.presets import PRESETS
 from mdmprob.denoisers import Oracle
 from mdmprob.errors import MdmprobError
@@ -136,7 +136,7 @@ def test_importance_resampling_bounds_bracket_its_brute_force_law():
     # every particle pair, q(x) = sum_{y1, y2} q0(y1) q0(y2) sum_j w(y_j) / (w(y1) + w(y2)) [y_j = x]
     s = load_model("block_hmm", n_blocks=1, block_size=3, eta=0.05)
     o = Oracle(s)
-    d = importance(mean_field_blocks(), particles=2)
+    d = ImportanceResampling(mean_field_blocks(), particles=2)
     xs = torch.tensor(list(itertools.product([0, 1], repeat=3)))
     log_p = s.engine().log_prob(xs)
     q0 = mean_field_blocks().log_prob(o, xs, blocks=s.blocks).exp()
