@@ -6,6 +6,12 @@ relied on: ``kl_qp`` = KL(q‖p) (sampling risk), ``kl_pq`` = KL(p‖q) (informa
 ``incoherence`` (block level, Eq. 24: the mean over blocks of Pr_q[p(x_B | x_P) <= tau]),
 ``violation`` (mean over blocks of Pr_q[block violates the constraint]; sequence-level when the
 constraint is), ``nfe`` (mean denoiser calls per sequence), and ``<key>_se`` (None when exact).
+
+``kl_qp_lower`` / ``kl_qp_upper`` and ``kl_pq_lower`` / ``kl_pq_upper`` (with ``_se``) bracket the
+KLs: equal to the value where the decoder's log q(x) is exact; in Monte Carlo mode for decoders
+whose run reports a trajectory density, the bounds of :mod:`mdmprob.bounds` (``kl_qp`` is then
+the midpoint of its interval, ``kl_pq`` the upper bound, ``kl_pq_lower`` None), named in
+``Evaluation.notes``.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from mdmprob import info
+from mdmprob import bounds, info
 from mdmprob.decoders.core import Decoder
 from mdmprob.decoders.protocol import DecoderBase
 from mdmprob.denoisers.base import Denoiser
@@ -58,15 +64,17 @@ class Evaluation(Mapping):
 def evaluate(structure: Structure, decoder: DecoderBase, denoiser: Denoiser, *, mode: str = "auto",
              samples: int = 2000, seed: int = 0, tau: float = 1e-8,
              taus: Sequence[float] = (1e-2, 1e-4, 1e-6, 1e-8, 1e-10), oracle: Denoiser | None = None,
-             exact_limit: int = 2**12) -> Evaluation:
+             exact_limit: int = 2**12, draws: int = bounds.DEFAULT_DRAWS) -> Evaluation:
     """Evaluate ``decoder`` driven by ``denoiser`` against the exact ``structure``.
 
     ``mode``: "exact" enumerates q over all V^n sequences; "mc" uses ``samples`` decoded sequences
     (and ``samples`` exact draws from p for KL(p‖q)) with exact log p and log q; "auto" is exact
     when V^n <= ``exact_limit``. ``nfe`` and the corrector's cost always come from a run of
-    ``samples`` sequences.
+    ``samples`` sequences. ``draws``: proposal trajectories per sequence (K) of the KL bounds for
+    decoders whose log q is a trajectory density (Monte Carlo mode; see :mod:`mdmprob.bounds`).
     """
     _check(structure, denoiser, tau, taus, mode, samples)
+    bounds.check_draws(draws)
     start = time.perf_counter()
     exact = mode == "exact" or (mode == "auto" and structure.vocab ** structure.n_tokens <= exact_limit)
     run = decoder.run(denoiser, samples, seed=seed, oracle=oracle, blocks=structure.blocks,
@@ -79,15 +87,17 @@ def evaluate(structure: Structure, decoder: DecoderBase, denoiser: Denoiser, *, 
             if mode == "exact" or "Monte Carlo" not in str(e):
                 raise
             exact = False  # auto: the decoder's state space is too large to enumerate
+    notes: list[str] = []
     if not exact:
         values, inc_at, inc_se = _monte_carlo(structure, decoder, denoiser, oracle, run, samples,
-                                              seed, taus, tau)
+                                              seed, taus, tau, draws, notes)
+    _fill_bounds(values)
     nfe = info.mc_mean(run.nfe.to(torch.float64))
     values["nfe"], values["nfe_se"] = nfe.value, nfe.se
     corrector = {k: torch.cat([t.to(torch.float64).reshape(-1) for t in v]).mean().item()
                  for k, v in run.corrector.items()}
     return Evaluation(values, "exact" if exact else "mc", inc_at, inc_se, samples,
-                      time.perf_counter() - start, corrector)
+                      time.perf_counter() - start, corrector, notes)
 
 
 def _exact(structure, decoder, denoiser, oracle, taus, tau):
@@ -113,7 +123,8 @@ def _exact(structure, decoder, denoiser, oracle, taus, tau):
     return values, inc_at, dict.fromkeys(taus)
 
 
-def _monte_carlo(structure, decoder, denoiser, oracle, run, samples, seed, taus, tau):
+def _monte_carlo(structure, decoder, denoiser, oracle, run, samples, seed, taus, tau, draws,
+                 notes):
     engine = structure.engine(device=denoiser.device, dtype=denoiser.dtype)
     xs = run.tokens
     log_p = engine.log_prob(xs)
@@ -134,7 +145,8 @@ def _monte_carlo(structure, decoder, denoiser, oracle, run, samples, seed, taus,
         est = info.mc_kl(engine.log_prob(p_xs), log_q_p)
         values["kl_pq"], values["kl_pq_se"] = est.value, est.se
     else:
-        values.update(kl_qp=None, kl_qp_se=None, kl_pq=None, kl_pq_se=None)
+        values.update(_trajectory_bounds(structure, decoder, denoiser, oracle, run, engine, log_p,
+                                         seed, draws, notes))
     values["tv"], values["tv_se"] = None, None  # TV needs q(x) at p-samples and vice versa
     if values["kl_qp"] is not None and values["kl_qp"] == 0 and values["kl_pq"] == 0:
         values["tv"] = 0.0
@@ -151,6 +163,74 @@ def _monte_carlo(structure, decoder, denoiser, oracle, run, samples, seed, taus,
         est = info.mc_mean(viol.double().reshape(len(xs), -1).mean(-1))
         values["violation"], values["violation_se"] = est.value, est.se
     return values, inc_at, inc_se
+
+
+def _trajectory_bounds(structure, decoder, denoiser, oracle, run, engine, log_p, seed, draws,
+                       notes) -> dict[str, float | None]:
+    """KL bounds for a decoder whose run reports a trajectory density (:mod:`mdmprob.bounds`)."""
+    gen = torch.Generator(device=engine.device).manual_seed(seed + 2)
+    kw = dict(draws=draws, generator=gen, blocks=structure.blocks, oracle=oracle,
+              target=structure)
+    try:
+        own = decoder.log_weights(denoiser, run.tokens, committed=run.committed,
+                                  corrector=run.corrector, **kw)
+    except NotImplementedError:
+        return _fallback_bounds(decoder, run, log_p, notes)
+    lower, upper = bounds.kl_qp_bounds(own, log_p)
+    gen_p = torch.Generator(device=engine.device).manual_seed(seed + 1)
+    p_xs = engine.sample(torch.zeros_like(run.tokens),
+                         torch.zeros_like(run.tokens, dtype=torch.bool), generator=gen_p)
+    at_p = decoder.log_weights(denoiser, p_xs, **kw)
+    pq = bounds.kl_pq_upper(at_p, engine.log_prob(p_xs))
+    out = {"kl_qp_lower": lower.value, "kl_qp_lower_se": lower.se,
+           "kl_qp_upper": upper.value, "kl_qp_upper_se": upper.se,
+           "kl_pq_lower": None, "kl_pq_lower_se": None,
+           "kl_pq_upper": pq.value, "kl_pq_upper_se": pq.se, "kl_pq": pq.value, "kl_pq_se": pq.se}
+    out["kl_qp"], out["kl_qp_se"] = _midpoint(lower, upper)
+    notes.append(f"kl_qp: midpoint of [kl_qp_lower, kl_qp_upper], the importance-weighted "
+                 f"(K = {draws}) and reverse-importance bounds on log q(x) with the decoder "
+                 "replayed with its values forced to x as proposal")
+    notes.append(f"kl_pq: an upper bound (importance-weighted, K = {draws}); no lower bound")
+    return out
+
+
+def _fallback_bounds(decoder, run, log_p, notes) -> dict[str, float | None]:
+    """No proposal: E_q[log q(x, tau) - log p(x)] <= KL(q‖p) <= E_q[-log p(x)]."""
+    inf = torch.full_like(log_p, math.inf)
+    upper = info.mc_mean(torch.where(log_p == -math.inf, inf, -log_p))
+    if decoder.log_q_is_joint:
+        lower = info.mc_mean(torch.where(log_p == -math.inf, inf, run.log_q - log_p))
+        how = "E_q[log q(x, tau) - log p(x)] (q(x) >= q(x, tau))"
+    else:
+        lower = info.Estimate(0.0, 0.0, len(log_p))
+        how = "0"
+    if lower.value == math.inf:
+        upper = lower
+    out = {"kl_qp_lower": lower.value, "kl_qp_lower_se": lower.se,
+           "kl_qp_upper": upper.value, "kl_qp_upper_se": upper.se,
+           "kl_pq": None, "kl_pq_se": None, "kl_pq_lower": None, "kl_pq_lower_se": None,
+           "kl_pq_upper": None, "kl_pq_upper_se": None}
+    out["kl_qp"], out["kl_qp_se"] = _midpoint(lower, upper)
+    notes.append(f"kl_qp: {decoder.name} has no trajectory proposal; fallback bounds, lower {how}, "
+                 "upper the cross-entropy E_q[-log p(x)] (log q(x) <= 0); kl_qp is their "
+                 "midpoint; kl_pq: not available")
+    return out
+
+
+def _midpoint(lower, upper):
+    """The point value of a KL interval: its midpoint (the lower end when the upper one is
+    infinite and the lower is not: the truth is then only known to be above it)."""
+    if upper is None or upper.value == math.inf:
+        return lower.value, lower.se
+    return (lower.value + upper.value) / 2, math.hypot(lower.se, upper.se) / 2
+
+
+def _fill_bounds(values) -> None:
+    """Where a KL is exact (or an exact-density estimate), its bounds are the value itself."""
+    for k in ("kl_qp", "kl_pq"):
+        if k + "_lower" not in values:
+            for side in ("_lower", "_upper"):
+                values[k + side], values[k + side + "_se"] = values[k], values[k + "_se"]
 
 
 def _block_log_p(structure, engine, xs) -> torch.Tensor:

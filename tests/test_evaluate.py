@@ -70,10 +70,13 @@ def test_block_hmm_paper_claims_monte_carlo():
     assert abs(ver["kl_qp"]) < 1e-9 and abs(ver["kl_pq"]) < 1e-9 and ver["incoherence"] == 0
 
 
-def test_non_marginal_decoders_in_mc_mode_say_not_available():
+def test_non_marginal_decoders_in_mc_mode_report_kl_bounds():
+    # a trajectory density: an interval around kl_qp, an upper bound for kl_pq, both named
     s = load_model("block_hmm", n_blocks=2, block_size=3)
-    ev = evaluate(s, llada(steps=3), Oracle(s), mode="mc", samples=50)
-    assert ev["kl_qp"] is None and ev["violation"] is not None
+    ev = evaluate(s, llada(steps=3), Oracle(s), mode="mc", samples=50, draws=2)
+    assert ev["kl_qp_lower"] <= ev["kl_qp"] <= ev["kl_qp_upper"]
+    assert ev["kl_pq"] == ev["kl_pq_upper"] and ev["kl_pq_lower"] is None
+    assert len(ev.notes) == 2 and ev["violation"] is not None
 
 
 def test_errors():

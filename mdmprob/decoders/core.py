@@ -33,6 +33,8 @@ from mdmprob.decoders.step import TIES
 from mdmprob.denoisers.base import Denoiser
 from mdmprob.errors import BudgetError, MdmprobError, unknown_name
 
+WEIGHT_ROWS = 2 ** 13  # forced replays run in one batch by log_weights
+
 NFE_ACCOUNTING = {
     "steps": "one denoiser call per step that commits something",
     "reference": "LLaDA's generate: every one of a block's steps calls the model, even when it "
@@ -135,6 +137,34 @@ class Decoder(DecoderBase):
                                   initial=start, oracle=oracle, target=target)
         return drivers.marginal_log_prob(self, denoiser, tokens, start, windows, oracle=oracle,
                                          target=target)
+
+    def log_weights(self, denoiser: Denoiser, tokens: torch.Tensor, *, draws: int, generator,
+                    committed=None, corrector=None, initial=None, blocks=None,
+                    oracle: Denoiser | None = None, target=None):
+        """Importance weights log q(x, tau) - log r(tau | x) (:class:`~mdmprob.bounds.LogWeights`)
+        with r the decoder replayed with its values forced to x
+        (:func:`~mdmprob.decoders.drivers.forced`): ``draws`` proposed trajectories per row of
+        ``tokens [B, n]``, and the run's own trajectory when ``committed`` is given."""
+        from mdmprob.bounds import LogWeights, check_draws
+
+        check_draws(draws)
+        tokens = check_complete(denoiser, tokens, initial)
+        windows = self.windows(denoiser, blocks)
+        B = tokens.shape[0]
+        start = initial_tokens(denoiser, initial, B)
+        proposed = []
+        for part in torch.arange(B, device=tokens.device).split(max(1, WEIGHT_ROWS // draws)):
+            rows = part.repeat_interleave(draws)
+            lq, lr = drivers.forced(self, denoiser, tokens[rows], windows, generator,
+                                    initial=start[rows], oracle=oracle, target=target)
+            proposed.append((lq - lr).reshape(len(part), draws))
+        own = None
+        if committed is not None:
+            lq, lr = drivers.forced(self, denoiser, tokens, windows, generator,
+                                    committed=committed, initial=start, oracle=oracle,
+                                    target=target)
+            own = lq - lr
+        return LogWeights(torch.cat(proposed), own)
 
     def distribution(self, denoiser: Denoiser, *, initial=None, blocks=None,
                      oracle: Denoiser | None = None, target=None,

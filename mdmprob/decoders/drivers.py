@@ -145,6 +145,269 @@ def marginal_log_prob(decoder, denoiser, tokens, start, windows, *, oracle=None,
                                                       device=tokens.device)
 
 
+# ----------------------------------------------------------------------------------- forced replay
+SUBSET_BUDGET = 2 ** 8  # selections one sample-then-choose proposal step enumerates per row
+PROPOSAL_CHUNK = 2 ** 15  # (row, selection) pairs scored at once by that enumeration
+
+
+def forced(decoder, denoiser, tokens: torch.Tensor, windows, generator, *, committed=None,
+           initial=None, oracle=None, target=None):
+    """The decoder replayed with its values forced to ``tokens [B, n]``: the proposal
+    r(tau | x) of the KL bounds (:mod:`mdmprob.bounds`).
+
+    Each step's selection is drawn from ``r(sel | state, x)`` (see :func:`proposal_step`) and the
+    committed values are x there. Returns ``(log_q [B], log_r [B])``: the exact log q(x, tau) of
+    the decoder and log r(tau | x) of the proposal for the trajectory tau taken. With
+    ``committed`` (a run's per-step selections) the trajectory is that one, scored under both.
+    Exact block correctors are deterministic given x (their window law is p(x_W | x_P))."""
+    B = tokens.shape[0]
+    n, mask, device = denoiser.n_tokens, denoiser.mask_id, tokens.device
+    state = initial_tokens(denoiser, initial, B)
+    log_q = torch.zeros(B, dtype=denoiser.dtype, device=device)
+    log_r = torch.zeros_like(log_q)
+    steps = None if committed is None else iter(committed)
+    for window in windows:
+        if decoder.corrector is not None:
+            log_q = log_q + _corrector_window_lp(decoder, denoiser, state, tokens, window, target)
+            state[:, window] = tokens[:, window]
+            if steps is not None:
+                _next_step(steps)
+            continue
+        win = _window_mask(window, n, device)
+        window_masked = ((state == mask) & win).sum(-1)
+        step_no = torch.zeros(B, dtype=torch.long, device=device)
+        while True:
+            cand = (state == mask) & win
+            active = cand.any(-1)
+            if not active.any():
+                break
+            view = _view(decoder, denoiser, state, cand, step_no, window_masked, len(windows),
+                         oracle)
+            step = SelectionStep(decoder, view)
+            given = None if steps is None else _next_step(steps).to(device) & cand
+            sel, lr = proposal_step(step, tokens, generator, given)
+            log_q = log_q + step.log_prob(sel, tokens)
+            log_r = log_r + torch.where(active, lr, torch.zeros_like(lr))
+            state = torch.where(sel, tokens, state)
+            step_no = step_no + active.long()
+    return log_q, log_r
+
+
+def proposal_step(step: SelectionStep, x: torch.Tensor, generator, given=None):
+    """One step of the forced replay: ``(sel [B, n], log r(sel | state, x) [B])``, ``sel`` drawn
+    (or ``given``, scored).
+
+    * selections that do not read the drawn values (random and fixed orders, confidence of the
+      model's marginals, Bernoulli schedules): r is the decoder's own selection law, so the
+      importance weight of a step is prod_{i in sel} p_theta(x_i | state);
+    * sample-then-choose selections: r(sel) ∝ q(sel, x_sel | state), the step's exact law given
+      that the committed values are x (all selections of the candidates enumerated, up to
+      2^8 per row); past that, the ranked proposal (:func:`_ranked_proposal`) for counts fixed
+      before the draws, and independent inclusions for counts that read them."""
+    cand = step.view.candidates
+    if not step.draws_random:
+        if given is None:
+            given = step.sample(generator)[0]
+        return given, _selection_lp(step, given)
+    if 2 ** int(cand.sum(-1).max()) <= SUBSET_BUDGET:
+        return _enumerated_proposal(step, x, generator, given)
+    return _bernoulli_proposal(step, x, generator, given)
+
+
+def _selection_lp(step: SelectionStep, sel) -> torch.Tensor:
+    """log Pr[the step selects ``sel``] for selections that do not read the drawn values."""
+    from mdmprob.decoders import step as step_module
+
+    view, rule = step.view, step.rule
+    cand = view.candidates
+    if rule.commit.stochastic:
+        return step_module._bernoulli_lp(rule.commit.probs(view), sel, cand)
+    draws = step.values_lp.argmax(-1) if rule.score.uses_draws else None
+    keys = step._keys(view, draws)
+    return step_module._selection_lp(keys, cand, sel, step._count(view, keys), step.random_ties)
+
+
+def _enumerated_proposal(step: SelectionStep, x, generator, given):
+    """r(sel) = q(sel, x_sel | state) / sum_sel' q(sel', x_sel' | state) over every subset of
+    the candidates."""
+    from mdmprob.decoders.step import _subview
+
+    cand = step.view.candidates
+    B, n = cand.shape
+    device = cand.device
+    c = int(cand.sum(-1).max())
+    slots = torch.sort((~cand).to(torch.int8), dim=-1, stable=True).indices[:, :c]  # [B, c]
+    filled = torch.arange(c, device=device)[None] < cand.sum(-1)[:, None]  # [B, c]
+    S = 2 ** c
+    bits = (torch.arange(S, device=device)[:, None] >> torch.arange(c, device=device)) & 1
+    bits = bits.bool()  # [S, c]
+    rows_per = max(1, PROPOSAL_CHUNK // S)
+    lps = []
+    for part in torch.arange(B, device=device).split(rows_per):
+        row = part.repeat_interleave(S)
+        on = bits.repeat(len(part), 1) & filled[row]  # [R*S, c]
+        sel = torch.zeros(len(row), n, dtype=torch.bool, device=device)
+        sel.scatter_(1, slots[row], on)
+        sel = sel & cand[row]
+        valid = ~(bits.repeat(len(part), 1) & ~filled[row]).any(-1)  # no bit on a missing slot
+        sub = SelectionStep(step.rule, _subview(step.view, row))
+        lp = sub.log_prob(sel, x[row])
+        lps.append(torch.where(valid, lp, torch.full_like(lp, -math.inf)).reshape(len(part), S))
+    table = torch.cat(lps)  # [B, S]
+    log_z = torch.logsumexp(table, -1)
+    if given is None:
+        pick = _gumbel_pick(table, generator)
+        on = bits[pick] & filled
+        given = torch.zeros(B, n, dtype=torch.bool, device=device).scatter_(1, slots, on) & cand
+        lp_sel = table.gather(-1, pick[:, None])[:, 0]
+    else:
+        lp_sel = step.log_prob(given, x)
+    lr = torch.where(log_z > -math.inf, lp_sel - log_z, torch.zeros_like(log_z))
+    return given, lr
+
+
+def _bernoulli_proposal(step: SelectionStep, x, generator, given):
+    """Proposals past the enumeration budget (exact densities). A count that does not read the
+    draws (k known): the ranked proposal of :func:`_ranked_proposal`, exact for the step when no
+    keys tie. A count that reads them (thresholds): independent inclusions with odds
+    w_i = p(x_i) s_i^(c - 1), s_i the mean probability that another candidate's draw has a key
+    <= that of x_i, conditioned on a non-empty selection."""
+    view, rule = step.view, step.rule
+    cand = view.candidates
+    vkeys = step._value_keys()  # [B, n, V]
+    xs = x.clamp(0, vkeys.shape[-1] - 1)[..., None]
+    key_x = vkeys.gather(-1, xs)[..., 0]  # [B, n]
+    lp_x = step.values_lp.gather(-1, xs)[..., 0]
+    prob = step.values_lp.exp()
+    if not rule.commit.uses_scores:
+        k = step._count(view, torch.zeros_like(step.values_lp[..., 0]))
+        return _ranked_proposal(cand, key_x, lp_x, vkeys, prob, k, generator, given)
+    n = cand.shape[-1]
+    lose = torch.stack([torch.where(vkeys <= key_x[:, i, None, None], prob, 0.0).sum(-1)
+                        for i in range(n)], 1)  # [B, i, j]: Pr[key of j's draw <= key of x_i]
+    other = cand[:, None, :] & ~torch.eye(n, dtype=torch.bool, device=cand.device)[None]
+    c = cand.sum(-1)
+    s_i = torch.where(other, lose, 0.0).sum(-1) / (c[:, None] - 1).clamp(min=1)
+    log_w = lp_x + (c - 1)[:, None].to(lp_x.dtype) * s_i.clamp(min=1e-300).log()
+    log_w = torch.where(cand & (lp_x > -math.inf), log_w, torch.full_like(log_w, -math.inf))
+    return _independent(log_w, cand, generator, given)
+
+
+def _ranked_proposal(cand, key_x, lp_x, vkeys, prob, k, generator, given):
+    """r(sel) ∝ prod_{i in sel} p(x_i) prod_{j not in sel} Pr[key of j's draw <= w] over
+    selections of k candidates, w the key of x at the weakest selected position m (candidates
+    ranked by the key of x, lowest position first among ties): the step's law given x_sel when
+    keys do not tie. Drawn as m first (each m's total by a dynamic programme over the positions
+    ranked above it), then the k - 1 others; ``log r`` exact."""
+    B, n = cand.shape
+    device, dtype = cand.device, lp_x.dtype
+    ninf = -math.inf
+    order = torch.sort(torch.where(cand, key_x, torch.full_like(key_x, ninf)), dim=-1,
+                       descending=True, stable=True).indices  # ranked candidates first
+    c = cand.sum(-1)
+    lp_r = lp_x.gather(-1, order)  # [B, n] in rank order
+    key_r = key_x.gather(-1, order)
+    # below[b, m, j] = log Pr[key of j's draw <= key of x at m] (rank order for both)
+    vk_r = vkeys.gather(1, order[..., None].expand_as(vkeys))
+    pr_r = prob.gather(1, order[..., None].expand_as(prob))
+    below = torch.stack([torch.where(vk_r <= key_r[:, m, None, None], pr_r, 0.0).sum(-1)
+                         for m in range(n)], 1).clamp(max=1.0).log()  # [B, m, j]
+    ranked = torch.arange(n, device=device)
+    valid = ranked[None] < c[:, None]  # [B, n]
+    K = int(k.max())
+    log_total = torch.full((B, n), ninf, dtype=dtype, device=device)
+    tables = _rank_tables(lp_r, below, valid, K)  # [B, m, K + 1]: before m, j selected
+    after = torch.where(valid[:, None, :] & (ranked[None, None] > ranked[None, :, None]),
+                        below, torch.zeros_like(below)).sum(-1)  # [B, m]
+    km1 = (k - 1).clamp(min=0)
+    log_total = lp_r + after + tables.gather(-1, km1[:, None, None].expand(B, n, 1))[..., 0]
+    log_total = torch.where(valid & (ranked[None] >= km1[:, None]), log_total,
+                            torch.full_like(log_total, ninf))
+    log_z = torch.logsumexp(log_total, -1)
+    if given is None:
+        m = _gumbel_pick(log_total, generator)
+        chosen = torch.zeros(B, n, dtype=torch.bool, device=device)
+        chosen[torch.arange(B, device=device), m] = True
+        # the k - 1 others among the positions ranked above m, backwards through the programme
+        need = km1.clone()
+        lp_m = lp_r
+        bel_m = below[torch.arange(B, device=device), m]  # [B, j]
+        prefix = _prefix_dp(lp_m, bel_m, ranked[None] < m[:, None], K)  # [n + 1, B, K + 1]
+        for j in range(n - 1, -1, -1):
+            in_range = j < m
+            here = prefix[j + 1].gather(-1, need[:, None])[:, 0]
+            take_lp = lp_m[:, j] + prefix[j].gather(-1, (need - 1).clamp(min=0)[:, None])[:, 0] \
+                - here
+            u = torch.rand(B, generator=generator, device=device, dtype=dtype)
+            take = in_range & (need > 0) & (u.log() < take_lp)
+            chosen[:, j] = chosen[:, j] | take
+            need = need - take.long()
+        given = torch.zeros(B, n, dtype=torch.bool, device=device).scatter_(1, order, chosen)
+        given = given & cand
+    sel_r = given.gather(-1, order)
+    m = torch.where(sel_r, ranked[None], torch.full_like(sel_r, -1, dtype=torch.long)).amax(-1)
+    bel_m = below[torch.arange(B, device=device), m.clamp(min=0)]
+    lp = torch.where(sel_r, lp_r, torch.where(valid, bel_m, torch.zeros_like(bel_m))).sum(-1)
+    ok = (given.sum(-1) == k) & (m >= 0) & (log_z > ninf)
+    return given, torch.where(ok, lp - log_z, torch.full_like(lp, ninf))
+
+
+def _prefix_dp(lp, bel, inside, K):
+    """``out[j][b, t]`` = log sum over selections of t among ranked positions < j (restricted to
+    ``inside``) of prod_sel p(x_i) prod_unsel Pr[below]; list of n + 1 tensors ``[B, K + 1]``."""
+    B, n = lp.shape
+    e = torch.full((B, K + 1), -math.inf, dtype=lp.dtype, device=lp.device)
+    e[:, 0] = 0.0
+    out = [e]
+    for j in range(n):
+        shifted = torch.cat([torch.full_like(e[:, :1], -math.inf), e[:, :-1]], -1)
+        new = torch.logaddexp(e + bel[:, j:j + 1], shifted + lp[:, j:j + 1])
+        e = torch.where(inside[:, j:j + 1], new, e)
+        out.append(e)
+    return out
+
+
+def _rank_tables(lp, below, valid, K):
+    """For every m: the prefix programme over the positions ranked above m, ``[B, m, K + 1]``."""
+    B, n = lp.shape
+    ranked = torch.arange(n, device=lp.device)
+    inside = valid[:, None, :] & (ranked[None, None] < ranked[None, :, None])  # [B, m, j]
+    e = torch.full((B, n, K + 1), -math.inf, dtype=lp.dtype, device=lp.device)
+    e[..., 0] = 0.0
+    for j in range(n):
+        shifted = torch.cat([torch.full_like(e[..., :1], -math.inf), e[..., :-1]], -1)
+        new = torch.logaddexp(e + below[:, :, j:j + 1], shifted + lp[:, None, j:j + 1])
+        e = torch.where(inside[:, :, j:j + 1], new, e)
+    return e
+
+
+def _independent(log_w, cand, generator, given):
+    """Inclusions with odds w_i, conditioned on at least one."""
+    log_p = log_w - torch.logaddexp(log_w, torch.zeros_like(log_w))
+    log_1mp = -torch.logaddexp(log_w, torch.zeros_like(log_w))
+    log_none = torch.where(cand, log_1mp, torch.zeros_like(log_1mp)).sum(-1)
+    log_some = torch.log(-torch.expm1(log_none.clamp(max=-1e-300)))
+    if given is None:
+        given = torch.zeros_like(cand)
+        pending = cand.any(-1)
+        while pending.any():  # rejection: an empty draw is redrawn
+            u = torch.rand(log_p.shape, generator=generator, device=cand.device,
+                           dtype=log_p.dtype)
+            draw = (u.log() < log_p) & cand
+            take = pending & draw.any(-1)
+            given = torch.where(take[:, None], draw, given)
+            pending = pending & ~take
+    lp = torch.where(cand, torch.where(given, log_p, log_1mp), torch.zeros_like(log_p)).sum(-1)
+    lp = torch.where(given.any(-1), lp - log_some, torch.full_like(lp, -math.inf))
+    return given, lp
+
+
+def _gumbel_pick(table, generator):
+    from mdmprob.sampling import gumbel_argmax
+
+    return gumbel_argmax(table, generator)
+
+
 # ----------------------------------------------------------------------------------- exact mode
 def enumerate_states(decoder, denoiser, start: torch.Tensor, windows, *, oracle=None,
                      target=None, max_states: int = 2**16, forced=None) -> torch.Tensor:
@@ -318,4 +581,5 @@ def _corrector_window_lp(decoder, denoiser, state, tokens, window, target) -> to
     return table.reshape(tokens.shape[0], -1).gather(-1, code[:, None])[:, 0]
 
 
-__all__ = ["conditionals", "enumerate_states", "marginal_log_prob", "replay", "run"]
+__all__ = ["conditionals", "enumerate_states", "forced", "marginal_log_prob", "proposal_step",
+           "replay", "run"]

@@ -63,6 +63,51 @@ class ImportanceResampling(DecoderBase):
         return DecodeResult(inner.tokens[rows], inner.log_q[rows], inner.nfe.reshape(num, K).sum(-1),
                             committed, False, info, inner.log_q_tokens[rows])
 
+    log_q_is_joint = False  # a run's log q is the proposal's, not a joint with the particles
+
+    def log_weights(self, denoiser, tokens, *, draws: int, generator, committed=None,
+                    corrector=None, initial=None, blocks=None, oracle=None, target=None):
+        """Importance weights of the SIR trajectory tau = (the other particles, the index of x)
+        (:class:`~mdmprob.bounds.LogWeights`). Joint law: q(x, tau) = q0(x) prod_k q0(y_k)
+        w(x) / (w(x) + sum_k w(y_k)), w = p / q0; proposal r(tau | x): the index uniform, the
+        other particles from q0; so q(x, tau) / r(tau | x) = q0(x) w(x) / mean(w over the
+        particles). ``draws`` particle sets per row; the run's own set from ``corrector``'s
+        ``log_mean_weight``."""
+        from mdmprob.bounds import LogWeights, check_draws
+
+        check_draws(draws)
+        if initial is not None:
+            raise MdmprobError(f"{self.name}: the KL bounds of importance resampling are for "
+                               "unprompted decoding (initial=None)")
+        target = target if target is not None else getattr(denoiser, "structure", None)
+        if target is None:
+            raise MdmprobError("importance weights need the exact target: pass target=structure")
+        engine = target.engine(device=denoiser.device, dtype=denoiser.dtype)
+        log_q0 = self.proposal.log_prob(denoiser, tokens, blocks=blocks, oracle=oracle,
+                                        target=target)
+        log_p = engine.log_prob(tokens)
+        reach = log_q0 > -math.inf  # SIR outputs only what its proposal reaches
+        log_wx = torch.where(reach, log_p - log_q0, torch.full_like(log_p, -math.inf))
+        B, K = tokens.shape[0], self.particles
+        cols = [log_wx[:, None, None].expand(B, draws, 1)]
+        if K > 1:
+            others = self.proposal.run(denoiser, B * draws * (K - 1), generator=generator,
+                                       oracle=oracle, blocks=blocks, target=target)
+            lw = engine.log_prob(others.tokens) - others.log_q
+            lw = torch.where(torch.isnan(lw), torch.full_like(lw, -math.inf), lw)
+            cols.append(lw.reshape(B, draws, K - 1))
+        log_mean = torch.logsumexp(torch.cat(cols, -1), -1) - math.log(K)  # [B, draws]
+        ninf = torch.full_like(log_mean, -math.inf)
+        proposed = torch.where(reach[:, None] & (log_wx[:, None] > -math.inf),
+                               log_p[:, None] - log_mean, ninf)
+        own = None
+        if corrector is not None and "log_mean_weight" in corrector:
+            mean = torch.cat([t.reshape(-1) for t in corrector["log_mean_weight"]]) \
+                if isinstance(corrector["log_mean_weight"], list) else \
+                corrector["log_mean_weight"].reshape(-1)
+            own = log_p - mean.to(log_p.device, log_p.dtype)
+        return LogWeights(proposed, own)
+
     def log_prob(self, denoiser, tokens, *, committed=None, initial=None, blocks=None,
                  oracle=None, target=None):
         """The proposal's log q of ``tokens`` (what a run reports as ``log_q``)."""

@@ -69,6 +69,19 @@ class DecoderBase:
                      max_states: int = 2**16) -> torch.Tensor:
         raise NotImplementedError  # pragma: no cover - abstract
 
+    #: whether a run's ``log_q`` is a joint log q(x, tau) of the output and the trajectory (so
+    #: q(x) >= exp(log_q)); False where it is another density (importance resampling).
+    log_q_is_joint: bool = True
+
+    def log_weights(self, denoiser, tokens, *, draws: int, generator, committed=None,
+                    corrector=None, initial=None, blocks=None, oracle=None, target=None):
+        """Importance weights of trajectories ending in complete ``tokens [B, n]``, a
+        :class:`~mdmprob.bounds.LogWeights`: ``draws`` trajectories per sequence from the
+        decoder's proposal r(tau | x), and (with ``committed`` and ``corrector``, a run's record)
+        the run's own trajectory. Decoders without a proposal raise NotImplementedError;
+        :mod:`mdmprob.bounds` then falls back to the trajectory / cross-entropy bounds."""
+        raise NotImplementedError(f"{self.name} has no trajectory proposal")
+
     def __repr__(self) -> str:
         return self.name
 

@@ -66,7 +66,10 @@ class BlockHmmEta(Experiment):
         name, params = parse_spec(setting["decoder"])
         ev = evaluate(s, get_decoder(name, **params), Oracle(s), mode="mc",
                       samples=config.samples, seed=seed, taus=config.taus)
-        out = records_from(setting, ev, ("kl_qp", "kl_pq", "incoherence", "violation", "nfe"))
+        keys = ("kl_qp", "kl_pq", "incoherence", "violation", "nfe")
+        if ev.get("kl_qp_lower") != ev.get("kl_qp_upper"):  # a KL interval (mdmprob.bounds)
+            keys += ("kl_qp_lower", "kl_qp_upper", "kl_pq_upper")
+        out = records_from(setting, ev, keys)
         for tau, value in ev.incoherence_at.items():
             out.append(record(setting, "incoherence_at", value, ev.incoherence_at_se[tau], tau=tau))
         return out
@@ -78,6 +81,10 @@ class BlockHmmEta(Experiment):
                   ("kl_pq", "KL(p‖q) (information loss) [nats]", False),
                   ("incoherence", "incoherence rate (τ = 1e-8) [fraction of blocks]", False),
                   ("violation", "parity-violation rate [fraction of blocks]", False)]
+        if any(r["metric"] == "kl_qp_lower" for r in records):
+            # trajectory decoders: the two sides of their KL(q‖p) interval (mdmprob.bounds)
+            panels += [("kl_qp_lower", "KL(q‖p) lower bound [nats]", False),
+                       ("kl_qp_upper", "KL(q‖p) upper bound [nats]", False)]
         return line_panels(records, panels, x="eta", series="decoder", xlabel="parity noise η",
                            title=self.title, out=out_dir / "block_hmm_eta", logx=True)
 

@@ -67,8 +67,10 @@ class DecoderFrontier(Experiment):
         decoder = get_decoder(name, **params)
         ev = evaluate(s, decoder, Oracle(s), mode="auto", samples=config.samples, seed=seed,
                       exact_limit=config.exact_limit)
-        return records_from(setting, ev, ("kl_qp", "kl_pq", "tv", "incoherence", "violation", "nfe"),
-                            mode=ev.mode)
+        keys = ("kl_qp", "kl_pq", "tv", "incoherence", "violation", "nfe")
+        if ev.get("kl_qp_lower") != ev.get("kl_qp_upper"):  # a KL interval (mdmprob.bounds)
+            keys += ("kl_qp_lower", "kl_qp_upper", "kl_pq_upper")
+        return records_from(setting, ev, keys, mode=ev.mode)
 
     def plot(self, records, config: Config, out_dir: Path) -> list[Path]:
         import textwrap
@@ -109,6 +111,12 @@ class DecoderFrontier(Experiment):
                                    edgecolors="black", linewidths=0.4, label=dec, zorder=3)
                         ax.annotate("+inf", (nfe, 1e3), fontsize=7, color="red")
                     points.append((nfe, y))
+                    lo, hi = m.get(metric + "_lower"), m.get(metric + "_upper")
+                    if lo is not None and hi is not None and lo != hi and math.isfinite(lo):
+                        # a trajectory decoder: its KL(q‖p) interval (mdmprob.bounds)
+                        top = hi if math.isfinite(hi) else 1e3
+                        ax.vlines(nfe, max(lo, 0.0), top, color=color, lw=2, alpha=0.6,
+                                  zorder=2)
                 front = _pareto(points)
                 if front:
                     ax.step([p[0] for p in front], [p[1] for p in front], where="post",
