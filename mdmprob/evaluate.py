@@ -28,7 +28,7 @@ from mdmprob import bounds, info
 from mdmprob.decoders.core import Decoder
 from mdmprob.decoders.protocol import DecoderBase
 from mdmprob.denoisers.base import Denoiser
-from mdmprob.errors import BudgetError, MdmprobError
+from mdmprob.errors import EnumerationError, MdmprobError
 from mdmprob.structure import Structure
 
 KEYS = ("kl_qp", "kl_pq", "tv", "incoherence", "violation", "nfe")
@@ -83,8 +83,8 @@ def evaluate(structure: Structure, decoder: DecoderBase, denoiser: Denoiser, *, 
     if exact:
         try:
             values, inc_at, inc_se = _exact(structure, decoder, denoiser, oracle, taus, tau)
-        except (BudgetError, MdmprobError) as e:
-            if mode == "exact" or "Monte Carlo" not in str(e):
+        except EnumerationError:
+            if mode == "exact":
                 raise
             exact = False  # auto: the decoder's state space is too large to enumerate
     notes: list[str] = []

@@ -31,7 +31,7 @@ from mdmprob.decoders.protocol import (
 )
 from mdmprob.decoders.step import TIES
 from mdmprob.denoisers.base import Denoiser
-from mdmprob.errors import BudgetError, MdmprobError, unknown_name
+from mdmprob.errors import EnumerationError, MdmprobError, unknown_name
 
 WEIGHT_ROWS = 2 ** 13  # forced replays run in one batch by log_weights
 
@@ -173,7 +173,7 @@ class Decoder(DecoderBase):
         (from the prompt ``initial`` if given: q then lives on its completions)."""
         n, V = denoiser.n_tokens, denoiser.vocab
         if V ** n > 2**20:
-            raise BudgetError(f"exact mode enumerates all V^n = {V}^{n} sequences, over the "
+            raise EnumerationError(f"exact mode enumerates all V^n = {V}^{n} sequences, over the "
                               "budget of 2^20; use Monte Carlo mode (evaluate(..., mode='mc'))")
         start = initial_tokens(denoiser, initial, 1)
         table = drivers.enumerate_states(self, denoiser, start, self.windows(denoiser, blocks),

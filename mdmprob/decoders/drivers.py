@@ -23,7 +23,7 @@ from mdmprob.decoders.primitives import Step
 from mdmprob.decoders.protocol import DecodeResult, initial_tokens
 from mdmprob.decoders.step import SelectionStep, _scatter_logsumexp
 from mdmprob.denoisers.base import Denoiser
-from mdmprob.errors import BudgetError, MdmprobError
+from mdmprob.errors import EnumerationError, MdmprobError
 
 CALL_CHUNK = 2 ** 14  # states per denoiser call in exact mode
 
@@ -431,7 +431,7 @@ def enumerate_states(decoder, denoiser, start: torch.Tensor, windows, *, oracle=
     done_tokens, done_lq, done_seq = [], [], []
     while tokens.shape[0]:
         if tokens.shape[0] > max_states:
-            raise BudgetError(f"exact mode reached {tokens.shape[0]} decoder states, over "
+            raise EnumerationError(f"exact mode reached {tokens.shape[0]} decoder states, over "
                               f"max_states={max_states}; use Monte Carlo mode")
         done = w >= W
         if done.any():

@@ -14,7 +14,7 @@ import math
 import torch
 
 from mdmprob.decoders.protocol import DecoderBase, DecodeResult, check_num, make_generator
-from mdmprob.errors import MdmprobError
+from mdmprob.errors import EnumerationError, MdmprobError
 from mdmprob.sampling import gumbel_argmax
 
 
@@ -116,6 +116,6 @@ class ImportanceResampling(DecoderBase):
 
     def distribution(self, denoiser, *, initial=None, blocks=None, oracle=None, target=None,
                      max_states: int = 2**16):
-        raise MdmprobError(
+        raise EnumerationError(
             f"{self.name}: exact mode would enumerate (V^n)^{self.particles} particle sets; "
             "use Monte Carlo mode (evaluate(..., mode='mc')) for importance resampling")

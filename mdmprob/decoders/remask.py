@@ -49,7 +49,7 @@ from mdmprob.decoders.protocol import (
     windows_of,
 )
 from mdmprob.denoisers.base import Denoiser
-from mdmprob.errors import BudgetError, MdmprobError, unknown_name
+from mdmprob.errors import EnumerationError, MdmprobError, unknown_name
 from mdmprob.sampling import gumbel_argmax
 
 KERNELS = {
@@ -266,7 +266,7 @@ class Remask:
             raise MdmprobError(f"sweeps {sweeps} must be >= 0")
         W, V = len(window), denoiser.vocab
         if V ** W > 2**16 or math.comb(W, self.k) * V ** W > 2**24:
-            raise BudgetError(
+            raise EnumerationError(
                 f"the exact remasking chain enumerates V^|W| = {V}^{W} window states x "
                 f"C({W}, {self.k}) subsets, over the budget (2^16 states, 2^24 entries); use "
                 "smaller windows, a smaller k, or Monte Carlo")
@@ -382,7 +382,7 @@ class RemaskDecoder(DecoderBase):
         _no_prompt(self.name, initial)
         n, V = denoiser.n_tokens, denoiser.vocab
         if V ** n > 2**20:
-            raise BudgetError(f"exact mode enumerates all V^n = {V}^{n} sequences, over the "
+            raise EnumerationError(f"exact mode enumerates all V^n = {V}^{n} sequences, over the "
                               "budget of 2^20; use Monte Carlo mode (evaluate(..., mode='mc'))")
         start = torch.full((1, n), denoiser.mask_id, dtype=torch.long, device=denoiser.device)
         return drivers.enumerate_states(self, denoiser, start, self.windows(denoiser, blocks),
@@ -548,7 +548,7 @@ class ReMDM(DecoderBase):
         n, V, mask = denoiser.n_tokens, denoiser.vocab, denoiser.mask_id
         total = (V + 1) ** n
         if total > max_states:
-            raise BudgetError(f"exact ReMDM propagates the law of (V+1)^n = {V + 1}^{n} = {total} "
+            raise EnumerationError(f"exact ReMDM propagates the law of (V+1)^n = {V + 1}^{n} = {total} "
                               f"token states, over max_states={max_states}; use Monte Carlo")
         device, dtype = denoiser.device, denoiser.dtype
         states = all_values(n, V + 1, device)  # [(V+1)^n, n], row-major over 0..V

@@ -27,7 +27,7 @@ import math
 import torch
 
 from mdmprob.decoders.primitives import Step, Threshold
-from mdmprob.errors import BudgetError
+from mdmprob.errors import BudgetError, EnumerationError
 from mdmprob.sampling import gumbel_argmax
 
 TIES = {
@@ -389,7 +389,7 @@ class _Tree:
 def _branch(options_lp: torch.Tensor):
     """Expand K rows into their options with positive probability: ``(parent, choice, lp)``."""
     if options_lp.shape[0] * options_lp.shape[1] > EXPANSION_BUDGET * 4:
-        raise BudgetError(f"exact enumeration of one step reached {options_lp.shape[0]} outcomes "
+        raise EnumerationError(f"exact enumeration of one step reached {options_lp.shape[0]} outcomes "
                           f"x {options_lp.shape[1]} options; use Monte Carlo mode")
     parent, choice = (options_lp > -math.inf).nonzero(as_tuple=True)
     return parent, choice, options_lp[parent, choice]
@@ -413,7 +413,7 @@ def _product(options_lp: torch.Tensor):
     total = counts.prod(-1)  # [B]; 0 when some position has no option
     K = int(total.sum())
     if K > EXPANSION_BUDGET * 4:
-        raise BudgetError(f"exact enumeration of one step reached {K} outcomes; use Monte Carlo "
+        raise EnumerationError(f"exact enumeration of one step reached {K} outcomes; use Monte Carlo "
                           "mode")
     option = torch.sort((~valid).to(torch.int8), dim=-1, stable=True).indices  # valid first
     stride = torch.cat([counts.flip(-1).cumprod(-1).flip(-1)[:, 1:],
