@@ -1,7 +1,6 @@
 """learned-block-hmm (quick): Neural MDMs trained on a small Block-HMM, decoders scored exactly."""
 
 import math
-import time
 
 from mdmprob.experiments import get_experiment, run_sweep
 from mdmprob.experiments.learned_block_hmm import METRICS
@@ -10,9 +9,7 @@ from mdmprob.experiments.learned_block_hmm import METRICS
 def test_quick_records_files_and_checkpoint_reuse(tmp_path):
     exp = get_experiment("learned-block-hmm")
     config = exp.make_config(**exp.quick)
-    start = time.perf_counter()
     result = run_sweep(exp, config, tmp_path / "first", seed=0)
-    assert time.perf_counter() - start < 30
     records = result.records
 
     for r in records:  # finite or +inf, never NaN (base.record refuses NaN); None = not available
