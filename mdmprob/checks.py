@@ -105,3 +105,40 @@ def _range(low, high, low_open: bool, integer: bool) -> str:
     if integer:
         return f" in {low}..{high}"
     return f" in {'(' if low_open else '['}{low}, {high}]"
+
+
+# ------------------------------------------------------------------------------ memory
+def check_budget(what: str, samples: int, bytes_per_sample: float, fix: str) -> None:
+    """Refuse up front (BudgetError) a request whose working memory, ``samples *
+    bytes_per_sample`` bytes, exceeds the budget: ``MDMPROB_MEMORY_BUDGET`` bytes, default half
+    of the machine's physical memory."""
+    from mdmprob.errors import BudgetError
+
+    need = float(samples) * float(bytes_per_sample)
+    budget = memory_budget()
+    if need > budget:
+        raise BudgetError(f"{what}: {samples:g} samples need about {need / 2**30:.3g} GiB of "
+                          f"memory, over the budget of {budget / 2**30:.3g} GiB "
+                          f"(MDMPROB_MEMORY_BUDGET); {fix}")
+
+
+def mc_bytes_per_sample(n_tokens: int, vocab: int) -> float:
+    """Working memory of one Monte Carlo sequence, bytes: its float64 conditionals ``[n, V]``
+    held in about 32 working copies by a decode and its exact evaluation (a generous bound)."""
+    return 32.0 * 8 * n_tokens * vocab
+
+
+def memory_budget() -> float:
+    """Bytes a single request may use: ``MDMPROB_MEMORY_BUDGET`` or half the physical memory."""
+    import os
+
+    env = os.environ.get("MDMPROB_MEMORY_BUDGET")
+    if env:
+        try:
+            return float(env)
+        except ValueError:
+            raise MdmprobError(f"MDMPROB_MEMORY_BUDGET={env!r} must be a number of bytes") from None
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2
+    except (ValueError, OSError, AttributeError):
+        return 8 * 2**30

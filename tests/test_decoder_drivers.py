@@ -155,3 +155,17 @@ def test_blocks_are_never_lost():
     # decoding the whole sequence as one window is another decoder
     whole = Decoder("mf-all", SCORES["l2r"](), WholeWindow(), "all", 1.0).distribution(pert)
     assert (whole.exp() - q_pert.exp()).abs().max() > 1e-3
+
+
+def test_an_impossible_number_of_sequences_is_refused_up_front(monkeypatch):
+    """num = 10**9 sequences is a BudgetError naming the number and the fix, before any
+    allocation; a small num under the same budget still decodes."""
+    from mdmprob.decoders import llada
+    from mdmprob.denoisers import Oracle
+    from mdmprob.errors import BudgetError
+
+    s = load_model("markov_chain", length=4, vocab=2)
+    monkeypatch.setenv("MDMPROB_MEMORY_BUDGET", str(2**30))
+    with pytest.raises(BudgetError, match=r"num=1000000000.*decode fewer sequences"):
+        llada(steps=2).run(Oracle(s), 10**9)
+    assert llada(steps=2).run(Oracle(s), 8).tokens.shape == (8, 4)

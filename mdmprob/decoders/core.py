@@ -110,7 +110,7 @@ class Decoder(DecoderBase):
         denoiser's device) fixes every random choice; ``initial`` (``[n]`` or ``[num, n]``, mask id
         where to decode) is a prompt; ``oracle`` supplies exact conditionals for oracle scores;
         ``target`` (a Structure) is what correctors verify against."""
-        check_num(num)
+        check_num(num, denoiser)
         generator = make_generator(denoiser, seed, generator)
         return drivers.run(self, denoiser, num, generator, self.windows(denoiser, blocks),
                            initial=initial, oracle=oracle, target=target)

@@ -39,7 +39,7 @@ class ImportanceResampling(DecoderBase):
         target = target if target is not None else getattr(denoiser, "structure", None)
         if target is None:
             raise MdmprobError("importance weights need the exact target: pass target=structure")
-        check_num(num)
+        check_num(num, denoiser)
         K = self.particles
         generator = make_generator(denoiser, seed, generator)
         if initial is not None:

@@ -132,9 +132,19 @@ def make_generator(denoiser, seed: int | None, generator) -> torch.Generator:
     return gen
 
 
-def check_num(num) -> None:
+def check_num(num, denoiser=None) -> None:
+    """``num`` sequences is an integer >= 1 whose working memory (about 32 float copies of
+    ``[num, n, V]`` for ``denoiser``'s sizes) fits the memory budget: a BudgetError up front, not
+    an allocator error mid-run."""
     if isinstance(num, bool) or not isinstance(num, int) or num < 1:
         raise MdmprobError(f"num={num!r} sequences must be an integer >= 1")
+    if denoiser is not None:
+        from mdmprob.checks import check_budget, mc_bytes_per_sample
+
+        check_budget(f"decoding num={num} sequences", num,
+                     mc_bytes_per_sample(denoiser.n_tokens, denoiser.vocab),
+                     "decode fewer sequences per call (several calls with different seeds), or "
+                     "raise MDMPROB_MEMORY_BUDGET")
 
 
 def initial_tokens(denoiser, initial, num: int) -> torch.Tensor:

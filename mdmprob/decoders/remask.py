@@ -357,7 +357,7 @@ class RemaskDecoder(DecoderBase):
             oracle: Denoiser | None = None, target=None) -> DecodeResult:
         """Decode ``num`` sequences (see the decoder protocol); ``committed`` is a
         :class:`Trajectory`."""
-        check_num(num)
+        check_num(num, denoiser)
         _no_prompt(self.name, initial)
         generator = make_generator(denoiser, seed, generator)
         device, n = denoiser.device, denoiser.n_tokens
@@ -479,7 +479,7 @@ class ReMDM(DecoderBase):
             oracle: Denoiser | None = None, target=None) -> DecodeResult:
         """Decode ``num`` sequences in one batch; ``committed`` is a :class:`Trajectory` (per step
         the newly unmasked positions and the state after the step)."""
-        check_num(num)
+        check_num(num, denoiser)
         _no_prompt(self.name, initial)
         device, mask = denoiser.device, denoiser.mask_id
         generator = make_generator(denoiser, seed, generator)
