@@ -40,7 +40,9 @@ def _bracket(exact, mc, key, z=4.0):
 @pytest.mark.parametrize("decoder", [
     llada(steps=3), llada(steps=2, remasking="random"), mdlm(), sequential("random"),
     fast_dllm_threshold(tau=0.7), fast_dllm_factor(f=1.0), eb_sampler(gamma=0.5),
-    sequential("entropy", temperature=0.7)], ids=lambda d: d.name)
+    sequential("entropy", temperature=0.7),
+    # positions drawn Plackett-Luce (a decoder with its own step law)
+    PRESETS["dream"](steps=3, alg="entropy", alg_temp=0.5)], ids=lambda d: d.name)
 def test_bounds_bracket_the_exact_kl(decoder):
     s = load_model("block_hmm", **SMALL)
     o = Oracle(s)

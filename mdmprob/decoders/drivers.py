@@ -183,7 +183,7 @@ def forced(decoder, denoiser, tokens: torch.Tensor, windows, generator, *, commi
                 break
             view = _view(decoder, denoiser, state, cand, step_no, window_masked, len(windows),
                          oracle)
-            step = SelectionStep(decoder, view)
+            step = step_law(decoder, view)
             given = None if steps is None else _next_step(steps).to(device) & cand
             sel, lr = proposal_step(step, tokens, generator, given)
             log_q = log_q + step.log_prob(sel, tokens)
@@ -215,16 +215,13 @@ def proposal_step(step: SelectionStep, x: torch.Tensor, generator, given=None):
 
 
 def _selection_lp(step: SelectionStep, sel) -> torch.Tensor:
-    """log Pr[the step selects ``sel``] for selections that do not read the drawn values."""
-    from mdmprob.decoders import step as step_module
-
-    view, rule = step.view, step.rule
-    cand = view.candidates
-    if rule.commit.stochastic:
-        return step_module._bernoulli_lp(rule.commit.probs(view), sel, cand)
-    draws = step.values_lp.argmax(-1) if rule.score.uses_draws else None
-    keys = step._keys(view, draws)
-    return step_module._selection_lp(keys, cand, sel, step._count(view, keys), step.random_ties)
+    """log Pr[the step selects ``sel``] for selections that do not read the drawn values: the
+    step's own joint law at any values (the argmax, whose log-probability is finite) less the
+    values' share."""
+    values = step.values_lp.argmax(-1)
+    picked = step.values_lp.gather(-1, values[..., None])[..., 0]
+    share = torch.where(sel & step.view.candidates, picked, torch.zeros_like(picked)).sum(-1)
+    return step.log_prob(sel, values) - share
 
 
 def _enumerated_proposal(step: SelectionStep, x, generator, given):
@@ -250,7 +247,7 @@ def _enumerated_proposal(step: SelectionStep, x, generator, given):
         sel.scatter_(1, slots[row], on)
         sel = sel & cand[row]
         valid = ~(bits.repeat(len(part), 1) & ~filled[row]).any(-1)  # no bit on a missing slot
-        sub = SelectionStep(step.rule, _subview(step.view, row))
+        sub = step.restricted(_subview(step.view, row))
         lp = sub.log_prob(sel, x[row])
         lps.append(torch.where(valid, lp, torch.full_like(lp, -math.inf)).reshape(len(part), S))
     table = torch.cat(lps)  # [B, S]

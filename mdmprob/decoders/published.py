@@ -132,6 +132,9 @@ class PlackettLuceStep(SelectionStep):
         self.alg_temp = alg_temp
         self.draws_random = rule.score.uses_draws and not rule.values.deterministic
 
+    def restricted(self, view: Step) -> PlackettLuceStep:
+        return PlackettLuceStep(self.rule, view, self.alg_temp)
+
     def sample(self, generator: torch.Generator):
         view, rule = self.view, self.rule
         cand = view.candidates

@@ -49,6 +49,10 @@ class SelectionStep:
         self.random_ties = rule.score.random or rule.ties == "random"
         self.draws_random = rule.score.uses_draws and not rule.values.deterministic
 
+    def restricted(self, view: Step) -> SelectionStep:
+        """The same step law at another view (e.g. rows repeated for an enumeration)."""
+        return type(self)(self.rule, view)
+
     # ------------------------------------------------------------------------------- sample
     def sample(self, generator: torch.Generator):
         """``(sel [B, n], values [B, n], lp_tokens [B, n], branched [B])``: one outcome per row;
