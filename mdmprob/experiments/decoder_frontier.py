@@ -75,11 +75,11 @@ class DecoderFrontier(Experiment):
     def plot(self, records, config: Config, out_dir: Path) -> list[Path]:
         import textwrap
 
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
         from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+        from mdmprob.experiments.plotting import pyplot, save_figure, shared_legend
+
+        plt = pyplot()
 
         structures = list(dict.fromkeys(r["structure"] for r in records))
         decoders = list(dict.fromkeys(r["decoder"] for r in records))
@@ -132,20 +132,9 @@ class DecoderFrontier(Experiment):
                               else "incoherence rate (τ = 1e-8) [fraction of blocks]")
                 ax.set_title(textwrap.fill(st.replace(":", " ", 1), 34), fontsize=9)
                 ax.grid(alpha=0.3, which="both")
-        handles, labels = [], []
-        for ax in axes.flat:
-            for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
-                if lab not in labels:
-                    handles.append(h)
-                    labels.append(lab)
-        fig.legend(handles, labels, loc="outside lower center", ncol=min(6, len(labels)),
-                   fontsize=8)
+        shared_legend(fig, axes, ncol=6)
         fig.suptitle(textwrap.fill(self.title, 40 * len(structures)))
-        paths = [out_dir / "decoder_frontier.png", out_dir / "decoder_frontier.svg"]
-        for p in paths:
-            fig.savefig(p, dpi=110)
-        plt.close(fig)
-        return paths
+        return save_figure(fig, out_dir / "decoder_frontier", dpi=110)
 
 
 def _pareto(points):

@@ -89,10 +89,9 @@ class OptimalSchedule(Experiment):
     def plot(self, records, config: Config, out_dir: Path) -> list[Path]:
         import textwrap
 
-        import matplotlib
+        from mdmprob.experiments.plotting import pyplot, save_figure, shared_legend
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot()
 
         structures = list(dict.fromkeys(r["structure"] for r in records))
         fig, axes = plt.subplots(1, len(structures), figsize=(4.8 * len(structures), 4.6),
@@ -123,20 +122,9 @@ class OptimalSchedule(Experiment):
             ax.set_ylabel("KL(q‖p) (sampling risk) [nats]")
             ax.set_title(textwrap.fill(st.replace(":", " ", 1), 36), fontsize=9)
             ax.grid(alpha=0.3, which="both")
-        handles, labels = [], []
-        for ax in axes.flat:
-            for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
-                if lab not in labels:
-                    handles.append(h)
-                    labels.append(lab)
-        fig.legend(handles, labels, loc="outside lower center", ncol=min(4, len(labels)),
-                   fontsize=8)
+        shared_legend(fig, axes, ncol=4)
         fig.suptitle(textwrap.fill(self.title, 45 * len(structures)))
-        paths = [out_dir / "optimal_schedule.png", out_dir / "optimal_schedule.svg"]
-        for p in paths:
-            fig.savefig(p, dpi=110)
-        plt.close(fig)
-        return paths
+        return save_figure(fig, out_dir / "optimal_schedule", dpi=110)
 
 
 EXPERIMENT = OptimalSchedule()

@@ -43,6 +43,18 @@ def save_figure(fig, out: Path, *, dpi: int = 120, tight: bool = False) -> list[
     return paths
 
 
+def shared_legend(fig, axes, ncol: int, fontsize: int = 8) -> None:
+    """One legend below the panels with each label once (the first panel's handle for it)."""
+    handles, labels = [], []
+    for ax in axes.flat:
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(ncol, len(labels)),
+               fontsize=fontsize)
+
+
 def line_panels(records, panels, *, x: str, series: str, xlabel: str, title: str, out: Path,
                 logx: bool = False) -> list[Path]:
     """One panel per ``(metric, ylabel, logy)``: value vs ``x`` with ±1 se error bars, one line per
