@@ -465,13 +465,13 @@ def parse_prompt(text: str | None) -> list[int]:
 
 # ------------------------------------------------------------------------------ measures
 def _metrics(structure, engine, tokens, log_p, tau, calls) -> dict[str, float | None]:
-    from mdmprob import info
+    from mdmprob import measures
 
-    ce = info.mc_mean(-log_p)
+    ce = measures.mc_mean(-log_p)
     block_lp = _block_log_p(structure, engine, tokens)
-    inc = info.mc_rate((block_lp <= math.log(tau)).double().mean(-1))
+    inc = measures.mc_rate((block_lp <= math.log(tau)).double().mean(-1))
     viol = structure.violations(tokens)
-    vio = None if viol is None else info.mc_mean(viol.double().reshape(len(tokens), -1).mean(-1))
+    vio = None if viol is None else measures.mc_mean(viol.double().reshape(len(tokens), -1).mean(-1))
     per_call = torch.tensor([c["rows"] / len(c["ids"]) for c in calls], dtype=torch.float64)
     weights = torch.tensor([len(c["ids"]) for c in calls], dtype=torch.float64)
     return {"cross_entropy": ce.value, "cross_entropy_se": ce.se,
@@ -533,9 +533,9 @@ def _codes(tokens: torch.Tensor, V: int) -> torch.Tensor:
 def _fit(name, tokens, log_r, table, seed) -> LawFit:
     """Mean log r of the samples, and (when ``table`` holds r for every outcome) plug-in KL,
     TV and the chi-square test against r."""
-    from mdmprob import info
+    from mdmprob import measures
 
-    est = info.mc_mean(log_r.to(torch.float64))
+    est = measures.mc_mean(log_r.to(torch.float64))
     fit = LawFit(name, est.value, est.se, outside_support=int((log_r == -math.inf).sum()))
     if table is None:
         return fit

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from mdmprob import info
+from mdmprob import measures
 from mdmprob.graph import elimination_order
 from mdmprob.sampling import gumbel_argmax
 from mdmprob.structure import Structure
@@ -79,7 +79,7 @@ def block_report(structure: Structure, *, samples: int = 2000, seed: int = 0,
     for key, mc_terms in (("forward_tc", mc_forward), ("reverse_tc_mean_field", mc_reverse)):
         exact_sum = sum(r[key] for r in rows if r["exact"])
         if mc_terms:
-            est = info.mc_mean(torch.stack(mc_terms).sum(0))
+            est = measures.mc_mean(torch.stack(mc_terms).sum(0))
             total, se = exact_sum + est.value, est.se
         else:
             total, se = exact_sum, None
@@ -118,10 +118,10 @@ def block_costs(joint: torch.Tensor, k: int) -> dict[str, torch.Tensor]:
     """Per row of a block table ``[R] + [V] * k`` (log p(x_B | x_P)): log M = log sup p / q with
     q the product of its marginals, forward TC = KL(p ‖ q), and their difference."""
     flat = joint.reshape(joint.shape[0], -1)
-    mf = info.mean_field(joint, k).reshape(flat.shape)
+    mf = measures.mean_field(joint, k).reshape(flat.shape)
     ratio = torch.where(flat > -math.inf, flat - mf, torch.full_like(flat, -math.inf))
     log_m = ratio.amax(-1)
-    tc = info.forward_tc(joint, k)
+    tc = measures.forward_tc(joint, k)
     return {"log_m": log_m, "m": log_m.exp(), "forward_tc": tc, "exp_forward_tc": tc.exp(),
             "log_gap": log_m - tc}
 
@@ -159,8 +159,8 @@ def _exact_block(structure, engine, m, prefix, block) -> dict[str, Any]:
     log_p_prefix = engine.log_prob_visible(tokens, visible)
     log_q_prefix = _mean_field_log_q(structure, engine, tokens, m)
     joint = engine.block_joint(tokens, visible, block)  # [R, V, ..., V]
-    forward = info.expectation(log_p_prefix, info.forward_tc(joint, k))
-    reverse = info.expectation(log_q_prefix, info.reverse_tc(joint, k))
+    forward = measures.expectation(log_p_prefix, measures.forward_tc(joint, k))
+    reverse = measures.expectation(log_q_prefix, measures.reverse_tc(joint, k))
     violation = None
     if structure.constraint is not None:
         block_configs = torch.tensor(list(itertools.product(range(V), repeat=k)),
@@ -170,8 +170,8 @@ def _exact_block(structure, engine, m, prefix, block) -> dict[str, Any]:
         violated = structure.violations(full.reshape(-1, structure.n_tokens))
         if violated.dim() == 2:
             violated = violated[:, m].reshape(tokens.shape[0], *([V] * k))
-            mf = info.mean_field(joint, k)
-            violation = info.expectation(log_q_prefix, info.violation_rate(mf, violated, k)).item()
+            mf = measures.mean_field(joint, k)
+            violation = measures.expectation(log_q_prefix, measures.violation_rate(mf, violated, k)).item()
     return _row(m, block, forward.item(), None, reverse.item(), None, violation, None, True)
 
 
@@ -182,13 +182,13 @@ def _mc_block(structure, engine, m, prefix, block, p_samples, q_samples):
         visible = torch.zeros_like(samples, dtype=torch.bool)
         visible[:, prefix] = True
         out.append(engine.block_joint(samples, visible, block))
-    fwd = info.forward_tc(out[0], k)
-    rev = info.reverse_tc(out[1], k)
-    f, r = info.mc_mean(fwd), info.mc_mean(rev)
+    fwd = measures.forward_tc(out[0], k)
+    rev = measures.reverse_tc(out[1], k)
+    f, r = measures.mc_mean(fwd), measures.mc_mean(rev)
     violation = violation_se = None
     violated = structure.violations(q_samples)
     if violated is not None and violated.dim() == 2:
-        v = info.mc_rate(violated[:, m])
+        v = measures.mc_rate(violated[:, m])
         violation, violation_se = v.value, v.se
     row = _row(m, block, f.value, f.se, r.value, r.se, violation, violation_se, False)
     return row, fwd, rev

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mdmprob import info
+from mdmprob import measures
 from mdmprob.errors import MdmprobError
 
 DEFAULT_DRAWS = 16  # proposal trajectories per sequence (K) for the lower side
@@ -57,19 +57,19 @@ def check_draws(draws) -> None:
 
 
 def kl_qp_bounds(weights: LogWeights, log_p: torch.Tensor):
-    """``(lower, upper)`` :class:`~mdmprob.info.Estimate` of KL(q‖p) from weights at q-samples
+    """``(lower, upper)`` :class:`~mdmprob.measures.Estimate` of KL(q‖p) from weights at q-samples
     (``upper`` is None without the run's own trajectories)."""
-    lower = info.mc_mean(_q_side(iw_lower(weights.proposed), log_p))
-    upper = None if weights.own is None else info.mc_mean(_q_side(weights.own, log_p))
+    lower = measures.mc_mean(_q_side(iw_lower(weights.proposed), log_p))
+    upper = None if weights.own is None else measures.mc_mean(_q_side(weights.own, log_p))
     return lower, upper
 
 
-def kl_pq_upper(weights: LogWeights, log_p: torch.Tensor) -> info.Estimate:
-    """An upper :class:`~mdmprob.info.Estimate` of KL(p‖q) from weights at p-samples:
+def kl_pq_upper(weights: LogWeights, log_p: torch.Tensor) -> measures.Estimate:
+    """An upper :class:`~mdmprob.measures.Estimate` of KL(p‖q) from weights at p-samples:
     E_p[log p(x) - iw_lower(x)]; +inf when the proposals never reach a sample of p."""
     lower_q = iw_lower(weights.proposed)
     diff = log_p - lower_q
-    return info.mc_mean(torch.where(lower_q == -math.inf, torch.full_like(diff, math.inf), diff))
+    return measures.mc_mean(torch.where(lower_q == -math.inf, torch.full_like(diff, math.inf), diff))
 
 
 def _q_side(log_q: torch.Tensor, log_p: torch.Tensor) -> torch.Tensor:

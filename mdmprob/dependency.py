@@ -24,7 +24,7 @@ from typing import NamedTuple
 import networkx as nx
 import torch
 
-from mdmprob import info
+from mdmprob import measures
 from mdmprob.errors import MdmprobError
 
 TC_DIRECTIONS = ("reverse", "forward")
@@ -64,7 +64,7 @@ def pairwise_cmi(source, tokens, visible=None) -> torch.Tensor:
             if rows.numel() == 0:
                 continue
             joint = engine.block_joint(tokens[rows], visible[rows], (i, j))
-            mi = info.forward_tc(joint, 2)
+            mi = measures.forward_tc(joint, 2)
             out[rows, i, j] = mi
             out[rows, j, i] = mi
     return out
@@ -89,7 +89,7 @@ def conditional_tc(source, tokens, visible, positions, direction: str = "reverse
         raise MdmprobError(
             f"positions {(sets[row] & visible[row]).nonzero().squeeze(-1).tolist()} of row {row} "
             "are visible; a candidate set holds masked positions only")
-    measure = info.reverse_tc if direction == "reverse" else info.forward_tc
+    measure = measures.reverse_tc if direction == "reverse" else measures.forward_tc
     out = torch.zeros(tokens.shape[0], dtype=engine.dtype, device=engine.device)
     groups, inverse = torch.unique(sets, dim=0, return_inverse=True)
     for g, members in enumerate(groups):

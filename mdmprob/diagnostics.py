@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from mdmprob import info
+from mdmprob import measures
 from mdmprob.checks import check_int, check_match
 from mdmprob.decoders.protocol import DecoderBase, all_values
 from mdmprob.decoders.remask import Remask
@@ -107,13 +107,13 @@ def mcmc_diagnostics(structure: Structure, decoder: DecoderBase | Remask, denois
         base = torch.full((1, structure.n_tokens), mask, dtype=torch.long, device=device)
         log_q = kernel.window_chain(denoiser, base, window, sweeps=[draws])[draws].reshape(-1)
         log_pb = engine.block_joint(torch.zeros_like(base), prefix[None], window).reshape(-1)
-        out["kl_qp"] = info.kl(q=log_q, p=log_pb).item()
+        out["kl_qp"] = measures.kl(q=log_q, p=log_pb).item()
         if column is not None:
             configs = all_values(len(window), V, device)
             full = torch.zeros(len(configs), structure.n_tokens, dtype=torch.long, device=device)
             full[:, window] = configs
             violated = structure.violations(full)[:, column]
-            out["violation_exact"] = info.violation_rate(log_q, violated).item()
+            out["violation_exact"] = measures.violation_rate(log_q, violated).item()
     return out
 
 

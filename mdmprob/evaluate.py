@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from mdmprob import bounds, info
+from mdmprob import bounds, measures
 from mdmprob.decoders.core import Decoder
 from mdmprob.decoders.protocol import DecoderBase
 from mdmprob.denoisers.base import Denoiser
@@ -92,7 +92,7 @@ def evaluate(structure: Structure, decoder: DecoderBase, denoiser: Denoiser, *, 
         values, inc_at, inc_se = _monte_carlo(structure, decoder, denoiser, oracle, run, samples,
                                               seed, taus, tau, draws, notes)
     _fill_bounds(values)
-    nfe = info.mc_mean(run.nfe.to(torch.float64))
+    nfe = measures.mc_mean(run.nfe.to(torch.float64))
     values["nfe"], values["nfe_se"] = nfe.value, nfe.se
     corrector = {k: torch.cat([t.to(torch.float64).reshape(-1) for t in v]).mean().item()
                  for k, v in run.corrector.items()}
@@ -109,14 +109,14 @@ def _exact(structure, decoder, denoiser, oracle, taus, tau):
     log_q = decoder.distribution(denoiser, blocks=structure.blocks, oracle=oracle,
                                  target=structure).reshape(-1)
     values: dict[str, float | None] = {
-        "kl_qp": info.kl(q=log_q, p=log_p).item(), "kl_pq": info.kl(p=log_p, q=log_q).item(),
-        "tv": info.tv(q=log_q, p=log_p).item()}
+        "kl_qp": measures.kl(q=log_q, p=log_p).item(), "kl_pq": measures.kl(p=log_p, q=log_q).item(),
+        "tv": measures.tv(q=log_q, p=log_p).item()}
     block_lp = _block_log_p(structure, engine, xs)  # [N, M]
-    inc_at = {t: info.expectation(log_q, (block_lp <= math.log(t)).double().mean(-1)).item()
+    inc_at = {t: measures.expectation(log_q, (block_lp <= math.log(t)).double().mean(-1)).item()
               for t in taus}
     values["incoherence"] = inc_at[tau]
     viol = structure.violations(xs)
-    values["violation"] = None if viol is None else info.expectation(
+    values["violation"] = None if viol is None else measures.expectation(
         log_q, viol.double().reshape(len(xs), -1).mean(-1)).item()
     for k in ("kl_qp", "kl_pq", "tv", "incoherence", "violation"):
         values[k + "_se"] = None
@@ -135,14 +135,14 @@ def _monte_carlo(structure, decoder, denoiser, oracle, run, samples, seed, taus,
         values["kl_qp"], values["kl_qp_se"] = rev.value, rev.se
         values["kl_pq"], values["kl_pq_se"] = fwd.value, fwd.se
     elif run.log_q_is_marginal:
-        est = info.mc_kl(run.log_q, log_p)
+        est = measures.mc_kl(run.log_q, log_p)
         values["kl_qp"], values["kl_qp_se"] = est.value, est.se
         gen = torch.Generator(device=engine.device).manual_seed(seed + 1)
         masked = torch.zeros_like(xs)
         p_xs = engine.sample(masked, torch.zeros_like(xs, dtype=torch.bool), generator=gen)
         log_q_p = decoder.log_prob(denoiser, p_xs, blocks=structure.blocks, oracle=oracle,
                                    target=structure)
-        est = info.mc_kl(engine.log_prob(p_xs), log_q_p)
+        est = measures.mc_kl(engine.log_prob(p_xs), log_q_p)
         values["kl_pq"], values["kl_pq_se"] = est.value, est.se
     else:
         values.update(_trajectory_bounds(structure, decoder, denoiser, oracle, run, engine, log_p,
@@ -153,14 +153,14 @@ def _monte_carlo(structure, decoder, denoiser, oracle, run, samples, seed, taus,
     block_lp = _block_log_p(structure, engine, xs)
     inc_at, inc_se = {}, {}
     for t in taus:
-        est = info.mc_mean((block_lp <= math.log(t)).double().mean(-1))
+        est = measures.mc_mean((block_lp <= math.log(t)).double().mean(-1))
         inc_at[t], inc_se[t] = est.value, est.se
     values["incoherence"], values["incoherence_se"] = inc_at[tau], inc_se[tau]
     viol = structure.violations(xs)
     if viol is None:
         values["violation"], values["violation_se"] = None, None
     else:
-        est = info.mc_mean(viol.double().reshape(len(xs), -1).mean(-1))
+        est = measures.mc_mean(viol.double().reshape(len(xs), -1).mean(-1))
         values["violation"], values["violation_se"] = est.value, est.se
     return values, inc_at, inc_se
 
@@ -197,12 +197,12 @@ def _trajectory_bounds(structure, decoder, denoiser, oracle, run, engine, log_p,
 def _fallback_bounds(decoder, run, log_p, notes) -> dict[str, float | None]:
     """No proposal: E_q[log q(x, tau) - log p(x)] <= KL(q‖p) <= E_q[-log p(x)]."""
     inf = torch.full_like(log_p, math.inf)
-    upper = info.mc_mean(torch.where(log_p == -math.inf, inf, -log_p))
+    upper = measures.mc_mean(torch.where(log_p == -math.inf, inf, -log_p))
     if decoder.log_q_is_joint:
-        lower = info.mc_mean(torch.where(log_p == -math.inf, inf, run.log_q - log_p))
+        lower = measures.mc_mean(torch.where(log_p == -math.inf, inf, run.log_q - log_p))
         how = "E_q[log q(x, tau) - log p(x)] (q(x) >= q(x, tau))"
     else:
-        lower = info.Estimate(0.0, 0.0, len(log_p))
+        lower = measures.Estimate(0.0, 0.0, len(log_p))
         how = "0"
     if lower.value == math.inf:
         upper = lower
@@ -264,11 +264,11 @@ def _mean_field_decomposition(structure, engine, q_xs, seed, samples):
     prefix = torch.zeros_like(q_xs, dtype=torch.bool)
     for block in structure.blocks:
         k = len(block)
-        rev = rev + info.reverse_tc(engine.block_joint(q_xs, prefix, block), k)
-        fwd = fwd + info.forward_tc(engine.block_joint(p_xs, prefix, block), k)
+        rev = rev + measures.reverse_tc(engine.block_joint(q_xs, prefix, block), k)
+        fwd = fwd + measures.forward_tc(engine.block_joint(p_xs, prefix, block), k)
         prefix = prefix.clone()
         prefix[:, block] = True
-    return info.mc_mean(rev), info.mc_mean(fwd)
+    return measures.mc_mean(rev), measures.mc_mean(fwd)
 
 
 def _check(structure, denoiser, tau, taus, mode, samples):

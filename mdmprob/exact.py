@@ -164,7 +164,7 @@ class ExactEngine:
             raise EnumerationError(
                 f"the joint table over {len(positions)} positions for {tokens.shape[0]} sequences "
                 f"has {size:.3g} entries, over the budget of {self.budget:.3g}; use the Monte Carlo "
-                "estimators (mdmprob.info.mc_*), fewer sequences per call, or a larger budget"
+                "estimators (mdmprob.measures.mc_*), fewer sequences per call, or a larger budget"
             )
         if tokens.shape[0] == 0:
             return torch.zeros((0,) + (self.vocab,) * len(positions), device=self.device,

@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 import torch
 
-from mdmprob import info
+from mdmprob import measures
 
 
 class PairwiseOrders(NamedTuple):
@@ -52,10 +52,10 @@ def pairwise_orders(den) -> PairwiseOrders:
     swapped = pair.transpose(0, 1).transpose(2, 3)  # [i, j, a, b] = log q_{j->i}(a, b)
     eye = torch.eye(m, dtype=torch.bool, device=den.device)
     zero = torch.zeros((), dtype=pair.dtype, device=den.device)
-    order_kl = torch.where(eye, zero, info.kl(q=pair, p=swapped, event_dims=2))
+    order_kl = torch.where(eye, zero, measures.kl(q=pair, p=swapped, event_dims=2))
     ratio = torch.where(pair > -torch.inf, (pair - swapped).abs(), zero)
-    circulation = torch.where(eye, zero, info.expectation(pair, ratio, event_dims=2))
-    mi = torch.where(eye, zero, info.forward_tc(pair, event_dims=2))
+    circulation = torch.where(eye, zero, measures.expectation(pair, ratio, event_dims=2))
+    mi = torch.where(eye, zero, measures.forward_tc(pair, event_dims=2))
     product = marg[:, None, :, None] + marg[None, :, None, :]
-    mf = torch.where(eye, zero, info.kl(q=product, p=pair, event_dims=2))
+    mf = torch.where(eye, zero, measures.kl(q=product, p=pair, event_dims=2))
     return PairwiseOrders(marg, pair, order_kl, circulation, mi, mf)

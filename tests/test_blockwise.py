@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from mdmprob import info, load_model
+from mdmprob import load_model, measures
 from mdmprob.blockwise import block_report, sample_mean_field
 
 
@@ -32,7 +32,7 @@ def test_parity_block_analytic(k, eta):
     e = s.engine()
     x = torch.zeros(1, k, dtype=torch.long)
     joint = e.block_joint(x, torch.zeros_like(x, dtype=torch.bool), range(k))
-    log_m = (joint - info.mean_field(joint, k)).amax()
+    log_m = (joint - measures.mean_field(joint, k)).amax()
     assert log_m.exp().item() == pytest.approx(2 * (1 - eta), rel=1e-9)
 
 
@@ -70,8 +70,8 @@ def test_decompositions_eq16_eq18_by_enumeration(eta):
     assert log_q.exp().sum().item() == pytest.approx(1.0, abs=1e-12)
     r = block_report(s)
     assert all(b["exact"] for b in r["blocks"])
-    kl_pq = info.kl(p=log_p, q=log_q).item()
-    kl_qp = info.kl(q=log_q, p=log_p).item()
+    kl_pq = measures.kl(p=log_p, q=log_q).item()
+    kl_qp = measures.kl(q=log_q, p=log_p).item()
     assert r["kl_pq_mean_field"] == pytest.approx(kl_pq, abs=1e-12)
     if eta == 0:
         assert kl_qp == math.inf and r["kl_qp_mean_field"] == math.inf
@@ -80,7 +80,7 @@ def test_decompositions_eq16_eq18_by_enumeration(eta):
     # violation per block = Pr_q[block's parity fails]
     viol = s.violations(xs)
     for m, b in enumerate(r["blocks"]):
-        expected = info.violation_rate(log_q, viol[:, m]).item()
+        expected = measures.violation_rate(log_q, viol[:, m]).item()
         assert b["violation_mean_field"] == pytest.approx(expected, abs=1e-12)
 
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from mdmprob import info, load_model
+from mdmprob import load_model, measures
 from mdmprob.decoders import (
     PRESETS,
     Decoder,
@@ -51,8 +51,8 @@ def test_ideal_regime_one_token_per_step_is_exact(name, params, order):
     o = Oracle(s)
     q = sequential(order).distribution(o, oracle=o)
     log_p = true_log_p(s)
-    assert info.kl(q=q, p=log_p, event_dims=s.n_tokens).item() < 1e-12
-    assert info.kl(p=log_p, q=q, event_dims=s.n_tokens).item() < 1e-12
+    assert measures.kl(q=q, p=log_p, event_dims=s.n_tokens).item() < 1e-12
+    assert measures.kl(p=log_p, q=q, event_dims=s.n_tokens).item() < 1e-12
 
 
 def test_llada_low_confidence_is_biased_random_is_exact():
@@ -60,8 +60,8 @@ def test_llada_low_confidence_is_biased_random_is_exact():
     o, log_p = Oracle(s), true_log_p(s)
     biased = llada(steps=4, remasking="low_confidence", temperature=1.0).distribution(o)
     exact = llada(steps=4, remasking="random", temperature=1.0).distribution(o)
-    assert info.kl(q=biased, p=log_p, event_dims=4).item() > 1e-3
-    assert info.kl(q=exact, p=log_p, event_dims=4).item() < 1e-12
+    assert measures.kl(q=biased, p=log_p, event_dims=4).item() > 1e-3
+    assert measures.kl(q=exact, p=log_p, event_dims=4).item() < 1e-12
 
 
 def test_sample_then_choose_matches_monte_carlo():
@@ -85,9 +85,9 @@ def test_mean_field_exact_mode_matches_eq16_eq18(name, params):
     o, log_p = Oracle(s), true_log_p(s)
     q = mean_field_blocks().distribution(o)
     r = block_report(s)
-    assert info.kl(p=log_p, q=q, event_dims=s.n_tokens).item() == pytest.approx(
+    assert measures.kl(p=log_p, q=q, event_dims=s.n_tokens).item() == pytest.approx(
         r["kl_pq_mean_field"], abs=1e-10)
-    assert info.kl(q=q, p=log_p, event_dims=s.n_tokens).item() == pytest.approx(
+    assert measures.kl(q=q, p=log_p, event_dims=s.n_tokens).item() == pytest.approx(
         r["kl_qp_mean_field"], abs=1e-10)
 
 
@@ -104,7 +104,7 @@ def test_verified_decoders_are_exact_by_frequencies(decoder):
     se = (p * (1 - p) / num).sqrt()
     assert ((freq - p).abs() <= 4 * se + 1e-9).all()
     q = decoder.distribution(o)
-    assert info.kl(q=q, p=true_log_p(s), event_dims=3).item() < 1e-12
+    assert measures.kl(q=q, p=true_log_p(s), event_dims=3).item() < 1e-12
 
 
 @pytest.mark.parametrize("eta", [0.0, 0.05])
@@ -114,7 +114,7 @@ def test_rejection_cost_equals_m_and_bounds_prop_5_1(eta):
     proposals = torch.cat(run.corrector["proposals"]).double()
     m = math.exp(run.corrector["log_m"][0][0].item())
     assert m == pytest.approx(2 * (1 - eta), rel=1e-9)
-    est = info.mc_mean(proposals)
+    est = measures.mc_mean(proposals)
     assert abs(est.value - m) < 4 * est.se
     tc = run.corrector["forward_tc"][0][0].item()
     assert m >= math.exp(tc) - 1e-12
@@ -131,7 +131,7 @@ def test_lemma_4_1_rollout_identity_for_perturbed_and_table_denoisers():
         for order in ["l2r", "r2l", "entropy", "margin"]:
             d = sequential(order)
             q = d.distribution(den)
-            lhs = info.kl(q=q, p=log_p, event_dims=3).item()
+            lhs = measures.kl(q=q, p=log_p, event_dims=3).item()
             rhs = _rollout_local_kl(d, den, oracle)
             assert lhs == pytest.approx(rhs, abs=1e-12), (type(den).__name__, order)
 
@@ -153,7 +153,7 @@ def _rollout_local_kl(decoder, den, oracle):
         keys = decoder.score(step, logp.argmax(-1)).masked_fill(~cand, -math.inf)[0]
         best = keys.max()
         pos = min(i for i in range(len(state)) if cand[0, i] and keys[i] == best)
-        local = info.kl(q=logp[0, pos], p=true[0, pos]).item()
+        local = measures.kl(q=logp[0, pos], p=true[0, pos]).item()
         total = weight * local
         for v in range(den.vocab):
             w = logp[0, pos, v].exp().item()

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import mdmprob
-from mdmprob import info
+from mdmprob import measures
 from mdmprob.denoisers import FAMILIES, Oracle, Perturbed, Table, all_states, model_error
 from mdmprob.denoisers.perturbed import gaussian_noise
 from mdmprob.errors import BudgetError, EvidenceError, MdmprobError, UnknownNameError
@@ -36,7 +36,7 @@ def masked_mean_kl(denoiser, oracle):
     """Mean KL(p_theta || p) over every masked position of every state."""
     states = all_states(oracle.n_tokens, oracle.vocab, oracle.device)
     masked = states == oracle.vocab
-    return info.kl(q=denoiser(states), p=oracle(states))[masked].mean().item()
+    return measures.kl(q=denoiser(states), p=oracle(states))[masked].mean().item()
 
 
 # ---------------------------------------------------------------------- Perturbed
@@ -128,8 +128,8 @@ def test_entropy_scaled_kl_is_level_times_entropy(level, parity, chain):
         masked = states == oracle.vocab
         log_p = oracle(states)[masked]
         out = Perturbed(oracle, "entropy_scaled", level)(states)[masked]
-        h = info.entropy(log_p)
-        kl = info.kl(q=out, p=log_p)
+        h = measures.entropy(log_p)
+        kl = measures.kl(q=out, p=log_p)
         reachable = -torch.log1p(-log_p.exp().amax(-1))  # KL when the whole mode is moved
         target = torch.minimum(level * h, reachable)
         torch.testing.assert_close(kl, target, atol=1e-6, rtol=0)

@@ -8,7 +8,7 @@ import torch
 
 torch.set_num_threads(1)
 
-from mdmprob import info  # noqa: E402
+from mdmprob import measures  # noqa: E402
 from mdmprob.decoders import sequential  # noqa: E402
 from mdmprob.decoders.primitives import entropy_of  # noqa: E402
 from mdmprob.denoisers import Oracle, Perturbed, Table  # noqa: E402
@@ -66,7 +66,7 @@ def test_away_from_mode_meets_the_target_kl_or_saturates():
     r = torch.tensor([[0.3, 0.7], [0.5, 0.5], [0.02, 0.98], [0.9, 0.1]], dtype=torch.float64).log()
     target = torch.tensor([0.05, 0.1, 0.01, 5.0], dtype=torch.float64)
     log_t, kl, sat = away_from_mode(r, target)
-    assert torch.allclose(info.kl(q=log_t, p=r), kl, atol=1e-12)
+    assert torch.allclose(measures.kl(q=log_t, p=r), kl, atol=1e-12)
     assert torch.allclose(kl[:3], target[:3], atol=1e-12)
     assert sat.tolist() == [False, False, False, True]
     assert math.isclose(kl[3].item(), -math.log(0.1), abs_tol=1e-12)  # all mass off the mode

@@ -15,7 +15,7 @@ torch.set_num_threads(1)
 import brute  # noqa: E402
 import pytest  # noqa: E402
 
-from mdmprob import info, load_model  # noqa: E402
+from mdmprob import load_model, measures  # noqa: E402
 from mdmprob.errors import MdmprobError  # noqa: E402
 from mdmprob.experiments import get_experiment, run_sweep  # noqa: E402
 
@@ -103,10 +103,10 @@ def test_verification_cost_records_match_independent_computations(vc_sweep):
         engine = s.engine()
         empty = torch.zeros(1, s.n_tokens, dtype=torch.long)
         joint = engine.block_joint(empty, empty.bool(), s.blocks[0])
-        direct = (joint - info.mean_field(joint, 3)).masked_fill(joint == -math.inf, -math.inf)
+        direct = (joint - measures.mean_field(joint, 3)).masked_fill(joint == -math.inf, -math.inf)
         assert m0["value"] == pytest.approx(direct.amax().exp().item(), rel=1e-12)
         assert _one(rows, block=1, metric="forward_tc")["value"] == pytest.approx(
-            info.forward_tc(joint, 3).item(), abs=1e-12)
+            measures.forward_tc(joint, 3).item(), abs=1e-12)
         # both blocks against the brute-force oracle (block 2 is Monte Carlo over prefixes)
         for m in (0, 1):  # 0-based for the oracle; records number blocks from 1
             e_m, e_tc, gap_min = _brute_block_costs(s, m)
@@ -248,7 +248,7 @@ def test_remasking_prop_c5_and_where_it_stops(rm_sweep):
     for eta in config.etas:
         s = load_model("block_hmm", eta=eta, n_blocks=1, block_size=4)
         empty = torch.zeros(1, 4, dtype=torch.long)
-        rtc = info.reverse_tc(s.engine().block_joint(empty, empty.bool(), [0, 1, 2, 3]), 4).item()
+        rtc = measures.reverse_tc(s.engine().block_joint(empty, empty.bool(), [0, 1, 2, 3]), 4).item()
         for k in config.ks:
             assert _one(records, eta=eta, k=k, n=0, metric="violation")["value"] == pytest.approx(
                 0.5, abs=1e-12)

@@ -4,7 +4,7 @@ import pyro
 import pytest
 import torch
 
-from mdmprob import info, load_model
+from mdmprob import load_model, measures
 from mdmprob.decoders import llada, mean_field_blocks, sequential, verified_blocks
 from mdmprob.denoisers import Oracle, Perturbed
 from mdmprob.errors import MdmprobError
@@ -25,7 +25,7 @@ def test_traceenum_elbo_equals_minus_kl_on_the_same_samples(name, params, make):
     decoder, den = make(), Perturbed(Oracle(s), "temperature", 0.5)
     pyro_value = pyro_kl_qp(decoder, den, s, num=128, seed=3)
     run = decoder.run(den, 128, seed=3, blocks=s.blocks, target=s)
-    ours = info.mc_kl(run.log_q, s.engine().log_prob(run.tokens)).value
+    ours = measures.mc_kl(run.log_q, s.engine().log_prob(run.tokens)).value
     assert pyro_value == pytest.approx(ours, abs=1e-10)
 
 

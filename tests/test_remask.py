@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from mdmprob import info, load_model
+from mdmprob import load_model, measures
 from mdmprob.decoders import Decoder, get_decoder, gibbs_remask, mdlm, remdm
 from mdmprob.decoders.primitives import LeftToRight, WholeWindow
 from mdmprob.decoders.remask import Remask, Trajectory
@@ -38,7 +38,7 @@ def first_block_chain(structure, kernel, k, device, sweeps=SWEEPS):
 
 
 def stats(log_q, log_p, violated):
-    return info.violation_rate(log_q, violated).item(), info.kl(q=log_q, p=log_p).item()
+    return measures.violation_rate(log_q, violated).item(), measures.kl(q=log_q, p=log_p).item()
 
 
 # ------------------------------------------------------------------ (a) §4-E and Prop. C.5

@@ -31,7 +31,7 @@ import matplotlib.pyplot as plt
 import torch
 
 import mdmprob
-from mdmprob import info
+from mdmprob import measures
 from mdmprob.decoders import mean_field_blocks, verified_blocks
 from mdmprob.denoisers import Oracle
 from mdmprob.evaluate import evaluate
@@ -49,12 +49,12 @@ ETAS = [1e-8, 1e-4, 1e-2] if SMOKE else [1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-
 #
 # The zoo's `agreement` model has two tokens with uniform marginals that agree with probability
 # 1 − δ. Its block joint is a 2 × 2 table; the *mean-field* proposal is the product of its
-# marginals, here uniform on all four pairs. `info.kl` takes **named** arguments and reads as
+# marginals, here uniform on all four pairs. `measures.kl` takes **named** arguments and reads as
 # written:
 #
-# * `info.kl(q=mean_field, p=joint)` is KL(q‖p), the **sampling risk** (an expectation under the
+# * `measures.kl(q=mean_field, p=joint)` is KL(q‖p), the **sampling risk** (an expectation under the
 #   decoder's own samples); here it is the reverse total correlation;
-# * `info.kl(p=joint, q=mean_field)` is KL(p‖q), the **information loss**; here the forward total
+# * `measures.kl(p=joint, q=mean_field)` is KL(p‖q), the **information loss**; here the forward total
 #   correlation.
 
 # %%
@@ -64,9 +64,9 @@ def two_token_kls(delta):
     x = torch.zeros(1, 2, dtype=torch.long)
     hidden = torch.zeros(1, 2, dtype=torch.bool)
     joint = engine.block_joint(x, hidden, [0, 1])  # log p(x1, x2), shape [1, 2, 2]
-    q = info.mean_field(joint, 2)  # log p(x1) + log p(x2)
-    return (info.kl(q=q, p=joint, event_dims=2).item(),  # KL(q||p): sampling risk
-            info.kl(p=joint, q=q, event_dims=2).item())  # KL(p||q): information loss
+    q = measures.mean_field(joint, 2)  # log p(x1) + log p(x2)
+    return (measures.kl(q=q, p=joint, event_dims=2).item(),  # KL(q||p): sampling risk
+            measures.kl(p=joint, q=q, event_dims=2).item())  # KL(p||q): information loss
 
 
 def h(d):  # binary entropy in nats

@@ -40,7 +40,7 @@ import torch
 from pyro.ops.indexing import Vindex
 
 import mdmprob
-from mdmprob import info
+from mdmprob import measures
 from mdmprob.decoders import sequential
 from mdmprob.decoders.core import Decoder
 from mdmprob.decoders.primitives import PerStep, Score, Step
@@ -140,7 +140,7 @@ def in_order(order):
 
 def J(decoder, den):
     """KL(q || p) of a decoder whose positions are a function of the state."""
-    return info.kl(q=decoder.log_prob(den, xs), p=log_p).item()
+    return measures.kl(q=decoder.log_prob(den, xs), p=log_p).item()
 
 
 all_orders = list(itertools.permutations(range(n)))
@@ -175,7 +175,7 @@ def walk(score, den):
         candidates = tokens == V
         step = Step(logp, candidates, torch.tensor([t]), torch.tensor([n]))
         j = int(score(step, logp.argmax(-1)).masked_fill(~candidates, -math.inf).argmax())
-        total += math.exp(log_w) * info.kl(q=logp[0, j], p=exact[0, j]).item()
+        total += math.exp(log_w) * measures.kl(q=logp[0, j], p=exact[0, j]).item()
         for v in range(V):
             if logp[0, j, v] > -math.inf:
                 visit(state[:j] + [v] + state[j + 1:], log_w + logp[0, j, v].item(), t + 1)
@@ -189,7 +189,7 @@ for label, decoder in (("fixed order (2, 0, 4, 1, 3)", in_order((2, 0, 4, 1, 3))
                        ("Easy-First (model entropy)", sequential("entropy"))):
     log_q, weighted_errors = walk(decoder.score, den)
     assert torch.allclose(log_q.exp(), decoder.distribution(den).reshape(-1).exp(), atol=1e-12)
-    j = info.kl(q=log_q, p=log_p).item()
+    j = measures.kl(q=log_q, p=log_p).item()
     print(f"{label}: J = KL(q||p) = {j:.10f}, sum of rollout-weighted local errors = "
           f"{weighted_errors:.10f}")
     assert abs(j - weighted_errors) < 1e-10

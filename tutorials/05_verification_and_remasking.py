@@ -32,7 +32,7 @@ import matplotlib.pyplot as plt
 import torch
 
 import mdmprob
-from mdmprob import info
+from mdmprob import measures
 from mdmprob.decoders import (
     gibbs_remask,
     importance,
@@ -121,10 +121,10 @@ for m, block in enumerate(s.blocks):
     visible = torch.zeros_like(prefixes, dtype=torch.bool)
     visible[:, : block[0]] = True  # the earlier blocks
     joint = engine.block_joint(prefixes, visible, block)  # log p(x_B | x_P), [N, 2, ..., 2]
-    q = info.mean_field(joint, len(block))
+    q = measures.mean_field(joint, len(block))
     ratio = torch.where(joint > -math.inf, joint - q, torch.full_like(joint, -math.inf))
     log_m[m] = ratio.flatten(1).amax(-1)
-    tc[m] = info.kl(p=joint, q=q, event_dims=len(block))
+    tc[m] = measures.kl(p=joint, q=q, event_dims=len(block))
     assert (log_m[m] >= tc[m] - 1e-9).all()  # Prop. 5.1: M >= exp(forward TC)
     print(f"block {m + 1}: E[M] = {log_m[m].exp().mean():9.1f} proposals, "
           f"E[exp(forward TC)] = {tc[m].exp().mean():5.2f}, enumeration = 256")
@@ -202,8 +202,8 @@ for eta in (0.0, 1e-8):
     violated = st.violations(all_values(8, 2, "cpu")).reshape(joint.shape).double()
     for k in (1, 2, 4):
         laws = Remask("random", k, 0).window_chain(den, masked, window, sweeps=SWEEPS)
-        chains[eta, k] = [(info.kl(q=laws[n], p=joint, event_dims=8).item(),
-                           info.expectation(laws[n], violated, 8).item()) for n in SWEEPS]
+        chains[eta, k] = [(measures.kl(q=laws[n], p=joint, event_dims=8).item(),
+                           measures.expectation(laws[n], violated, 8).item()) for n in SWEEPS]
     for k in (1, 2, 4):
         print(f"eta={eta:g}, k={k}: KL(q_n||p) at n={SWEEPS} -> "
               f"{[round(c[0], 3) for c in chains[eta, k]]}")

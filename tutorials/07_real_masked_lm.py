@@ -36,7 +36,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import torch
 
-from mdmprob import info
+from mdmprob import measures
 from mdmprob.decoders import (
     eb_sampler,
     fast_dllm_threshold,
@@ -105,12 +105,12 @@ decoders = {
 laws = {name: d.distribution(den) for name, d in decoders.items()}
 for name, q in laws.items():
     assert abs(q.exp().sum().item() - 1) < 1e-9, name
-kl_rows = {name: (info.kl(q=q, p=laws["L2R"], event_dims=2).item(),
-                  info.kl(q=q, p=laws["R2L"], event_dims=2).item()) for name, q in laws.items()}
+kl_rows = {name: (measures.kl(q=q, p=laws["L2R"], event_dims=2).item(),
+                  measures.kl(q=q, p=laws["R2L"], event_dims=2).item()) for name, q in laws.items()}
 print(f"{'decoder':24s} KL(q‖q_L2R)  KL(q‖q_R2L)   (nats)")
 for name, (a, b) in kl_rows.items():
     print(f"{name:24s} {a:11.4g}  {b:11.4g}")
-tc_l2r = info.forward_tc(laws["L2R"], event_dims=2).item()
+tc_l2r = measures.forward_tc(laws["L2R"], event_dims=2).item()
 print(f"total correlation of the L2R law: {tc_l2r:.4g} nats")
 
 # %% [markdown]

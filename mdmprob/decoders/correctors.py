@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from mdmprob import info as measures
+from mdmprob import measures
 from mdmprob.decoders.protocol import all_values
 from mdmprob.errors import MdmprobError
 from mdmprob.sampling import gumbel_argmax

@@ -12,7 +12,7 @@ fine there), otherwise it falls back to Monte Carlo with ``samples`` sequences (
 whose log q is a trajectory density report None). Per budget the model's own error against the
 exact conditionals is recorded as ``model_error_kl_pq`` (KL(p‖p_θ), the training direction) and
 ``model_error_kl_qp`` (KL(p_θ‖p), the sampling-risk direction) from
-:func:`mdmprob.denoisers.error.model_error` (decoder column None).
+:func:`mdmprob.model_error.model_error` (decoder column None).
 
 One setting = one training budget. Checkpoints are cached under ``<checkpoint_dir>/<name>_s<steps>``
 (default ``<sweep output>/checkpoints``) and reused when present; a larger budget continues from
@@ -130,8 +130,8 @@ class LearnedBlockHmm(Experiment):
     def run_setting(self, config: Config, setting: dict[str, Any], seed: int):
         from mdmprob.decoders import get_decoder
         from mdmprob.denoisers import Oracle
-        from mdmprob.denoisers.error import model_error
         from mdmprob.evaluate import evaluate
+        from mdmprob.model_error import model_error
 
         s = _structure(config)
         from mdmprob.training import checkpoint_root

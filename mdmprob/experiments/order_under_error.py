@@ -142,7 +142,7 @@ class OrderUnderError(Experiment):
         return self._run_family(config, setting, oracle, log_p, perms)
 
     def _run_family(self, config, setting, oracle, log_p, perms):
-        from mdmprob import info
+        from mdmprob import measures
         from mdmprob.decoders import sequential
         from mdmprob.denoisers import Perturbed, Table
 
@@ -152,14 +152,14 @@ class OrderUnderError(Experiment):
 
         def J(decoder) -> float:
             log_q = decoder.distribution(model, oracle=oracle_table).reshape(-1)
-            return info.kl(q=log_q, p=log_p).item()
+            return measures.kl(q=log_q, p=log_p).item()
 
         named = {o: J(sequential(o)) for o in config.orders}
         fixed = {order_name(p): J(fixed_decoder(p)) for p in perms}
         return order_records(setting, named, fixed)
 
     def _run_a42(self, config, setting, cond, log_p, perms):
-        from mdmprob import info
+        from mdmprob import measures
 
         alpha, lam = setting["alpha"], setting["level"]
         n = cond.n_tokens
@@ -169,18 +169,18 @@ class OrderUnderError(Experiment):
         named, saturation, gap = {}, {}, 0.0
         for name, policy in policies.items():
             log_q, acc, sat = a42_rollout(cond, policy, alpha, lam)
-            named[name] = info.kl(q=log_q[0], p=log_p).item()
+            named[name] = measures.kl(q=log_q[0], p=log_p).item()
             saturation[name] = sat[0].item()
             gap = max(gap, abs(named[name] - acc[0].item()))
         fixed = {}
         if perms:
             log_q, acc, _ = a42_rollout(cond, perms, alpha, lam)
-            js = info.kl(q=log_q, p=log_p.expand_as(log_q))
+            js = measures.kl(q=log_q, p=log_p.expand_as(log_q))
             gap = max(gap, (js - acc).abs().max().item())
             fixed = {order_name(p): j for p, j in zip(perms, js.tolist(), strict=True)}
             # uniformly random positions = the uniform mixture of the n! fixed orders
             log_mix = torch.logsumexp(log_q, 0) - math.log(len(perms))
-            named["random"] = info.kl(q=log_mix, p=log_p).item()
+            named["random"] = measures.kl(q=log_mix, p=log_p).item()
         named = {k: named[k] for k in NAMED_A42 if k in named}
         out = order_records(setting, named, fixed)
         out += [record(setting, "saturation", v, order=k) for k, v in saturation.items()]

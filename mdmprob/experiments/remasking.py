@@ -86,7 +86,7 @@ class Remasking(Experiment):
                 for kern in config.kernels for k in config.ks]
 
     def run_setting(self, config: Config, setting: dict[str, Any], seed: int):
-        from mdmprob import info
+        from mdmprob import measures
         from mdmprob.decoders.core import all_values
         from mdmprob.decoders.remask import Remask
         from mdmprob.denoisers import Oracle
@@ -112,11 +112,11 @@ class Remasking(Experiment):
         for n in sorted(chain):
             log_q = chain[n].reshape(-1)
             row = {**setting, "n": n}
-            out.append(record(row, "violation", info.violation_rate(log_q, violated).item()))
-            out.append(record(row, "kl_qp", info.kl(q=log_q, p=log_p).item()))
-            out.append(record(row, "tv", info.tv(q=log_q, p=log_p).item()))
+            out.append(record(row, "violation", measures.violation_rate(log_q, violated).item()))
+            out.append(record(row, "kl_qp", measures.kl(q=log_q, p=log_p).item()))
+            out.append(record(row, "tv", measures.tv(q=log_q, p=log_p).item()))
         out.append(record({**setting, "n": None}, "violation_target",
-                          info.violation_rate(log_p, violated).item()))
+                          measures.violation_rate(log_p, violated).item()))
 
         diag = mcmc_diagnostics(s, kernel, oracle, chains=config.chains, draws=config.draws,
                                 seed=seed)

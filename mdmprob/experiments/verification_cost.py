@@ -2,7 +2,7 @@
 
 For every decoding block m of the Block-HMM and every prefix x_P, the exact block conditional
 p(x_B | x_P) (``engine.block_joint``) and its mean-field product q(x_B | x_P) = prod_i p(x_i | x_P)
-(``info.mean_field``) give
+(``measures.mean_field``) give
 
 * the optimal rejection constant M(x_P) = sup_x p / q (the expected number of proposals of the
   optimal accept-reject corrector, a = p / (M q)),
@@ -94,7 +94,7 @@ class VerificationCost(Experiment):
                 for e in config.etas]
 
     def run_setting(self, config: Config, setting: dict[str, Any], seed: int):
-        from mdmprob import info
+        from mdmprob import measures
         from mdmprob.structure import load_model
 
         s = load_model("block_hmm", eta=setting["eta"], n_blocks=config.n_blocks,
@@ -132,13 +132,13 @@ class VerificationCost(Experiment):
                 log_w = engine.log_prob_visible(tokens, visible)  # log p(x_P); 0 for m = 0
                 live = log_w > -math.inf
                 for key in METRICS:
-                    value = info.expectation(log_w, costs[key]).item()
+                    value = measures.expectation(log_w, costs[key]).item()
                     exact_sum[key] += value
                     out.append(record(row, key, value))
                 block_min = costs["log_gap"][live].min().item()
             else:
                 for key in METRICS:
-                    est = info.mc_mean(costs[key])
+                    est = measures.mc_mean(costs[key])
                     mc_sum[key] = mc_sum.get(key, 0.0) + costs[key]
                     out.append(record(row, key, est.value, est.se))
                 block_min = costs["log_gap"].min().item()
@@ -150,7 +150,7 @@ class VerificationCost(Experiment):
         for key in METRICS:
             value, se = exact_sum[key], None
             if key in mc_sum:
-                est = info.mc_mean(mc_sum[key])
+                est = measures.mc_mean(mc_sum[key])
                 value, se = value + est.value, est.se / len(s.blocks)
             out.append(record(mean_row, key, value / len(s.blocks), se))
         out.append(record(mean_row, "log_gap_min", gap_min))
@@ -171,7 +171,7 @@ class VerificationCost(Experiment):
 
     @staticmethod
     def _rejection(setting, blocks_run, config, samples, seed):
-        from mdmprob import info
+        from mdmprob import measures
         from mdmprob.decoders import rejection
         from mdmprob.denoisers import Oracle
         from mdmprob.structure import load_model
@@ -182,11 +182,11 @@ class VerificationCost(Experiment):
         proposals = torch.stack([p.to(torch.float64) for p in run.corrector["proposals"]])
         out = []
         for m in range(blocks_run):
-            est = info.mc_mean(proposals[m])
+            est = measures.mc_mean(proposals[m])
             out.append(record({**setting, "block": m + 1, "expectation": "mc"}, "proposals",
                               est.value, est.se))
         if blocks_run == config.n_blocks:
-            est = info.mc_mean(proposals.mean(0))
+            est = measures.mc_mean(proposals.mean(0))
             out.append(record({**setting, "block": "mean", "expectation": "mc"}, "proposals",
                               est.value, est.se))
         return out

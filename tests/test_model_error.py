@@ -10,13 +10,13 @@ import torch
 from mdmprob import load_model
 from mdmprob.decoders import mean_field_blocks, sequential
 from mdmprob.denoisers import Oracle, Perturbed
-from mdmprob.error_analysis import (
+from mdmprob.errors import EvidenceError, MdmprobError
+from mdmprob.model_error import (
     error_by_position_and_ratio,
     fit_assumption_4_2,
     fit_points,
     rollout_errors,
 )
-from mdmprob.errors import EvidenceError, MdmprobError
 
 torch.set_num_threads(1)
 

@@ -6,7 +6,7 @@ import re
 import pytest
 import torch
 
-from mdmprob import info
+from mdmprob import measures
 from mdmprob.errors import MdmprobError
 
 
@@ -25,22 +25,22 @@ def agreement_table(delta):
                                            (1e-8, 0.693, 8.517)])
 def test_agreement_tc_matches_paper_table(delta, fwd, rev):
     joint = agreement_table(delta)
-    assert info.forward_tc(joint, 2).item() == pytest.approx(math.log(2) - h(delta), abs=1e-12)
-    assert info.reverse_tc(joint, 2).item() == pytest.approx(
+    assert measures.forward_tc(joint, 2).item() == pytest.approx(math.log(2) - h(delta), abs=1e-12)
+    assert measures.reverse_tc(joint, 2).item() == pytest.approx(
         -math.log(2) - 0.5 * math.log(delta * (1 - delta)), abs=1e-9)
-    assert info.forward_tc(joint, 2).item() == pytest.approx(fwd, abs=5e-4)
-    assert info.reverse_tc(joint, 2).item() == pytest.approx(rev, abs=5e-4)
+    assert measures.forward_tc(joint, 2).item() == pytest.approx(fwd, abs=5e-4)
+    assert measures.reverse_tc(joint, 2).item() == pytest.approx(rev, abs=5e-4)
 
 
 def test_hard_zero_gives_inf_not_nan():
     joint = agreement_table(0.0)
-    assert info.reverse_tc(joint, 2).item() == math.inf
-    assert info.forward_tc(joint, 2).item() == pytest.approx(math.log(2), abs=1e-12)
-    assert info.entropy(joint, 2).item() == pytest.approx(math.log(2), abs=1e-12)
-    mf = info.mean_field(joint, 2)
-    assert info.kl(q=mf, p=joint, event_dims=2).item() == math.inf
-    assert info.kl(p=joint, q=mf, event_dims=2).item() == pytest.approx(math.log(2))
-    assert not torch.isnan(info.kl(q=joint, p=joint, event_dims=2))
+    assert measures.reverse_tc(joint, 2).item() == math.inf
+    assert measures.forward_tc(joint, 2).item() == pytest.approx(math.log(2), abs=1e-12)
+    assert measures.entropy(joint, 2).item() == pytest.approx(math.log(2), abs=1e-12)
+    mf = measures.mean_field(joint, 2)
+    assert measures.kl(q=mf, p=joint, event_dims=2).item() == math.inf
+    assert measures.kl(p=joint, q=mf, event_dims=2).item() == pytest.approx(math.log(2))
+    assert not torch.isnan(measures.kl(q=joint, p=joint, event_dims=2))
 
 
 def test_kl_reads_as_written_and_matches_sum():
@@ -49,23 +49,23 @@ def test_kl_reads_as_written_and_matches_sum():
     b = torch.rand(3, 5, generator=g, dtype=torch.float64)
     a, b = (a / a.sum(-1, keepdim=True)).log(), (b / b.sum(-1, keepdim=True)).log()
     direct = (a.exp() * (a - b)).sum(-1)
-    torch.testing.assert_close(info.kl(q=a, p=b), direct)
-    torch.testing.assert_close(info.kl(p=b, q=a), (b.exp() * (b - a)).sum(-1))
-    torch.testing.assert_close(info.tv(q=a, p=b), 0.5 * (a.exp() - b.exp()).abs().sum(-1))
+    torch.testing.assert_close(measures.kl(q=a, p=b), direct)
+    torch.testing.assert_close(measures.kl(p=b, q=a), (b.exp() * (b - a)).sum(-1))
+    torch.testing.assert_close(measures.tv(q=a, p=b), 0.5 * (a.exp() - b.exp()).abs().sum(-1))
 
 
 def test_conditional_entropy_chain_rule_and_tc_identity():
     g = torch.Generator().manual_seed(2)
     p = torch.rand(2, 3, 2, generator=g, dtype=torch.float64)
     log_p = (p / p.sum()).log()
-    hxyz = info.entropy(log_p, 3)
-    hx = info.conditional_entropy(log_p, 3, target=(0,))
-    hy_x = info.conditional_entropy(log_p, 3, target=(1,), given=(0,))
-    hz_xy = info.conditional_entropy(log_p, 3, target=(2,), given=(0, 1))
+    hxyz = measures.entropy(log_p, 3)
+    hx = measures.conditional_entropy(log_p, 3, target=(0,))
+    hy_x = measures.conditional_entropy(log_p, 3, target=(1,), given=(0,))
+    hz_xy = measures.conditional_entropy(log_p, 3, target=(2,), given=(0, 1))
     torch.testing.assert_close(hx + hy_x + hz_xy, hxyz)
     # forward TC = sum_i H(X_i) - H(X)  (Eq. 15)
-    sum_h = sum(info.conditional_entropy(log_p, 3, target=(i,)) for i in range(3))
-    torch.testing.assert_close(info.forward_tc(log_p, 3), sum_h - hxyz)
+    sum_h = sum(measures.conditional_entropy(log_p, 3, target=(i,)) for i in range(3))
+    torch.testing.assert_close(measures.forward_tc(log_p, 3), sum_h - hxyz)
     # brute-force conditional entropy H(Y|X)
     pxy = log_p.exp().sum(-1)
     brute = -sum(pxy[x, y] * math.log(pxy[x, y] / pxy[x].sum()) for x in range(2)
@@ -75,15 +75,15 @@ def test_conditional_entropy_chain_rule_and_tc_identity():
 
 def test_incoherence_and_violation_exact_and_lemma_c3():
     log_p = agreement_table(1e-9)
-    log_q = info.mean_field(log_p, 2)
-    inc = info.incoherence_rate(log_q, log_p, tau=1e-8, event_dims=2)
+    log_q = measures.mean_field(log_p, 2)
+    inc = measures.incoherence_rate(log_q, log_p, tau=1e-8, event_dims=2)
     assert inc.item() == pytest.approx(0.5)
     violated = torch.tensor([[False, True], [True, False]])
-    assert info.violation_rate(log_q, violated, 2).item() == pytest.approx(0.5)
+    assert measures.violation_rate(log_q, violated, 2).item() == pytest.approx(0.5)
     # Lemma C.3: incoherence <= E_q[-log p] / log(1/eps), and Eq. 69: E_q[-log p] = KL + H(q)
-    cross = info.expectation(log_q, -log_p, 2)
-    torch.testing.assert_close(cross, info.kl(q=log_q, p=log_p, event_dims=2)
-                               + info.entropy(log_q, 2))
+    cross = measures.expectation(log_q, -log_p, 2)
+    torch.testing.assert_close(cross, measures.kl(q=log_q, p=log_p, event_dims=2)
+                               + measures.entropy(log_q, 2))
     assert inc.item() <= cross.item() / math.log(1e8)
 
 
@@ -92,28 +92,28 @@ def test_mc_estimators_within_standard_errors():
     log_p = agreement_table(0.1).reshape(-1)
     log_q = torch.full((4,), math.log(0.25), dtype=torch.float64)
     idx = torch.multinomial(log_q.exp(), 20000, replacement=True, generator=g)
-    est = info.mc_kl(log_q[idx], log_p[idx])
-    exact = info.kl(q=log_q, p=log_p).item()
+    est = measures.mc_kl(log_q[idx], log_p[idx])
+    exact = measures.kl(q=log_q, p=log_p).item()
     assert abs(est.value - exact) < 4 * est.se
-    rate = info.mc_rate(idx % 3 == 0)
+    rate = measures.mc_rate(idx % 3 == 0)
     assert abs(rate.value - 0.5) < 4 * rate.se
 
 
 def test_mc_infinite_sample_is_inf_with_zero_se():
-    est = info.mc_kl(torch.tensor([0.0, -1.0]), torch.tensor([-math.inf, -1.0]))
+    est = measures.mc_kl(torch.tensor([0.0, -1.0]), torch.tensor([-math.inf, -1.0]))
     assert est.value == math.inf and est.se == 0.0
 
 
 def test_errors_name_the_problem():
     a = torch.zeros(2)
     with pytest.raises(MdmprobError, match="exactly two named"):
-        info.kl(q=a)
+        measures.kl(q=a)
     with pytest.raises(MdmprobError, match="shape"):
-        info.kl(q=a, p=torch.zeros(3))
+        measures.kl(q=a, p=torch.zeros(3))
     with pytest.raises(MdmprobError, match="event_dims=3"):
-        info.entropy(a, 3)
+        measures.entropy(a, 3)
     with pytest.raises(MdmprobError, match="NaN"):
-        info.mc_mean(torch.tensor([float("nan")]))
+        measures.mc_mean(torch.tensor([float("nan")]))
 
 
 # ----------------------------------------------------------------------- input validation
@@ -130,9 +130,9 @@ def _log_uniform(*shape):
 ])
 def test_measures_refuse_what_is_not_a_log_distribution(bad, needle):
     p = _log_uniform(3)
-    for call in (lambda: info.kl(q=bad, p=p), lambda: info.kl(p=p, q=bad),
-                 lambda: info.tv(q=bad, p=p), lambda: info.entropy(bad),
-                 lambda: info.expectation(bad, torch.zeros(3))):
+    for call in (lambda: measures.kl(q=bad, p=p), lambda: measures.kl(p=p, q=bad),
+                 lambda: measures.tv(q=bad, p=p), lambda: measures.entropy(bad),
+                 lambda: measures.expectation(bad, torch.zeros(3))):
         with pytest.raises(MdmprobError, match=re.escape(needle)):
             call()
 
@@ -140,20 +140,20 @@ def test_measures_refuse_what_is_not_a_log_distribution(bad, needle):
 def test_total_correlations_check_their_table():
     joint = torch.tensor([[0.4, 0.1], [0.1, 0.4]], dtype=torch.float64)
     with pytest.raises(MdmprobError, match="holds probabilities"):
-        info.reverse_tc(joint, 2)
+        measures.reverse_tc(joint, 2)
     with pytest.raises(MdmprobError, match="event_dims=5 must be in 1..2"):
-        info.forward_tc(joint.log(), 5)
+        measures.forward_tc(joint.log(), 5)
     # the same table as log-probabilities: TC = KL(p ‖ p1 p2) by hand
     expected = sum(p * math.log(p / 0.25) for p in (0.4, 0.1, 0.1, 0.4))
-    assert info.forward_tc(joint.log(), 2).item() == pytest.approx(expected, abs=1e-12)
+    assert measures.forward_tc(joint.log(), 2).item() == pytest.approx(expected, abs=1e-12)
 
 
 def test_normalisation_tolerance_accepts_rounding_only():
     p = _log_uniform(4)
-    tol = info.normalisation_tolerance(torch.float64)
-    assert info.kl(q=p + tol / 2, p=p).item() >= 0  # rounding-sized: accepted
+    tol = measures.normalisation_tolerance(torch.float64)
+    assert measures.kl(q=p + tol / 2, p=p).item() >= 0  # rounding-sized: accepted
     with pytest.raises(MdmprobError, match="not normalised"):
-        info.kl(q=p + 10 * tol, p=p)
+        measures.kl(q=p + 10 * tol, p=p)
 
 
 def test_mc_kl_counts_rounding_as_zero_and_nothing_else():
@@ -163,8 +163,8 @@ def test_mc_kl_counts_rounding_as_zero_and_nothing_else():
     forward = torch.tensor([((a + b) + c) + d for a, b, c, d in rows], dtype=torch.float64)
     backward = torch.tensor([((d + c) + b) + a for a, b, c, d in rows], dtype=torch.float64)
     assert (forward != backward).any()  # the two evaluations do differ in the last bits
-    est = info.mc_kl(forward, backward)
+    est = measures.mc_kl(forward, backward)
     assert (est.value, est.se) == (0.0, 0.0)
-    shifted = info.mc_kl(log_q, log_q - 1e-9)  # a real (tiny) difference is kept
+    shifted = measures.mc_kl(log_q, log_q - 1e-9)  # a real (tiny) difference is kept
     assert shifted.value == pytest.approx(1e-9, rel=1e-6)
-    assert info.mc_kl(log_q, torch.full_like(log_q, -math.inf)).value == math.inf
+    assert measures.mc_kl(log_q, torch.full_like(log_q, -math.inf)).value == math.inf
