@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from mdmprob import measures
+from mdmprob.deprecation import renamed_arguments
 from mdmprob.graph import elimination_order
 from mdmprob.sampling import gumbel_argmax
 from mdmprob.structure import Structure
@@ -114,9 +115,12 @@ class BlockReport(dict):
         return self[key] if key in self or key in RENAMED_KEYS else default
 
 
-def block_costs(joint: torch.Tensor, k: int) -> dict[str, torch.Tensor]:
-    """Per row of a block table ``[R] + [V] * k`` (log p(x_B | x_P)): log M = log sup p / q with
-    q the product of its marginals, forward TC = KL(p ‖ q), and their difference."""
+@renamed_arguments(joint="log_joint", k="event_dims")
+def block_costs(log_joint: torch.Tensor, event_dims: int) -> dict[str, torch.Tensor]:
+    """Per row of a block table ``log_joint`` ``[R] + [V] * event_dims`` (log p(x_B | x_P)):
+    log M = log sup p / q with q the product of its marginals, forward TC = KL(p ‖ q), and their
+    difference; each value ``[R]``. ``joint=`` and ``k=`` are the arguments' former names."""
+    joint, k = log_joint, event_dims
     flat = joint.reshape(joint.shape[0], -1)
     mf = measures.mean_field(joint, k).reshape(flat.shape)
     ratio = torch.where(flat > -math.inf, flat - mf, torch.full_like(flat, -math.inf))
@@ -134,8 +138,9 @@ def needs_monte_carlo(structure: Structure, exact_limit: int) -> bool:
 
 def sample_mean_field(structure: Structure, num: int, generator=None, engine=None) -> torch.Tensor:
     """``num`` sequences from the mean-field blockwise decoder q_MF with the exact conditionals:
-    each block's positions sampled independently from p(x_i | decoded prefix). ``engine``: the
-    structure's engine to use (default: ``structure.engine()``)."""
+    each block's positions sampled independently from p(x_i | decoded prefix); returns
+    LongTensor ``[num, n]``. ``engine``: the structure's engine to use (default:
+    ``structure.engine()``)."""
     engine = engine if engine is not None else structure.engine()
     tokens = torch.zeros(num, structure.n_tokens, dtype=torch.long, device=engine.device)
     visible = torch.zeros_like(tokens, dtype=torch.bool)

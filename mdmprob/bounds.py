@@ -57,16 +57,18 @@ def check_draws(draws) -> None:
 
 
 def kl_qp_bounds(weights: LogWeights, log_p: torch.Tensor):
-    """``(lower, upper)`` :class:`~mdmprob.measures.Estimate` of KL(q‖p) from weights at q-samples
-    (``upper`` is None without the run's own trajectories)."""
+    """``(lower, upper)`` :class:`~mdmprob.measures.Estimate` of KL(q‖p) from weights at B
+    q-samples and their exact ``log_p`` ``[B]`` (``upper`` is None without the run's own
+    trajectories)."""
     lower = measures.mc_mean(_q_side(iw_lower(weights.proposed), log_p))
     upper = None if weights.own is None else measures.mc_mean(_q_side(weights.own, log_p))
     return lower, upper
 
 
 def kl_pq_upper(weights: LogWeights, log_p: torch.Tensor) -> measures.Estimate:
-    """An upper :class:`~mdmprob.measures.Estimate` of KL(p‖q) from weights at p-samples:
-    E_p[log p(x) - iw_lower(x)]; +inf when the proposals never reach a sample of p."""
+    """An upper :class:`~mdmprob.measures.Estimate` of KL(p‖q) from weights at B p-samples and
+    their exact ``log_p`` ``[B]``: E_p[log p(x) - iw_lower(x)]; +inf when the proposals never
+    reach a sample of p."""
     lower_q = iw_lower(weights.proposed)
     diff = log_p - lower_q
     return measures.mc_mean(torch.where(lower_q == -math.inf, torch.full_like(diff, math.inf), diff))

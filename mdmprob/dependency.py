@@ -13,8 +13,9 @@ At a state (the visible tokens ``x_v``), the masked positions are dependent thro
   where the pairwise CMI exceeds a threshold) and a user's or an attention-derived graph scored
   against it by edge precision and recall.
 
-A state is ``tokens [B, n]`` with ``visible`` (bool ``[B, n]``); without ``visible``, a token
-equal to the mask id (``vocab``, as denoisers write it) or negative is masked.
+A state is ``tokens`` LongTensor ``[B, n]`` with ``visible`` BoolTensor ``[B, n]``; without
+``visible``, a token equal to the mask id (``vocab``, as denoisers write it) or negative is
+masked. ``positions`` is a set S of positions.
 """
 
 from __future__ import annotations
@@ -46,7 +47,9 @@ class GraphScore(NamedTuple):
 
 
 def pairwise_cmi(source, tokens, visible=None) -> torch.Tensor:
-    """I(X_i; X_j | x_visible) in nats for every pair of positions, shape ``[B, n, n]``.
+    """I(X_i; X_j | x_visible) in nats for every pair of positions.
+
+    ``tokens`` LongTensor ``[B, n]``, ``visible`` BoolTensor ``[B, n]``; returns ``[B, n, n]``.
 
     I(X_i; X_j | x_v) = sum p(x_i, x_j | x_v) log p(x_i, x_j | x_v) / (p(x_i|x_v) p(x_j|x_v)).
     A visible position is a constant given the evidence, so its row is 0; the diagonal is 0
@@ -71,7 +74,9 @@ def pairwise_cmi(source, tokens, visible=None) -> torch.Tensor:
 
 
 def conditional_tc(source, tokens, visible, positions, direction: str = "reverse") -> torch.Tensor:
-    """The conditional total correlation of the set S given the visible tokens, ``[B]`` nats.
+    """The conditional total correlation of the set S given the visible tokens.
+
+    ``tokens`` LongTensor ``[B, n]``, ``visible`` BoolTensor ``[B, n]``; returns ``[B]`` nats.
 
     reverse: KL(prod_{i in S} p(x_i|x_v) ‖ p(x_S|x_v)) (Eq. 17; a mean-field commit's sampling
     risk), forward: KL(p(x_S|x_v) ‖ prod_{i in S} p(x_i|x_v)) (Eq. 15). ``positions`` is one set
@@ -102,7 +107,8 @@ def conditional_tc(source, tokens, visible, positions, direction: str = "reverse
 
 
 def step_tc(source, result, initial=None, direction: str = "reverse") -> torch.Tensor:
-    """The TC each step of a decoder run dropped, ``[B, steps]`` nats.
+    """The TC each step of a decoder run dropped: ``result`` a run of B sequences; returns
+    ``[B, steps]`` nats.
 
     Step t committed the set S_t (``result.committed[t]``) at the state x_{<t} (the initial
     prompt and the tokens committed before t, read from ``result.tokens``); entry ``[b, t]`` is
@@ -133,8 +139,9 @@ def step_tc(source, result, initial=None, direction: str = "reverse") -> torch.T
 
 
 def exact_graph(source, tokens, visible=None, threshold: float = 1e-9) -> nx.Graph:
-    """The exact dependency graph of one state: nodes the masked positions, an edge (i, j) where
-    I(X_i; X_j | x_v) > ``threshold`` nats, with the CMI as its ``weight``."""
+    """The exact dependency graph of one state (``tokens`` ``[1, n]`` or ``[n]``, ``visible``
+    likewise): nodes the masked positions, an edge (i, j) where I(X_i; X_j | x_v) >
+    ``threshold`` nats, with the CMI as its ``weight``."""
     engine = _engine_of(source)
     tokens, visible = _state(engine, tokens, visible)
     if tokens.shape[0] != 1:

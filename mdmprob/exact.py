@@ -1,8 +1,9 @@
 """The exact engine: variable elimination over a compiled factor graph, batched over sequences.
 
-Every query takes ``tokens: LongTensor[B, n]`` and ``visible: BoolTensor[B, n]``; visible
-tokens enter as indicator log-potentials ``[B, n, V]``, so one compiled graph serves every
-mask pattern in a batch. Elimination follows a min-fill order from :mod:`mdmprob.graph`, so
+Every query takes ``tokens`` LongTensor ``[B, n]`` and ``visible`` BoolTensor ``[B, n]`` (the
+shape convention of docs/concepts.md: B sequences, n positions, V values); visible tokens
+enter as indicator log-potentials ``[B, n, V]``, so one compiled graph serves every mask
+pattern in a batch. Elimination follows a min-fill order from :mod:`mdmprob.graph`, so
 the cost is ``B * V^(width+1)`` per variable, never ``V^n``. The per-step kernel is a
 log-space sum-product (max-product for the most likely completion) with Pyro's NaN-safe log.
 
@@ -76,7 +77,10 @@ class ExactEngine:
 
     # ------------------------------------------------------------------ queries
     def log_prob_visible(self, tokens, visible=None) -> torch.Tensor:
-        """``log p(x_visible)`` per sequence, shape ``[B]`` (``-inf`` for impossible evidence)."""
+        """``log p(x_visible)`` per sequence.
+
+        ``tokens`` LongTensor ``[B, n]``, ``visible`` BoolTensor ``[B, n]`` (None: all visible);
+        returns ``[B]`` log-probabilities (``-inf`` for impossible evidence)."""
         tokens, visible = self.check(tokens, visible)
         with torch.no_grad():
             evidence = self._evidence(tokens, visible)
@@ -101,16 +105,19 @@ class ExactEngine:
         return self._log_norm
 
     def log_prob(self, tokens) -> torch.Tensor:
-        """``log p(x)`` of complete sequences, shape ``[B]``."""
+        """``log p(x)`` of complete sequences: ``tokens`` LongTensor ``[B, n]``; returns ``[B]``
+        log-probabilities."""
         return self.log_prob_visible(tokens, None)
 
     def conditionals(self, tokens, visible=None) -> torch.Tensor:
-        """``log p(x_i = v | x_visible)`` for every position at once, shape ``[B, n, V]``.
+        """``log p(x_i = v | x_visible)`` for every position at once.
 
-        Visible positions come back as their indicator (0 at the token, -inf elsewhere).
-        Where the evidence itself is impossible (``p(x_visible) = 0``) the conditional is
-        undefined; masked positions of such rows are returned uniform. A decoder that asks one
-        window at a time carries messages from call to call with :meth:`incremental`.
+        ``tokens`` LongTensor ``[B, n]``, ``visible`` BoolTensor ``[B, n]`` (None: all visible);
+        returns ``[B, n, V]`` log-probabilities. Visible positions come back as their indicator
+        (0 at the token, -inf elsewhere). Where the evidence itself is impossible
+        (``p(x_visible) = 0``) the conditional is undefined; masked positions of such rows are
+        returned uniform. A decoder that asks one window at a time carries messages from call
+        to call with :meth:`incremental`.
         """
         tokens, visible = self.check(tokens, visible)
         if self.method == "messages":
@@ -155,8 +162,12 @@ class ExactEngine:
         return self._trees[shallow]
 
     def block_joint(self, tokens, visible, positions) -> torch.Tensor:
-        """``log p(x_S | x_visible)`` as a table of shape ``[B] + [V] * |S|`` (axes in the order of
-        ``positions``). Positions in S must be masked. Raises BudgetError past the budget."""
+        """``log p(x_S | x_visible)`` of the set S = ``positions``.
+
+        ``tokens`` LongTensor ``[B, n]``, ``visible`` BoolTensor ``[B, n]``, ``positions`` a
+        sequence of |S| masked positions; returns ``[B] + [V] * |S|`` log-probabilities (event
+        axes in the order of ``positions``). Raises
+        :class:`~mdmprob.errors.EnumerationError` past the budget."""
         tokens, visible = self.check(tokens, visible)
         positions = self._check_positions(positions, visible)
         size = tokens.shape[0] * self.vocab ** len(positions)
@@ -180,13 +191,19 @@ class ExactEngine:
         return flat.reshape(table.shape)
 
     def sample(self, tokens, visible=None, generator: torch.Generator | None = None):
-        """An exact sample of the masked tokens given the visible ones; ``LongTensor[B, n]``
-        with visible tokens unchanged. Rows with impossible evidence are sampled uniformly."""
+        """An exact sample of the masked tokens given the visible ones.
+
+        ``tokens`` LongTensor ``[B, n]``, ``visible`` BoolTensor ``[B, n]`` (None: all visible);
+        returns LongTensor ``[B, n]`` with the visible tokens unchanged. Rows with impossible
+        evidence are sampled uniformly."""
         tokens, visible = self.check(tokens, visible)
         return self._backtrack(tokens, visible, generator=generator)
 
     def most_likely(self, tokens, visible=None, marginalize_latents: bool = True):
         """The most likely completion ``argmax_{x_masked} p(x_masked | x_visible)``.
+
+        ``tokens`` LongTensor ``[B, n]``, ``visible`` BoolTensor ``[B, n]`` (None: all visible);
+        returns LongTensor ``[B, n]`` with the visible tokens unchanged.
 
         With ``marginalize_latents=True`` (default) latents are summed out first: exact marginal
         MAP, whose cost can exceed the budget on long latent chains (a BudgetError says so). With
@@ -210,7 +227,9 @@ class ExactEngine:
 
     # ------------------------------------------------------------------ input checks
     def check(self, tokens, visible):
-        """Validate and move ``tokens [B, n]`` and ``visible [B, n]`` (None: all visible)."""
+        """Validate ``tokens`` LongTensor ``[B, n]`` (or ``[n]``: one sequence) and ``visible``
+        BoolTensor ``[B, n]`` (or ``[n]``, shared by every row; None: all visible); returns both,
+        ``[B, n]``, on the engine's device."""
         if not isinstance(tokens, torch.Tensor):
             tokens = torch.as_tensor(tokens)
         if tokens.dtype.is_floating_point or tokens.dtype == torch.bool:

@@ -2,8 +2,10 @@
 
 Table conventions: a distribution over ``k`` variables is a log-probability tensor whose last
 ``k`` axes are the variables (``event_dims=k``); leading axes are a batch (e.g. one table per
-prefix). Zero probabilities are ``-inf``; ``0 log 0 = 0``; a KL with mass where the other
-distribution has none is ``+inf`` (never NaN).
+prefix): a table ``[*batch, V, ..., V]`` gives a value ``[*batch]``. The Monte Carlo estimators
+take one value per sample, ``[K]``, and return an :class:`Estimate`. Zero probabilities are
+``-inf``; ``0 log 0 = 0``; a KL with mass where the other distribution has none is ``+inf``
+(never NaN).
 
 KL takes named arguments and reads as written: ``kl(q=decoder, p=target)`` is KL(q‖p) (sampling
 risk, expectation under q) and ``kl(p=target, q=decoder)`` is KL(p‖q) (information loss).

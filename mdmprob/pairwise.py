@@ -24,6 +24,7 @@ from typing import NamedTuple
 import torch
 
 from mdmprob import measures
+from mdmprob.deprecation import renamed_arguments
 
 
 class PairwiseOrders(NamedTuple):
@@ -38,8 +39,12 @@ class PairwiseOrders(NamedTuple):
     mean_field_kl: torch.Tensor
 
 
-def pairwise_orders(den) -> PairwiseOrders:
-    """The pair laws of ``den`` for every ordered pair of its positions (see the module)."""
+@renamed_arguments(den="denoiser")
+def pairwise_orders(denoiser) -> PairwiseOrders:
+    """The pair laws of ``denoiser`` for every ordered pair of its m positions (see the module);
+    returns :class:`PairwiseOrders` (``[m, V]``, ``[m, m, V, V]`` and ``[m, m]`` tensors).
+    ``den=`` is the argument's former name."""
+    den = denoiser
     m, V, mask = den.n_tokens, den.vocab, den.mask_id
     rows = torch.full((1 + m * V, m), mask, dtype=torch.long, device=den.device)
     i_idx = torch.arange(m, device=den.device).repeat_interleave(V)

@@ -1,6 +1,7 @@
 """Old module paths still import, warn with the new one's name, and give the same objects."""
 
 import importlib
+import math
 import subprocess
 import sys
 
@@ -34,3 +35,27 @@ def test_new_paths_import_without_a_warning():
             "print([str(w.message) for w in seen if 'is renamed' in str(w.message)])\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_renamed_arguments_still_accepted():
+    import torch
+
+    from mdmprob import load_model
+    from mdmprob.blockwise import block_costs
+    from mdmprob.denoisers import Oracle
+    from mdmprob.errors import MdmprobError
+    from mdmprob.pairwise import pairwise_orders
+
+    den = Oracle(load_model("agreement", delta=0.1))
+    with pytest.warns(DeprecationWarning, match=r"pairwise_orders\(den=...\) is now "
+                                                r"pairwise_orders\(denoiser=...\)"):
+        old = pairwise_orders(den=den)
+    assert torch.equal(old.order_kl, pairwise_orders(denoiser=den).order_kl)
+    # agreement: p(x1 != x2) = 0.1 with uniform marginals
+    joint = torch.tensor([[[0.45, 0.05], [0.05, 0.45]]], dtype=torch.float64).log()
+    with pytest.warns(DeprecationWarning, match="is now block_costs"):
+        old = block_costs(joint=joint, k=2)
+    new = block_costs(log_joint=joint, event_dims=2)
+    assert old["log_m"].item() == new["log_m"].item() == pytest.approx(math.log(0.45 / 0.25))
+    with pytest.raises(MdmprobError, match="got both joint= and log_joint="):
+        block_costs(joint=joint, log_joint=joint, event_dims=2)
