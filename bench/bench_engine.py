@@ -303,7 +303,7 @@ def bench_scaling(args, device) -> dict:
         trace_s = time.perf_counter() - start
         start = time.perf_counter()
         engine = structure.engine()
-        engine._message_tree()  # orders and stacked groups, cached for every later query
+        engine.message_tree()  # orders and stacked groups, cached for every later query
         plan_s = time.perf_counter() - start
         tokens, visible = random_partial(engine, args.scale_n, args.seed)
         t = repeat(lambda e=engine, x=tokens, v=visible: e.conditionals(x, v), args.repeats,
@@ -360,7 +360,7 @@ def bench_decode(args, device) -> dict:
     for nb in sizes:
         structure = load_model("block_hmm", n_blocks=nb)
         blocks = structure.blocks
-        structure.engine()._message_tree()  # planning is timed in 4, not here
+        structure.engine().message_tree()  # planning is timed in 4, not here
 
         def windowed(s=structure, b=blocks):
             return mean_field_decode(Oracle(s), b, args.decode_n, args.seed, window=True)

@@ -222,7 +222,7 @@ def audit(sampler, structure, *, samples: int = 1000, batch: int = 100,
     L0 = len(lm.prefix) + len(prompt)
     findings = [_mask_tokens(lm, outputs), _prompt_changed(outputs, start, L0)]
     body = outputs[:, len(lm.prefix):]
-    tokens_all = lm._to_structure[body.to(lm.device)]
+    tokens_all = lm.token_of_id[body.to(lm.device)]
     valid = (tokens_all >= 0).all(-1) & (tokens_all < V).all(-1)
     tokens = tokens_all[valid]
     if len(tokens) == 0:
@@ -631,7 +631,7 @@ def _binom_sf(k: int, n: int, p: float) -> float:
 # ------------------------------------------------------------------------------ detectors
 def _mask_tokens(lm: OracleLM, outputs) -> Finding:
     body = outputs[:, len(lm.prefix):]
-    special = torch.isin(body, lm._specials.to(body.device))
+    special = torch.isin(body, lm.special_ids.to(body.device))
     rows = int(special.any(-1).sum())
     if rows == 0:
         return Finding("mask_tokens", True, "no mask or special id in any output", 0.0)

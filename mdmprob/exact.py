@@ -86,7 +86,7 @@ class ExactEngine:
             evidence = self._evidence(tokens, visible)
             if self.method == "messages":
                 self._check_memory(tokens.shape[0], keep=False)
-                return self._message_tree().log_z(evidence) - self.log_normalizer
+                return self.message_tree().log_z(evidence) - self.log_normalizer
             return self._log_z(evidence) - self.log_normalizer
 
     @property
@@ -124,7 +124,7 @@ class ExactEngine:
             self._check_memory(tokens.shape[0], keep=True)
             with torch.no_grad():
                 evidence = self._evidence(tokens, visible)
-                out, log_z, _, _ = self._message_tree().conditionals(evidence)
+                out, log_z, _, _ = self.message_tree().conditionals(evidence)
             return self._undefined_rows(out, log_z == -math.inf, evidence, visible)
         return self._conditionals_autograd(tokens, visible)
 
@@ -151,15 +151,17 @@ class ExactEngine:
                                 out.new_full((), -math.log(self.vocab)))
         return torch.where(impossible[:, None, None], undefined, out)
 
-    def _message_tree(self, shallow: bool = True):
-        """The stacked message tree: on the shallow order for whole-sequence queries (few
-        sequential groups), on the min-fill order for incremental ones (a window's messages
-        stay local)."""
+    def message_tree(self, shallow: bool = True):
+        """The stacked message tree (:class:`~mdmprob.messages.MessageTree`), built on first use
+        and cached: on the shallow order for whole-sequence queries (few sequential groups), on
+        the min-fill order for incremental ones (a window's messages stay local)."""
         if shallow not in self._trees:
             from mdmprob.messages import MessageTree
 
             self._trees[shallow] = MessageTree(self, shallow=shallow)
         return self._trees[shallow]
+
+    _message_tree = message_tree  # the former name (mdmprob.messages still calls it)
 
     def block_joint(self, tokens, visible, positions) -> torch.Tensor:
         """``log p(x_S | x_visible)`` of the set S = ``positions``.

@@ -74,6 +74,10 @@ class OracleLM(torch.nn.Module):
         dtype: dtype of the logits (float32 like a real model; float64, bfloat16 also accepted).
         min_logit: the finite value standing for log 0.
         device: where the logits live (default: the denoiser's device).
+
+    Besides the arguments, ``token_of_id`` (LongTensor ``[vocab_size]``) maps each model id to
+    the structure's token (content ids to 0..V-1, the mask id to V, any other id to -1) and
+    ``special_ids`` (LongTensor) holds the special ids, mask included, sorted.
     """
 
     def __init__(self, target, *, token_ids: Sequence[int] | None = None,
@@ -115,13 +119,12 @@ class OracleLM(torch.nn.Module):
                                       bos_token_id=specials.get("bos"),
                                       max_position_embeddings=self.seq_len)
         dev = self.denoiser.device
-        # model id -> structure token (content v, mask -> V); every other id -> -1
         table = torch.full((size,), -1, dtype=torch.long, device=dev)
         table[torch.tensor(ids, device=dev)] = torch.arange(V, device=dev)
         table[mask] = V
-        self._to_structure = table
+        self.token_of_id = table
         self._ids = torch.tensor(ids, dtype=torch.long, device=dev)
-        self._specials = torch.tensor(sorted(specials.values()), dtype=torch.long, device=dev)
+        self.special_ids = torch.tensor(sorted(specials.values()), dtype=torch.long, device=dev)
         self._prefix = torch.tensor(prefix, dtype=torch.long, device=dev)
         self.calls = self.rows = 0
         self.deadline: float | None = None  # time.monotonic() past which a call raises
@@ -158,9 +161,9 @@ class OracleLM(torch.nn.Module):
         rows = logits[:, start:]
         rows[..., self._ids] = body
         if self.special_mass > 0:
-            share = math.log(self.special_mass / len(self._specials))
-            spec = rows[..., self._specials]
-            rows[..., self._specials] = torch.where(masked[..., None], share, spec)
+            share = math.log(self.special_mass / len(self.special_ids))
+            spec = rows[..., self.special_ids]
+            rows[..., self.special_ids] = torch.where(masked[..., None], share, spec)
         if start:
             logits[:, torch.arange(start, device=logits.device), self._prefix] = 0.0
         return LMOutput(logits.to(self.logits_dtype))
@@ -183,7 +186,7 @@ class OracleLM(torch.nn.Module):
         start = len(self.prefix)
         if start and (ids[:, :start] != self._prefix).any():
             raise EvidenceError(f"the prefix {self.prefix} was changed in input_ids")
-        tokens = self._to_structure[ids[:, start:]]
+        tokens = self.token_of_id[ids[:, start:]]
         if (tokens < 0).any():
             col = int((tokens < 0).any(0).nonzero()[0])
             raise EvidenceError(f"input_ids column {start + col} holds id "

@@ -72,7 +72,7 @@ def test_equal_steps_are_stacked(device):
     halves each round, so the number of sequential groups grows like log2(blocks)."""
     s = load_model("block_hmm", n_blocks=64)
     engine = s.engine(device=device)
-    deep, shallow = engine._message_tree(shallow=False), engine._message_tree()
+    deep, shallow = engine.message_tree(shallow=False), engine.message_tree()
     assert len(deep.steps) == len(shallow.steps) == 64 * 15  # 8 tokens, 7 latents per block
     assert len(deep.groups) <= 64 + 16
     assert len(shallow.groups) <= 2 * 6 + 16
@@ -94,7 +94,7 @@ def test_disconnected_structures(device):
     joint = brute.token_log_joint(s)
     tokens, visible = random_rows(joint, 32, torch.Generator().manual_seed(4))
     check_against_reference(s, tokens, visible, device)
-    assert len(s.engine(device=device)._message_tree().roots) == 2
+    assert len(s.engine(device=device).message_tree().roots) == 2
 
 
 # ---------------------------------------------------------------------------- incremental
@@ -165,7 +165,7 @@ def test_incremental_recomputes_only_what_the_window_needs(device):
         state.conditionals(full, visible, window)
         counts.append(state.recomputed)
         visible[:, block] = True
-    assert counts[0] == 2 * len(engine._message_tree(shallow=False).steps)  # the first call: a full pass
+    assert counts[0] == 2 * len(engine.message_tree(shallow=False).steps)  # the first call: a full pass
     assert max(counts[1:]) <= 64
     early, late = sorted(counts[1:9]), sorted(counts[-8:])
     assert late[4] <= early[4] + 1  # medians: no growth along the sequence
