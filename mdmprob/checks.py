@@ -8,7 +8,7 @@ import math
 
 import torch
 
-from mdmprob.errors import MdmprobError
+from mdmprob.errors import EvidenceError, MdmprobError
 
 
 def check_int(name: str, value, low: int | None = None, high: int | None = None) -> int:
@@ -83,6 +83,23 @@ def check_dtype(dtype=None) -> torch.dtype:
         raise MdmprobError(f"dtype={dtype!r} is not a floating dtype the engine computes in; "
                            "use torch.float64 (the default) or torch.float32")
     return dtype
+
+
+def check_tokens(tokens, length: int, name: str = "tokens", *, one_row: bool = False,
+                 shape_hint: str = "") -> torch.Tensor:
+    """``tokens`` as an integer tensor ``[B, length]`` (a 1-D ``[length]`` is one row when
+    ``one_row``); otherwise :class:`~mdmprob.errors.EvidenceError` naming the dtype or shape
+    (``shape_hint`` follows the expected shape in the message). Values are not checked."""
+    if not isinstance(tokens, torch.Tensor):
+        tokens = torch.as_tensor(tokens)
+    if tokens.dtype.is_floating_point or tokens.dtype == torch.bool:
+        raise EvidenceError(f"{name} must be an integer tensor, got dtype {tokens.dtype}")
+    if one_row and tokens.dim() == 1:
+        tokens = tokens.unsqueeze(0)
+    if tokens.dim() != 2 or tokens.shape[1] != length:
+        raise EvidenceError(f"{name} must have shape [B, {length}]{shape_hint}, got "
+                            f"{tuple(tokens.shape)}")
+    return tokens
 
 
 def check_match(denoiser, other, what: str = "structure",

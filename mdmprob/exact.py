@@ -22,7 +22,7 @@ from functools import lru_cache
 import torch
 from pyro.ops.special import safe_log
 
-from mdmprob.checks import check_device, check_dtype
+from mdmprob.checks import check_device, check_dtype, check_tokens
 from mdmprob.compile import FactorGraph
 from mdmprob.errors import BudgetError, EnumerationError, EvidenceError, MdmprobError, StructureError
 from mdmprob.graph import elimination_order, shallow_elimination_order
@@ -232,16 +232,7 @@ class ExactEngine:
         """Validate ``tokens`` LongTensor ``[B, n]`` (or ``[n]``: one sequence) and ``visible``
         BoolTensor ``[B, n]`` (or ``[n]``, shared by every row; None: all visible); returns both,
         ``[B, n]``, on the engine's device."""
-        if not isinstance(tokens, torch.Tensor):
-            tokens = torch.as_tensor(tokens)
-        if tokens.dtype.is_floating_point or tokens.dtype == torch.bool:
-            raise EvidenceError(f"tokens must be an integer tensor, got dtype {tokens.dtype}")
-        if tokens.dim() == 1:
-            tokens = tokens.unsqueeze(0)
-        if tokens.dim() != 2 or tokens.shape[1] != self.n:
-            raise EvidenceError(
-                f"tokens must have shape [B, {self.n}] for this structure, got {tuple(tokens.shape)}"
-            )
+        tokens = check_tokens(tokens, self.n, one_row=True, shape_hint=" for this structure")
         tokens = tokens.to(self.device, torch.long)
         if visible is None:
             visible = torch.ones_like(tokens, dtype=torch.bool)

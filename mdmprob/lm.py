@@ -36,6 +36,7 @@ from types import SimpleNamespace
 
 import torch
 
+from mdmprob.checks import check_tokens
 from mdmprob.errors import EvidenceError, MdmprobError
 
 
@@ -171,14 +172,9 @@ class OracleLM(torch.nn.Module):
     def to_structure(self, input_ids) -> torch.Tensor:
         """The structure's tokens ``[B, n]`` (mask = V) of model ``input_ids [B, L]``; raises
         :class:`~mdmprob.errors.EvidenceError` on a wrong shape, dtype or id."""
-        if not isinstance(input_ids, torch.Tensor):
-            input_ids = torch.as_tensor(input_ids)
-        if input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool:
-            raise EvidenceError(f"input_ids must be an integer tensor, got dtype {input_ids.dtype}")
-        if input_ids.dim() != 2 or input_ids.shape[1] != self.seq_len:
-            raise EvidenceError(f"input_ids must have shape [B, {self.seq_len}] (prefix of "
-                                f"{len(self.prefix)} + {self.n_tokens} positions), got "
-                                f"{tuple(input_ids.shape)}")
+        input_ids = check_tokens(input_ids, self.seq_len, "input_ids",
+                                 shape_hint=f" (prefix of {len(self.prefix)} + {self.n_tokens} "
+                                            "positions)")
         ids = input_ids.to(self.device, torch.long)
         bad = (ids < 0) | (ids >= self.vocab_size)
         if bad.any():

@@ -86,3 +86,19 @@ def test_structure_engine_is_built_once_per_device_dtype_budget(monkeypatch):
     assert s.engine(device="cpu", dtype=torch.float64) is first
     assert len(built) == 1
     assert s.engine(device="cpu", dtype=torch.float32) is not first and len(built) == 2
+
+
+@pytest.mark.parametrize("bad,message", [
+    (torch.zeros(2, 3, dtype=torch.float32), r"tokens must be an integer tensor, got dtype torch.float32"),
+    (torch.zeros(2, 3, dtype=torch.bool), r"integer tensor, got dtype torch.bool"),
+    (torch.zeros(2, 4, dtype=torch.long), r"tokens must have shape \[B, 3\] here, got \(2, 4\)"),
+    (torch.zeros(3, dtype=torch.long), r"must have shape \[B, 3\] here, got \(3,\)"),
+])
+def test_check_tokens_names_dtype_and_shape(bad, message):
+    with pytest.raises(EvidenceError, match=message):
+        checks.check_tokens(bad, 3, shape_hint=" here")
+
+
+def test_check_tokens_reads_lists_and_one_row():
+    assert checks.check_tokens([[0, 1, 2]], 3).shape == (1, 3)
+    assert checks.check_tokens([0, 1, 2], 3, one_row=True).tolist() == [[0, 1, 2]]
