@@ -124,7 +124,7 @@ print(f"total correlation of the L2R law: {tc_l2r:.4g} nats")
 # %% [markdown]
 # ## 3. Order dependence over a masked set: CDR-H3 against the framework
 #
-# `pairwise_orders(den)` runs one batch of 1 + m·20 rows and returns, for every ordered pair of
+# `pairwise_orders(denoiser)` runs one batch of 1 + m·20 rows and returns, for every ordered pair of
 # the m masked positions (the others masked too), the two pair laws q_{i→j}, q_{j→i}, the KL
 # between them, the circulation E|log q_{i→j} − log q_{j→i}|, the mutual information and the
 # mean-field KL.
