@@ -346,7 +346,7 @@ def expand(options_lp: torch.Tensor, active: torch.Tensor, tokens: torch.Tensor)
 def group_logsumexp(lp: torch.Tensor, group: torch.Tensor, size: int) -> torch.Tensor:
     """``out[g] = log sum exp(lp[group == g])`` (-inf for an empty group)."""
     top = torch.full((size,), -math.inf, dtype=lp.dtype, device=lp.device)
-    top = top.index_reduce(0, group, lp, "amax")
+    top = top.scatter_reduce(0, group, lp, reduce="amax")
     shift = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
     mass = torch.zeros_like(top).index_add(0, group, (lp - shift[group]).exp())
     return mass.log() + shift
