@@ -479,7 +479,8 @@ def self_speculative(k: int | None = None, block_length: int | None = None,
     from mdmprob.decoders.joint import PrefixKernel
 
     name = "self_speculative(" + ("blocks" if k is None else f"k={k}, {confidence}") + \
-        (f", {router}" if isinstance(router, str) else ", router") + ")"
+        (f", {router}" if isinstance(router, str) else ", router") + \
+        ("" if verify_cost == "pass" else f", verify_cost={verify_cost}") + ")"
     return _composed_rule(name, k, block_length, confidence, temperature, top_k, top_p,
                           PrefixKernel("speculative", router, route_tau, verify_cost))
 
