@@ -3,6 +3,8 @@
 from mdmprob.decoders.core import Decoder, DecodeResult
 from mdmprob.decoders.presets import (
     PRESETS,
+    dapd,
+    dawn,
     dream,
     dus,
     eb_sampler,
@@ -11,6 +13,8 @@ from mdmprob.decoders.presets import (
     get_decoder,
     gibbs_remask,
     importance,
+    joint_proposal,
+    learned_policy,
     llada,
     mdlm,
     mean_field_blocks,
@@ -19,6 +23,7 @@ from mdmprob.decoders.presets import (
     rejection,
     remdm,
     remdm_loop,
+    self_speculative,
     sequential,
     speculative,
     verified_blocks,
@@ -29,5 +34,6 @@ __all__ = [
     "PRESETS", "DecodeResult", "Decoder", "DecoderBase", "eb_sampler", "fast_dllm_factor", "importance",
     "fast_dllm_threshold", "get_decoder", "llada", "mdlm", "mean_field_blocks", "rejection",
     "sequential", "speculative", "verified_blocks", "gibbs_remask", "remdm", "dream", "dus",
-    "pc_sampler", "prophet", "remdm_loop",
+    "pc_sampler", "prophet", "remdm_loop", "dapd", "dawn", "learned_policy", "joint_proposal",
+    "self_speculative",
 ]

@@ -358,3 +358,132 @@ def remdm_loop(steps: int = 8, eta: float = 0.02, t_on: float = 0.55, t_off: flo
 
 PRESETS.update(dream=dream, dus=dus, pc_sampler=pc_sampler, prophet=prophet,
                remdm_loop=remdm_loop)
+
+
+# ----------------------------------------------------------------------------- dependency-aware
+def dapd(graph="cmi", threshold: float | None = None, tau: float = 0.0,
+         block_length: int | None = None, temperature: float = 1.0, top_k: int | None = None,
+         top_p: float | None = None) -> DecoderBase:
+    """DAPD: each step commits a greedy maximal independent set of the masked positions'
+    dependency graph, most confident first, values drawn independently.
+
+    ``graph``: ``"cmi"`` (exact conditional mutual information > ``threshold`` nats, default
+    1e-3, for structures), ``"attention"`` (the denoiser's attention > ``threshold``, default
+    0.1) or a callable ``(tokens, candidates) -> [B, n, n]``. A position joins when its largest
+    marginal probability is >= ``tau`` (the most confident always). ``block_length=None``: one
+    window. See :mod:`mdmprob.decoders.dependency_aware` (arXiv 2603.12996).
+    """
+    from mdmprob.decoders.composed import ComposedDecoder, ComposedRule, ProductKernel
+    from mdmprob.decoders.dependency_aware import IndependentSet, graph_source
+
+    selector = IndependentSet(graph_source(graph, threshold), tau)
+    return ComposedDecoder(f"dapd({selector.graph.name}, tau={tau:g})", MaxProb(),
+                           ComposedRule(selector), "all" if block_length is None else
+                           block_length, temperature, top_k=top_k, top_p=top_p,
+                           selector=selector, kernel=ProductKernel())
+
+
+def dawn(graph="cmi", threshold: float | None = None, tau_high: float = 0.9,
+         tau_relaxed: float = 0.7, tau_low: float = 0.5, block_length: int | None = None,
+         temperature: float = 1.0, top_k: int | None = None,
+         top_p: float | None = None) -> DecoderBase:
+    """DAWN: commit the anchors (confidence >= tau_high), their graph dependents at
+    tau_relaxed, then conflict-free positions at tau_low with no edge to a chosen one.
+
+    The dependency graph as for :func:`dapd`; confidence is the largest marginal probability;
+    at least the most confident position per step; values drawn independently. See
+    :mod:`mdmprob.decoders.dependency_aware` (arXiv 2602.06953).
+    """
+    from mdmprob.decoders.composed import ComposedDecoder, ComposedRule, ProductKernel
+    from mdmprob.decoders.dependency_aware import AnchorRelaxed, graph_source
+
+    selector = AnchorRelaxed(graph_source(graph, threshold), tau_high, tau_relaxed, tau_low)
+    return ComposedDecoder(f"dawn({selector.graph.name}, {tau_high:g}/{tau_relaxed:g}/"
+                           f"{tau_low:g})", MaxProb(), ComposedRule(selector),
+                           "all" if block_length is None else block_length, temperature,
+                           top_k=top_k, top_p=top_p, selector=selector, kernel=ProductKernel())
+
+
+def learned_policy(policy=None, init_logit: float = 0.0, block_length: int | None = None,
+                   temperature: float = 1.0, top_k: int | None = None,
+                   top_p: float | None = None) -> DecoderBase:
+    """Learned unmasking policy: a torch module maps each position's confidence, entropy,
+    margin and step fraction to its probability of being unmasked; positions drawn as
+    independent Bernoulli variables.
+
+    ``policy=None``: a fresh :class:`~mdmprob.decoders.policy.UnmaskPolicy` whose every
+    probability starts at sigmoid(init_logit). When no position is drawn the most probable one
+    is committed. Train it with :func:`~mdmprob.decoders.policy.train_policy` (reward: exact
+    log p(x)). ``block_length=None``: one window. See :mod:`mdmprob.decoders.policy`
+    (arXiv 2512.09106).
+    """
+    from mdmprob.decoders.composed import ComposedDecoder, ComposedRule, ProductKernel
+    from mdmprob.decoders.policy import PolicySelector, UnmaskPolicy
+
+    selector = PolicySelector(UnmaskPolicy(init_logit=init_logit) if policy is None else policy)
+    return ComposedDecoder(f"learned_policy({selector.name})", MaxProb(),
+                           ComposedRule(selector), "all" if block_length is None else
+                           block_length, temperature, top_k=top_k, top_p=top_p,
+                           selector=selector, kernel=ProductKernel())
+
+
+def _composed_rule(name: str, k, block_length, confidence: str, temperature, top_k, top_p,
+                   kernel) -> DecoderBase:
+    """A decoder whose selection is a ranking (k per step, or the whole window) and whose
+    values come from ``kernel``."""
+    from mdmprob.decoders.composed import ComposedDecoder, RuleSelector
+
+    choices = ("max_prob", "entropy", "margin", "l2r")
+    if confidence not in choices:
+        raise unknown_name("confidence", str(confidence), choices)
+    score = LeftToRight() if k is None else SCORES[confidence]()
+    commit = WholeWindow() if k is None else PerStep(k)
+    window = ("blocks" if k is None else "all") if block_length is None else block_length
+    return ComposedDecoder(name, score, commit, window, temperature, top_k=top_k, top_p=top_p,
+                           selector=RuleSelector(name, score, commit), kernel=kernel)
+
+
+def joint_proposal(k: int | None = None, block_length: int | None = None,
+                   confidence: str = "max_prob", temperature: float = 1.0,
+                   top_k: int | None = None, top_p: float | None = None) -> DecoderBase:
+    """Joint proposal: each step's committed set is drawn from a left-to-right chain of the
+    denoiser's conditionals inside the set, not from the product of its marginals.
+
+    ``k=None``: each block at once (the structure's blocks, or ``block_length``): mean-field
+    blocks made joint, exact with exact conditionals. Otherwise the ``k`` best positions per step
+    by ``confidence`` (max_prob, entropy, margin, l2r). Each conditional after the first costs
+    one call. See :mod:`mdmprob.decoders.joint` (CoDD arXiv 2603.00045, CoDiLA arXiv 2603.20216).
+    """
+    from mdmprob.decoders.joint import PrefixKernel
+
+    name = "joint_proposal(" + ("blocks" if k is None else f"k={k}, {confidence}") + ")"
+    return _composed_rule(name, k, block_length, confidence, temperature, top_k, top_p,
+                          PrefixKernel("joint"))
+
+
+def self_speculative(k: int | None = None, block_length: int | None = None,
+                     router="always", route_tau: float = 0.9, verify_cost: str = "pass",
+                     confidence: str = "max_prob", temperature: float = 1.0,
+                     top_k: int | None = None, top_p: float | None = None) -> DecoderBase:
+    """Self-speculative decoding: a parallel draft of the step's positions verified left to
+    right against the same denoiser's one-token conditionals (accept min(1, p/q), resample the
+    first rejection from the residual).
+
+    Selection as :func:`joint_proposal` (``k=None``: each block). ``router``: ``always``,
+    ``confidence`` (verify when a selected position's largest probability is below
+    ``route_tau``; otherwise the draft is committed as drawn) or a callable (logp, sel) -> bool
+    [B]. ``verify_cost``: ``pass`` (one call per verification) or ``token`` (one per verified
+    token). Exact output law with an exact denoiser when every step verifies. See
+    :mod:`mdmprob.decoders.joint` (S2D2 arXiv 2603.25702).
+    """
+    from mdmprob.decoders.joint import PrefixKernel
+
+    name = "self_speculative(" + ("blocks" if k is None else f"k={k}, {confidence}") + \
+        (f", {router}" if isinstance(router, str) else ", router") + \
+        ("" if verify_cost == "pass" else f", verify_cost={verify_cost}") + ")"
+    return _composed_rule(name, k, block_length, confidence, temperature, top_k, top_p,
+                          PrefixKernel("speculative", router, route_tau, verify_cost))
+
+
+PRESETS.update(dapd=dapd, dawn=dawn, learned_policy=learned_policy,
+               joint_proposal=joint_proposal, self_speculative=self_speculative)
