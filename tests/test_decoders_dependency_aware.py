@@ -13,7 +13,7 @@ import pytest
 import torch
 from scipy.stats import chi2
 
-from mdmprob import info, load_model
+from mdmprob import load_model, measures
 from mdmprob.catalog import decoders as listed_decoders
 from mdmprob.decoders import (
     dapd,
@@ -199,11 +199,11 @@ def test_joint_blocks_and_verified_drafts_are_exact_with_exact_conditionals(name
     s = load_model(name, **params)
     o = Oracle(s)
     log_p = _true_log_p(s)
-    assert info.kl(q=mean_field_blocks().distribution(o).reshape(-1), p=log_p).item() > 1e-3
+    assert measures.kl(q=mean_field_blocks().distribution(o).reshape(-1), p=log_p).item() > 1e-3
     for d in [joint_proposal(), joint_proposal(2), self_speculative(), self_speculative(2),
               self_speculative(None, s.n_tokens, verify_cost="token")]:
         q = d.distribution(o).reshape(-1)
-        assert info.kl(q=q, p=log_p).item() < 1e-12, d.name
+        assert measures.kl(q=q, p=log_p).item() < 1e-12, d.name
     # an unverified draft is the product of the marginals: never routed = mean-field blocks
     never = self_speculative(router="confidence", route_tau=0.0)
     torch.testing.assert_close(never.distribution(o), mean_field_blocks().distribution(o),
@@ -257,10 +257,10 @@ def test_policy_gradient_reduces_kl_on_a_tiny_structure():
     log_p = _true_log_p(s)
     decoder = learned_policy(init_logit=2.0)  # nearly everything at once: incoherent
     with torch.no_grad():
-        before = info.kl(q=decoder.distribution(o).reshape(-1), p=log_p).item()
+        before = measures.kl(q=decoder.distribution(o).reshape(-1), p=log_p).item()
     history = train_policy(decoder, o, s, steps=15, num=64, lr=0.2, seed=0)
     with torch.no_grad():
-        after = info.kl(q=decoder.distribution(o).reshape(-1), p=log_p).item()
+        after = measures.kl(q=decoder.distribution(o).reshape(-1), p=log_p).item()
     assert len(history) == 15
     assert after < 0.5 * before, (before, after)
 
