@@ -30,6 +30,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_engine.py
 	$(BIN)/python bench/bench_compile.py
 	$(BIN)/python bench/bench_decoders.py
+	$(BIN)/python bench/bench_dependency_aware.py
 	$(BIN)/python bench/bench_neural.py
 	$(BIN)/python bench/bench_cli.py
 

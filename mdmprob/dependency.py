@@ -20,6 +20,7 @@ masked. ``positions`` is a set S of positions.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import networkx as nx
@@ -51,26 +52,48 @@ def pairwise_cmi(source, tokens, visible=None) -> torch.Tensor:
 
     ``tokens`` LongTensor ``[B, n]``, ``visible`` BoolTensor ``[B, n]``; returns ``[B, n, n]``.
 
-    I(X_i; X_j | x_v) = sum p(x_i, x_j | x_v) log p(x_i, x_j | x_v) / (p(x_i|x_v) p(x_j|x_v)).
-    A visible position is a constant given the evidence, so its row is 0; the diagonal is 0
-    (only pairs of distinct positions are dependencies). Symmetric. ``source`` is a Structure or
-    an :class:`~mdmprob.exact.ExactEngine`; one engine call per pair of positions.
+    I(X_i; X_j | x_v) = sum_v p(x_i = v | x_v) KL(p(X_j | x_v, x_i = v) || p(X_j | x_v)): the
+    conditionals given the evidence, and given the evidence with one more position clamped to
+    each value, are all read from batched engine calls (n V clamped states per row, chunked), not
+    one call per pair. A visible position is a constant given the evidence, so its row is 0;
+    the diagonal is 0 (only pairs of distinct positions are dependencies). Symmetric.
+    ``source`` is a Structure or an :class:`~mdmprob.exact.ExactEngine`.
     """
     engine = _engine_of(source)
     tokens, visible = _state(engine, tokens, visible)
     batch, n = tokens.shape
+    vocab = engine.vocab
     out = torch.zeros(batch, n, n, dtype=engine.dtype, device=engine.device)
-    masked = ~visible
-    for i in range(n):
-        for j in range(i + 1, n):
-            rows = (masked[:, i] & masked[:, j]).nonzero().squeeze(-1)
-            if rows.numel() == 0:
-                continue
-            joint = engine.block_joint(tokens[rows], visible[rows], (i, j))
-            mi = measures.forward_tc(joint, 2)
-            out[rows, i, j] = mi
-            out[rows, j, i] = mi
+    chunk = max(1, _CLAMPED_PER_CALL // (n * vocab))
+    for lo in range(0, batch, chunk):
+        out[lo:lo + chunk] = _pairwise_cmi_rows(engine, tokens[lo:lo + chunk],
+                                                visible[lo:lo + chunk])
     return out
+
+
+_CLAMPED_PER_CALL = 4096  # clamped states per engine call in pairwise_cmi
+
+
+def _pairwise_cmi_rows(engine, tokens, visible) -> torch.Tensor:
+    """:func:`pairwise_cmi` of one chunk of rows."""
+    batch, n = tokens.shape
+    vocab = engine.vocab
+    log_p = engine.conditionals(tokens, visible)                       # [b, n(j), V(w)]
+    eye = torch.eye(n, dtype=torch.bool, device=tokens.device)[None, :, None, :]
+    values = torch.arange(vocab, device=tokens.device)[None, None, :, None]
+    clamped = torch.where(eye, values, tokens[:, None, None, :])       # [b, n(i), V(v), n]
+    seen = (visible[:, None, None, :] | eye).expand(batch, n, vocab, n)
+    cond = engine.conditionals(clamped.reshape(-1, n), seen.reshape(-1, n))
+    cond = cond.reshape(batch, n, vocab, n, vocab)                     # log p(x_j=w | x_v, x_i=v)
+    weight = log_p.exp()                                               # p(x_i = v | x_v)
+    # rows with p(x_i = v | x_v) = 0 carry no weight; their clamped evidence is impossible
+    valid = (cond > -math.inf) & (log_p > -math.inf)[:, :, :, None, None]
+    gap = torch.where(valid, cond - log_p[:, None, None], cond.new_zeros(()))
+    kl = (cond.exp() * gap).sum(-1)                                    # [b, i, v, j]
+    mi = torch.einsum("biv,bivj->bij", weight, kl).clamp_min(0.0)
+    mi = 0.5 * (mi + mi.transpose(1, 2))
+    both = ~visible[:, :, None] & ~visible[:, None, :] & ~eye[:, :, 0, :]
+    return torch.where(both, mi, mi.new_zeros(()))
 
 
 def conditional_tc(source, tokens, visible, positions, direction: str = "reverse") -> torch.Tensor:
