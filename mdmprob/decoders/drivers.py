@@ -744,12 +744,7 @@ def _corrector_window_lp(decoder, denoiser, state, tokens, window, target) -> to
             f"{decoder.name}: the corrector {corrector.name!r} is not an exact block sampler, so "
             "its window's log q is not p(x_B | x_P); use its own decoder (e.g. gibbs_remask()) "
             "to replay it")
-    engine = corrector._target(denoiser, target)
-    V = denoiser.vocab
-    table = corrector._block_table(engine, state, window, denoiser.mask_id)
-    code = (tokens[:, window] * V ** torch.arange(len(window) - 1, -1, -1,
-                                                   device=tokens.device)).sum(-1)
-    return table.reshape(tokens.shape[0], -1).gather(-1, code[:, None])[:, 0]
+    return corrector.window_log_prob(denoiser, state, tokens, window, target)
 
 
 __all__ = ["conditionals", "enumerate_states", "forced", "marginal_log_prob", "proposal_step",
