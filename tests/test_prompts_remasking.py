@@ -14,7 +14,6 @@ import torch
 from mdmprob import load_model
 from mdmprob.decoders import (
     gibbs_remask,
-    importance,
     mdlm,
     mean_field_blocks,
     rejection,
@@ -22,6 +21,7 @@ from mdmprob.decoders import (
     speculative,
     verified_blocks,
 )
+from mdmprob.decoders.presets import importance  # the package's name is shadowed by the module
 from mdmprob.decoders.remask import Remask, RemaskDecoder
 from mdmprob.denoisers import Oracle, Table
 from mdmprob.errors import MdmprobError
