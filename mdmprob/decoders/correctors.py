@@ -1,5 +1,8 @@
 """Block-level correctors: replace a window's step loop by an exact (verified) block sampler.
 
+Prompt tokens (``initial=``) inside a window are kept: the corrector samples the window's masked
+positions from p(x_masked | everything visible).
+
 All three return exact samples of the target's block conditional p(x_B | x_P) — the target is a
 Structure (by default the Oracle denoiser's own) — and differ in what exactness costs:
 
@@ -23,6 +26,24 @@ from mdmprob.errors import MdmprobError
 from mdmprob.sampling import gumbel_argmax
 
 
+def free_positions(tokens: torch.Tensor, window: list[int], mask_id: int) -> torch.Tensor:
+    """The positions of ``window`` a corrector decodes in each row, bool ``[B, n]``: those
+    masked in ``tokens`` (the others are prompt tokens, never rewritten)."""
+    win = torch.zeros(tokens.shape[-1], dtype=torch.bool, device=tokens.device)
+    win[window] = True
+    return win & (tokens == mask_id)
+
+
+def _groups(free: torch.Tensor, window: list[int]):
+    """``(rows, positions)`` per group of rows with the same masked positions of ``window``
+    (groups with none left out)."""
+    patterns, group = torch.unique(free[:, window], dim=0, return_inverse=True)
+    for g, bits in enumerate(patterns.tolist()):
+        positions = [p for p, b in zip(window, bits, strict=True) if b]
+        if positions:
+            yield (group == g).nonzero().squeeze(-1), positions
+
+
 class _BlockCorrector:
     name = "corrector"
     log_q_is_marginal = True  # the output is an exact sample of p(x_B | x_P)
@@ -42,14 +63,58 @@ class _BlockCorrector:
         visible = tokens != mask_id
         return engine.block_joint(torch.where(visible, tokens, 0), visible, window)
 
+    def decode_window(self, decoder, denoiser, tokens, window, generator, target=None,
+                      info: dict[str, Any] | None = None):
+        """Sample the masked positions of ``window`` in every row from p(x_B | x_P) (tokens of
+        the window visible in ``tokens`` are prompt tokens, kept): rows are grouped by which
+        window positions are masked. Returns (tokens, committed [B, n], log q [B], nfe [B])."""
+        free = free_positions(tokens, window, denoiser.mask_id)
+        if free[:, window].all():
+            return self._decode(decoder, denoiser, tokens, window, generator, target, info)
+        B, device = tokens.shape[0], tokens.device
+        out = tokens.clone()
+        lq = torch.zeros(B, dtype=denoiser.dtype, device=device)
+        calls = torch.zeros(B, dtype=torch.long, device=device)
+        records: dict[str, list] = {}
+        for rows, sub in _groups(free, window):
+            local: dict[str, Any] = {}
+            out[rows], _, lq[rows], calls[rows] = self._decode(
+                decoder, denoiser, tokens[rows], sub, generator, target, local)
+            for key, values in local.items():
+                records.setdefault(key, []).append((rows, values[0]))
+        for key, pieces in records.items() if info is not None else ():
+            full = torch.zeros(B, dtype=pieces[0][1].dtype, device=device)
+            for rows, values in pieces:
+                full[rows] = values
+            self._record(info, key, full)
+        return out, free, lq, calls
+
     def window_distribution(self, decoder, denoiser, tokens, window, target=None):
-        """(values, log prob) of every configuration of ``window`` given ``tokens [1, n]``."""
+        """(values, log prob) of every configuration of ``window`` given ``tokens [1, n]`` (the
+        window's visible positions keep their tokens)."""
         engine = self._target(denoiser, target)
-        table = self._block_table(engine, tokens, window, denoiser.mask_id).reshape(-1)
-        configs = all_values(len(window), denoiser.vocab, tokens.device)
+        free = [i for i, p in enumerate(window) if int(tokens[0, p]) == denoiser.mask_id]
+        table = self._block_table(engine, tokens, [window[i] for i in free],
+                                  denoiser.mask_id).reshape(-1)
+        configs = tokens[0, window].repeat(table.shape[0], 1)
+        configs[:, free] = all_values(len(free), denoiser.vocab, tokens.device)
         for values, lp in zip(configs.tolist(), table.tolist(), strict=True):
             if lp > -math.inf:
                 yield tuple(values), lp
+
+    def window_log_prob(self, denoiser, state, tokens, window, target=None) -> torch.Tensor:
+        """log p(x_W | state) ``[B]`` of the window's values in complete ``tokens [B, n]``, the
+        positions masked in ``state`` decoded (the others are prompt tokens)."""
+        engine = self._target(denoiser, target)
+        V = denoiser.vocab
+        free = free_positions(state, window, denoiser.mask_id)
+        out = torch.zeros(tokens.shape[0], dtype=denoiser.dtype, device=tokens.device)
+        for rows, sub in _groups(free, window):
+            table = self._block_table(engine, state[rows], sub, denoiser.mask_id)
+            code = (tokens[rows][:, sub] * V ** torch.arange(len(sub) - 1, -1, -1,
+                                                              device=tokens.device)).sum(-1)
+            out[rows] = table.reshape(len(rows), -1).gather(-1, code[:, None])[:, 0]
+        return out
 
     @staticmethod
     def _record(info: dict, key: str, value: torch.Tensor):
@@ -61,8 +126,7 @@ class ExactBlock(_BlockCorrector):
 
     name = "verified"
 
-    def decode_window(self, decoder, denoiser, tokens, window, generator, target=None,
-                      info: dict[str, Any] | None = None):
+    def _decode(self, decoder, denoiser, tokens, window, generator, target, info):
         engine = self._target(denoiser, target)
         table = self._block_table(engine, tokens, window, denoiser.mask_id).reshape(
             tokens.shape[0], -1)
@@ -84,8 +148,7 @@ class Rejection(_BlockCorrector):
 
     name = "rejection"
 
-    def decode_window(self, decoder, denoiser, tokens, window, generator, target=None,
-                      info: dict[str, Any] | None = None):
+    def _decode(self, decoder, denoiser, tokens, window, generator, target, info):
         engine = self._target(denoiser, target)
         B, k, V = tokens.shape[0], len(window), denoiser.vocab
         log_p = self._block_table(engine, tokens, window, denoiser.mask_id).reshape(B, -1)
@@ -138,8 +201,7 @@ class Speculative(_BlockCorrector):
 
     name = "speculative"
 
-    def decode_window(self, decoder, denoiser, tokens, window, generator, target=None,
-                      info: dict[str, Any] | None = None):
+    def _decode(self, decoder, denoiser, tokens, window, generator, target, info):
         engine = self._target(denoiser, target)
         B, mask = tokens.shape[0], denoiser.mask_id
         tokens = tokens.clone()

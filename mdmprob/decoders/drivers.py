@@ -426,10 +426,14 @@ def enumerate_states(decoder, denoiser, start: torch.Tensor, windows, *, oracle=
     lq = torch.zeros(S0, dtype=dtype, device=device)
     tokens, w, step, opened = _advance(tokens, w, step, opened, wmask, mask)
     done_tokens, done_lq, done_seq = [], [], []
+    cache = _ConditionalsCache()
     while tokens.shape[0]:
         if tokens.shape[0] > max_states:
-            raise EnumerationError(f"exact mode reached {tokens.shape[0]} decoder states, over "
-                              f"max_states={max_states}; use Monte Carlo mode")
+            raise EnumerationError(
+                f"exact mode reached {tokens.shape[0]} decoder states, over max_states="
+                f"{max_states}; pass max_states={tokens.shape[0]} or more to distribution() if "
+                "memory allows (about 1 KiB per state and token), or use Monte Carlo mode "
+                "(evaluate(..., mode='mc'))")
         done = w >= W
         if done.any():
             done_tokens.append(tokens[done])
@@ -440,6 +444,14 @@ def enumerate_states(decoder, denoiser, start: torch.Tensor, windows, *, oracle=
                                                                   seq))
             if not tokens.shape[0]:
                 break
+        level = None
+        if decoder.corrector is None and forced is None and _factorises(decoder):
+            level = _factorised_level(decoder, denoiser, tokens, (tokens == mask) & wmask[w], w,
+                                      step, opened, lq, seq, W, oracle, cache)
+        if level is not None:  # already merged: move finished windows on, merge again
+            tokens, w, step, opened = _advance(*level[:4], wmask, mask)
+            tokens, w, step, opened, lq, seq = _merge(tokens, w, step, opened, *level[4:])
+            continue
         if decoder.corrector is not None:
             row, new, lp = _corrector_outcomes(decoder, denoiser, tokens, w, windows, target)
             tokens, w, step, opened = new, w[row], torch.zeros_like(w[row]), opened[row]
@@ -475,6 +487,168 @@ def enumerate_states(decoder, denoiser, start: torch.Tensor, windows, *, oracle=
         return _scatter_logsumexp(final_lq, final_seq, S0)
     codes = (final * V ** torch.arange(n - 1, -1, -1, device=device)).sum(-1)
     return _scatter_logsumexp(final_lq, codes, V ** n)
+
+
+# ----------------------------------------------------------------------------------- factorised
+DENSE_STATES = 2 ** 24  # next-state table entries a factorised level may hold (float64)
+OUTCOME_BUDGET = 2 ** 31  # (state, outcome) pairs a factorised level may expand
+OUTCOME_CHUNK = 2 ** 21  # (state, outcome) pairs expanded at once
+CALL_ELEMENTS = 2 ** 24  # conditionals (state x position x value) per denoiser call in that level
+CACHE_ELEMENTS = 2 ** 26  # conditionals an exact-mode run keeps for states that recur
+_EXP_FLOOR = -700.0  # exp() of a log-weight above this is a normal float64
+
+
+def _factorises(decoder) -> bool:
+    """Whether exact mode can take the factorised path: a stochastic commit rule (each candidate
+    commits independently given the state) under the shared step law."""
+    commit = getattr(decoder, "commit", None)
+    return commit is not None and commit.stochastic and getattr(decoder, "step_law", None) is None
+
+
+def _factorised_level(decoder, denoiser, tokens, cand, w, step, opened, lq, seq, n_windows,
+                      oracle, cache):
+    """One level of exact mode for a stochastic commit rule, without listing its outcomes row by
+    row: a state with k candidates has (V + 1)^k outcomes (each candidate commits a value or
+    stays), whose weights and next-state codes are outer products / sums of per-position tables.
+    States are grouped by k; each group's outcomes are expanded as tensors and accumulated into a
+    dense table over the next states (counters x (V + 1)^n token codes), which merges equal next
+    states. The denoiser's answers come from ``cache`` (a :class:`_ConditionalsCache`): a state
+    seen at an earlier level is not sent again, and the new ones go in one batched call.
+    Returns ``(tokens, w, step, opened, lq, seq)`` of the merged next states, or None where the
+    table would exceed :data:`DENSE_STATES` (the caller then lists the outcomes row by row)."""
+    n, V, mask = denoiser.n_tokens, denoiser.vocab, denoiser.mask_id
+    device, dtype = tokens.device, denoiser.dtype
+    R = V + 1
+    if R ** n > DENSE_STATES:
+        return None
+    metas, meta_id = _unique_rows(torch.stack([seq, w, step + 1, opened], -1))
+    size = metas.shape[0] * R ** n
+    if size > DENSE_STATES:
+        return None
+    k = cand.sum(-1)
+    outcomes = int((R ** k.double()).sum())
+    if outcomes > OUTCOME_BUDGET:
+        raise EnumerationError(
+            f"exact mode: one step of {decoder.name} from {tokens.shape[0]} states has "
+            f"{outcomes:.3g} outcomes (each of k masked positions commits one of {V} values or "
+            f"stays: (V + 1)^k per state), over the budget of {OUTCOME_BUDGET}; use fewer "
+            "tokens or Monte Carlo mode (evaluate(..., mode='mc'))")
+    weight = R ** torch.arange(n - 1, -1, -1, device=device)
+    digits = torch.where(tokens == mask, torch.full_like(tokens, V), tokens)
+    code = (digits * weight).sum(-1)
+    logp = cache.conditionals(denoiser, tokens, code, R ** n)
+    oracle_logp = None
+    if oracle is not None and getattr(decoder.score, "needs_oracle", False):
+        oracle_logp = conditionals(oracle, tokens)
+    view = Step(logp, cand, step, opened, oracle_logp, n_windows)
+    factors = SelectionStep(decoder, view).outcome_factors().to(dtype)  # [S, n, R]
+    key = (meta_id * R ** n + code).to(torch.int32)
+    top = lq.max()
+    shifted = lq - top
+    finite = torch.where(factors > -math.inf, factors, torch.full_like(factors, math.inf))
+    floor = shifted + finite.amin(-1).clamp(max=0).sum(-1)  # the least positive outcome weight
+    groups = [(j, (k == j).nonzero().squeeze(-1)) for j in torch.unique(k).tolist()]
+    chunks = _outcome_chunks(groups, cand, factors, key, shifted, weight.to(torch.int32), V)
+    table = torch.zeros(size, dtype=dtype, device=device)
+    if bool((floor[floor > -math.inf] > _EXP_FLOOR).all()):
+        # every outcome's weight is a normal float64: multiply probabilities, sum them
+        for codes, prob in chunks(log=False):
+            table.index_add_(0, codes, prob)
+        live = (table > 0).nonzero().squeeze(-1)
+        new_lq = table[live].log() + top
+    else:  # log-space: the largest weight per next state first, then the scaled sum
+        peak = torch.full((size,), -math.inf, dtype=dtype, device=device)
+        for codes, lp in chunks(log=True):
+            peak.scatter_reduce_(0, codes.long(), lp, reduce="amax")
+        safe = torch.where(peak > -math.inf, peak, torch.zeros_like(peak))
+        for codes, lp in chunks(log=True):
+            table.index_add_(0, codes, (lp - safe[codes]).exp())
+        live = (table > 0).nonzero().squeeze(-1)
+        new_lq = table[live].log() + safe[live] + top
+    meta = metas[live // R ** n]
+    digits = (live % R ** n)[:, None] // weight % R
+    tokens = torch.where(digits == V, torch.full_like(digits, mask), digits)
+    return tokens, meta[:, 1], meta[:, 2], meta[:, 3], new_lq, meta[:, 0]
+
+
+def _outcome_chunks(groups, cand, factors, key, shifted, weight, V):
+    """A function of ``log`` that yields ``(next-state codes [K], weights [K])`` of every outcome
+    a chunk at a time (log-weights with ``log``, else probabilities relative to the largest
+    state): per group of states with k candidates, the outer products (sums) over their k
+    candidate positions."""
+    R = V + 1
+
+    def chunks(log: bool):
+        for k, rows in groups:
+            if k == 0:
+                yield key[rows], shifted[rows] if log else shifted[rows].exp()
+                continue
+            pos = torch.sort((~cand[rows]).to(torch.int8), dim=-1, stable=True).indices[:, :k]
+            lp_pos = factors[rows].gather(1, pos[..., None].expand(-1, -1, R))  # [N, k, R]
+            options = (lp_pos > -math.inf).flatten(0, 1).any(0).nonzero().squeeze(-1)
+            lp_pos = lp_pos[..., options]  # options impossible throughout the group dropped
+            step = (options.to(weight.dtype) - V)[None, None, :] * weight[pos][..., None]
+            base = shifted[rows]
+            if not log:
+                lp_pos, base = lp_pos.exp(), base.exp()
+            per_row = options.shape[0] ** k
+            for part in torch.arange(rows.shape[0], device=rows.device).split(
+                    max(1, OUTCOME_CHUNK // per_row)):
+                w, codes = base[part][:, None], key[rows[part]][:, None]
+                for j in range(k):
+                    w = (w[:, :, None] + lp_pos[part, j, None, :]) if log else \
+                        (w[:, :, None] * lp_pos[part, j, None, :])
+                    w = w.flatten(1)
+                    codes = (codes[:, :, None] + step[part, j, None, :]).flatten(1)
+                yield codes.reshape(-1), w.reshape(-1)
+
+    return chunks
+
+
+class _ConditionalsCache:
+    """The denoiser's answers by token state over one exact-mode run: a denoiser is a function
+    of the tokens, and the states of a stochastic rule recur from level to level. Holds at most
+    :data:`CACHE_ELEMENTS` conditionals; states past that are recomputed."""
+
+    def __init__(self):
+        self.slot = None  # int64 [codes]: row of each token code in self.logp, -1 if absent
+        self.logp = None
+
+    def conditionals(self, denoiser, tokens, code, codes: int) -> torch.Tensor:
+        """``[S, n, V]`` log-probabilities at ``tokens [S, n]`` (token codes ``code`` < codes)."""
+        if self.slot is None:
+            self.slot = torch.full((codes,), -1, dtype=torch.long, device=tokens.device)
+        row = self.slot[code]
+        miss = (row < 0).nonzero().squeeze(-1)
+        if miss.numel():
+            per_call = max(1, CALL_ELEMENTS // (tokens.shape[1] * denoiser.vocab))
+            parts = [conditionals(denoiser, tokens[part]) for part in miss.split(per_call)]
+            new = parts[0] if len(parts) == 1 else torch.cat(parts)
+            held = 0 if self.logp is None else self.logp.shape[0]
+            if (held + new.shape[0]) * new[0].numel() <= CACHE_ELEMENTS:
+                self.slot[code[miss]] = held + torch.arange(new.shape[0], device=code.device)
+                self.logp = new if self.logp is None else torch.cat([self.logp, new])
+                return self.logp[self.slot[code]]
+        else:
+            return self.logp[row]
+        out = torch.empty((tokens.shape[0],) + tuple(new.shape[1:]), dtype=new.dtype,
+                          device=new.device)
+        out[miss] = new
+        hit = row >= 0
+        if hit.any():
+            out[hit] = self.logp[row[hit]]
+        return out
+
+
+def _unique_rows(rows: torch.Tensor):
+    """``(unique rows [U, c], inverse [S])`` of small non-negative integer rows, through one
+    int64 mixed-radix code (a 1-D sort) when it fits."""
+    radix = rows.amax(0) + 1
+    if float(radix.double().log2().sum()) >= 62:
+        return torch.unique(rows, dim=0, return_inverse=True)
+    weight = torch.cat([radix.flip(0).cumprod(0).flip(0)[1:], radix.new_ones(1)])
+    codes, inverse = torch.unique((rows * weight).sum(-1), return_inverse=True)
+    return codes[:, None] // weight % radix, inverse
 
 
 # ----------------------------------------------------------------------------------- helpers
@@ -570,12 +744,7 @@ def _corrector_window_lp(decoder, denoiser, state, tokens, window, target) -> to
             f"{decoder.name}: the corrector {corrector.name!r} is not an exact block sampler, so "
             "its window's log q is not p(x_B | x_P); use its own decoder (e.g. gibbs_remask()) "
             "to replay it")
-    engine = corrector._target(denoiser, target)
-    V = denoiser.vocab
-    table = corrector._block_table(engine, state, window, denoiser.mask_id)
-    code = (tokens[:, window] * V ** torch.arange(len(window) - 1, -1, -1,
-                                                   device=tokens.device)).sum(-1)
-    return table.reshape(tokens.shape[0], -1).gather(-1, code[:, None])[:, 0]
+    return corrector.window_log_prob(denoiser, state, tokens, window, target)
 
 
 __all__ = ["conditionals", "enumerate_states", "forced", "marginal_log_prob", "proposal_step",

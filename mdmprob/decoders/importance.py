@@ -4,7 +4,9 @@ Each output sequence is chosen among ``particles`` proposals from another decode
 probability proportional to the exact weight p(x) / q(x) (p: the target structure, latents summed
 out by the engine). The run reports the Kish effective sample size per sequence. The output law
 tends to p as the number of particles grows; its density is not tractable, so ``log_q`` is the
-proposal's log q of the chosen particle (``log_q_is_marginal`` is False).
+proposal's log q of the chosen particle (``log_q_is_marginal`` is False). With a prompt
+(``initial=``) every particle completes it and the weights p(x) / q(x | prompt) target
+p(x | prompt).
 """
 
 from __future__ import annotations
@@ -13,7 +15,13 @@ import math
 
 import torch
 
-from mdmprob.decoders.protocol import DecoderBase, DecodeResult, check_num, make_generator
+from mdmprob.decoders.protocol import (
+    DecoderBase,
+    DecodeResult,
+    check_num,
+    initial_tokens,
+    make_generator,
+)
 from mdmprob.errors import EnumerationError, MdmprobError
 from mdmprob.sampling import gumbel_argmax
 
@@ -42,10 +50,8 @@ class ImportanceResampling(DecoderBase):
         check_num(num, denoiser)
         K = self.particles
         generator = make_generator(denoiser, seed, generator)
-        if initial is not None:
-            initial = torch.as_tensor(initial, device=denoiser.device)
-            initial = initial[None] if initial.dim() == 1 else initial
-            initial = initial.repeat_interleave(K, 0) if initial.shape[0] == num else initial
+        if initial is not None:  # checked against num, then one copy per particle
+            initial = initial_tokens(denoiser, initial, num).repeat_interleave(K, 0)
         inner = self.proposal.run(denoiser, num * K, generator=generator, initial=initial,
                                   oracle=oracle, blocks=blocks, target=target)
         engine = target.engine(device=denoiser.device, dtype=denoiser.dtype)

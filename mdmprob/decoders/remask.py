@@ -21,6 +21,11 @@ at step j (alpha_t = (j-1)/steps -> alpha_s = j/steps) every visible token is re
 probability sigma_j and every masked one is unmasked with probability
 (alpha_s - (1 - sigma_j) alpha_t) / (1 - alpha_t), its value drawn from the denoiser.
 
+Prompts (``initial=``): the positions visible in the prompt are never masked, remasked or
+rewritten. :class:`Remask` runs on the window's positions masked in the prompt (the *free*
+positions, per row) and remasks min(k, #free) of them per step; ReMDM's coins touch only the
+positions masked in the prompt.
+
 Both are trajectory decoders (``log_q_is_marginal = False``): ``run`` returns the exact
 log-probability of the whole trajectory, and ``run.committed`` is a :class:`Trajectory` — the
 per-step committed positions *and* the state after every step — so that
@@ -37,6 +42,7 @@ from typing import Any
 import torch
 
 from mdmprob.decoders import drivers
+from mdmprob.decoders.correctors import free_positions
 from mdmprob.decoders.primitives import ValueLaw
 from mdmprob.decoders.protocol import (
     DecoderBase,
@@ -45,6 +51,7 @@ from mdmprob.decoders.protocol import (
     check_complete,
     check_num,
     check_window,
+    initial_tokens,
     make_generator,
     windows_of,
 )
@@ -127,39 +134,48 @@ class Remask:
     # ------------------------------------------------------------------ the kernel, batched
     def propose(self, denoiser: Denoiser, tokens: torch.Tensor, window: list[int],
                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Mean-field proposal of ``window`` given ``tokens [B, n]`` (window masked): returns
+        """Mean-field proposal of the masked positions of ``window`` given ``tokens [B, n]``
+        (positions of the window visible in ``tokens`` are prompt tokens, kept): returns
         (tokens, log q^(0) [B], nfe [B])."""
         self.check_window(window)
-        tokens = tokens.clone()
-        tokens[:, window] = denoiser.mask_id
-        logp = denoiser(tokens)[:, window]  # [B, W, V]
+        free = free_positions(tokens, window, denoiser.mask_id)
+        logp = denoiser(tokens)
         draws = gumbel_argmax(logp, generator)
-        tokens[:, window] = draws
-        lq = logp.gather(-1, draws[..., None]).squeeze(-1).sum(-1)
-        return tokens, lq, torch.ones(tokens.shape[0], dtype=torch.long, device=tokens.device)
+        picked = logp.gather(-1, draws[..., None]).squeeze(-1)
+        lq = torch.where(free, picked, torch.zeros_like(picked)).sum(-1)
+        return torch.where(free, draws, tokens), lq, free.any(-1).long()
 
     def choose(self, denoiser: Denoiser, tokens: torch.Tensor, window: list[int],
-               generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+               generator: torch.Generator, free: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The subset S of one kernel step for complete windows: (S bool [B, n], log Pr(S | y)
-        [B], nfe [B])."""
+        [B], nfe [B]). S holds min(k, c) of the c ``free`` positions (bool ``[B, n]``, default
+        the whole window; the others are prompt tokens)."""
         B, W = tokens.shape[0], len(window)
         device = tokens.device
         pos = torch.tensor(window, dtype=torch.long, device=device)
+        free_w = torch.ones(B, W, dtype=torch.bool, device=device) if free is None else \
+            free[:, pos]
+        c = free_w.sum(-1)
+        take = c.clamp(max=self.k)
         if self.kernel == "random":
             keys = torch.rand(B, W, generator=generator, device=device, dtype=torch.float64)
-            picked = keys.topk(self.k, dim=-1).indices
-            lp = torch.full((B,), -_log_comb(W, self.k), dtype=denoiser.dtype, device=device)
+            keys = torch.where(free_w, keys, torch.full_like(keys, -1.0))
+            order = keys.argsort(dim=-1, descending=True, stable=True)
+            lp = -_log_comb_t(c, take).to(denoiser.dtype)
             nfe = torch.zeros(B, dtype=torch.long, device=device)
         else:
-            picked = self._lowest(denoiser, tokens, window)
+            order = self._lowest(denoiser, tokens, window, free_w)
             lp = torch.zeros(B, dtype=denoiser.dtype, device=device)
-            nfe = torch.full((B,), W, dtype=torch.long, device=device)
+            nfe = c
+        ranked = torch.arange(W, device=device)[None] < take[:, None]  # [B, W] in rank order
         subset = torch.zeros_like(tokens, dtype=torch.bool)
-        subset.scatter_(1, pos[picked], True)
+        subset.scatter_(1, pos[order], ranked)
         return subset, lp, nfe
 
-    def _lowest(self, denoiser, tokens, window) -> torch.Tensor:
-        """Window indices ``[B, k]`` of the k lowest leave-one-out confidences."""
+    def _lowest(self, denoiser, tokens, window, free_w=None) -> torch.Tensor:
+        """Window indices ``[B, W]`` ranked by leave-one-out confidence, lowest first (prompt
+        positions, ``~free_w``, last)."""
         B, W = tokens.shape[0], len(window)
         pos = torch.tensor(window, dtype=torch.long, device=tokens.device)
         hidden = tokens[:, None, :].repeat(1, W, 1)  # [B, W, n]: copy j hides window[j]
@@ -167,7 +183,9 @@ class Remask:
         out = denoiser(hidden.reshape(B * W, -1)).reshape(B, W, -1, denoiser.vocab)
         diag = out[:, torch.arange(W, device=tokens.device), pos]  # [B, W, V]
         conf = diag.gather(-1, tokens[:, window][..., None]).squeeze(-1)
-        return _lowest_k(conf, self.k)
+        if free_w is not None:
+            conf = torch.where(free_w, conf, torch.full_like(conf, math.inf))
+        return _lowest_k(conf, W)
 
     def resample(self, denoiser: Denoiser, tokens: torch.Tensor, subset: torch.Tensor,
                  generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -183,9 +201,11 @@ class Remask:
         return new, lq, nfe
 
     def step(self, denoiser: Denoiser, tokens: torch.Tensor, window: list[int],
-             generator: torch.Generator) -> tuple[torch.Tensor, ...]:
-        """One application of R_k: (tokens, subset, log-prob of the step [B], nfe [B])."""
-        subset, lp_s, nfe_s = self.choose(denoiser, tokens, window, generator)
+             generator: torch.Generator, free: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, ...]:
+        """One application of R_k on the ``free`` positions of the window (default: all of it):
+        (tokens, subset, log-prob of the step [B], nfe [B])."""
+        subset, lp_s, nfe_s = self.choose(denoiser, tokens, window, generator, free)
         tokens, lp_v, nfe_v = self.resample(denoiser, tokens, subset, generator)
         return tokens, subset, lp_s + lp_v, nfe_s + nfe_v
 
@@ -197,14 +217,13 @@ class Remask:
         """Proposal + ``sweeps`` kernel steps on ``window``: (tokens, committed [B, n],
         trajectory log q [B], nfe [B]). With ``trace`` every step's (positions, state) is
         appended to it."""
+        sel = free_positions(tokens, window, denoiser.mask_id)
         tokens, lq, nfe = self.propose(denoiser, tokens, window, generator)
-        sel = torch.zeros_like(tokens, dtype=torch.bool)
-        sel[:, window] = True
         if trace is not None:
             trace.append_step(sel, tokens)
         proposal = tokens[:, window]
         for _ in range(self.sweeps):
-            tokens, subset, lp, calls = self.step(denoiser, tokens, window, generator)
+            tokens, subset, lp, calls = self.step(denoiser, tokens, window, generator, sel)
             lq, nfe = lq + lp, nfe + calls
             if trace is not None:
                 trace.append_step(subset, tokens)
@@ -220,26 +239,25 @@ class Remask:
         if len(committed) != 1 + self.sweeps:
             raise MdmprobError(f"{self.name}: a window trajectory has {1 + self.sweeps} steps, "
                                f"got {len(committed)}")
-        B, W, V = state.shape[0], len(window), denoiser.vocab
-        win = torch.zeros(state.shape[1], dtype=torch.bool, device=state.device)
-        win[window] = True
-        prev = state.clone()
-        prev[:, window] = denoiser.mask_id
-        logp = denoiser(prev)
+        B, V = state.shape[0], denoiser.vocab
+        win = free_positions(state, window, denoiser.mask_id)  # the prompt's tokens are kept
+        c = win.sum(-1)
+        take = c.clamp(max=self.k)
+        logp = denoiser(state)
         cur = states[0].to(state.device)
         lq = torch.where(win, logp.gather(-1, cur.clamp(max=V - 1)[..., None]).squeeze(-1),
                          torch.zeros_like(logp[..., 0])).sum(-1)
-        ok = (committed[0].to(state.device) == win).all(-1) & (cur[:, window] < V).all(-1)
+        ok = (committed[0].to(state.device) == win).all(-1) & (cur[:, window] < V).all(-1) & \
+            ((cur == state) | win).all(-1)
         for sel, nxt in zip(committed[1:], states[1:], strict=True):
             prev, cur = cur, nxt.to(state.device)
-            subset = sel.to(state.device) & win
+            subset = sel.to(state.device)
+            ok &= (subset <= win).all(-1)
             if self.kernel == "random":
-                ok &= subset.sum(-1) == self.k
-                lq = lq - _log_comb(W, self.k)
+                ok &= subset.sum(-1) == take
+                lq = lq - _log_comb_t(c, take).to(lq.dtype)
             else:
-                expect = torch.zeros_like(subset)
-                picked = self._lowest(denoiser, prev, window)
-                expect.scatter_(1, torch.tensor(window, device=state.device)[picked], True)
+                expect, _, _ = self.choose(denoiser, prev, window, None, win)
                 ok &= (expect == subset).all(-1)
             masked = torch.where(subset, torch.full_like(prev, denoiser.mask_id), prev)
             logp = denoiser(masked)
@@ -253,7 +271,9 @@ class Remask:
     def window_chain(self, denoiser: Denoiser, tokens: torch.Tensor, window: list[int],
                      sweeps: list[int] | None = None) -> dict[int, torch.Tensor]:
         """Exact log q^(n) of the window, ``{n: [V] * |W|}`` for every n in ``sweeps`` (default
-        ``[self.sweeps]``), given ``tokens [1, n]`` (the prefix visible).
+        ``[self.sweeps]``), given ``tokens [1, n]`` (the prefix visible). Positions of the window
+        visible in ``tokens`` are prompt tokens: the chain runs on the masked ones (W below),
+        min(k, |W|) at a time, and the tables are over those, ``[V] * |W|``.
 
         q^(0)(y) = prod_i p_theta(y_i | x_P);  q^(n+1)(y') = sum_S sum_{y_S}
         q^(n)(y) Pr(S | y) prod_{i in S} p_theta(y'_i | y'_{W \\ S}, x_P),  y_{W \\ S} = y'_{W \\ S}.
@@ -264,27 +284,30 @@ class Remask:
         sweeps = [self.sweeps] if sweeps is None else sorted(set(sweeps))
         if any(s < 0 for s in sweeps):
             raise MdmprobError(f"sweeps {sweeps} must be >= 0")
-        W, V = len(window), denoiser.vocab
-        if V ** W > 2**16 or math.comb(W, self.k) * V ** W > 2**24:
+        window = [p for p in window if int(tokens[0, p]) == denoiser.mask_id]
+        W, V, k = len(window), denoiser.vocab, min(self.k, len(window))
+        if W == 0:  # the prompt fills the window: nothing to decode
+            return {n: torch.zeros((), dtype=denoiser.dtype, device=tokens.device)
+                    for n in sweeps}
+        if V ** W > 2**16 or math.comb(W, k) * V ** W > 2**24:
             raise EnumerationError(
                 f"the exact remasking chain enumerates V^|W| = {V}^{W} window states x "
-                f"C({W}, {self.k}) subsets, over the budget (2^16 states, 2^24 entries); use "
+                f"C({W}, {k}) subsets, over the budget (2^16 states, 2^24 entries); use "
                 "smaller windows, a smaller k, or Monte Carlo")
         base = tokens[:1].clone()
-        base[:, window] = denoiser.mask_id
         configs = all_values(W, V, tokens.device)  # [N, W], row-major codes
         logp0 = denoiser(base)[0, window]  # [W, V]
         log_q = logp0.gather(-1, configs.T).sum(0).reshape([V] * W)
-        subsets = list(itertools.combinations(range(W), self.k))
+        subsets = list(itertools.combinations(range(W), k))
         cond = {s: self._conditional_table(denoiser, base, window, configs, s) for s in subsets}
         if self.kernel == "random":
-            log_sel = {s: torch.full_like(log_q, -_log_comb(W, self.k)) for s in subsets}
+            log_sel = {s: torch.full_like(log_q, -_log_comb(W, k)) for s in subsets}
         else:
             singles = {(j,): cond[(j,)] if (j,) in cond else
                        self._conditional_table(denoiser, base, window, configs, (j,))
                        for j in range(W)}
             conf = torch.stack([singles[(j,)].reshape(-1) for j in range(W)], -1)  # [N, W]
-            picked = _lowest_k(conf, self.k).sort(-1).values  # [N, k]
+            picked = _lowest_k(conf, k).sort(-1).values  # [N, k]
             log_sel = {}
             for s in subsets:
                 hit = (picked == torch.tensor(s, device=picked.device)).all(-1)
@@ -320,9 +343,11 @@ class Remask:
                             window: list[int], target=None
                             ) -> Iterator[tuple[tuple[int, ...], float]]:
         """(values, log q) of every window configuration with q > 0 after ``sweeps`` exact kernel
-        steps, given ``tokens [1, n]``."""
+        steps, given ``tokens [1, n]`` (the window's visible positions keep their tokens)."""
         log_q = self.window_chain(denoiser, tokens, window)[self.sweeps].reshape(-1)
-        configs = all_values(len(window), denoiser.vocab, tokens.device)
+        free = [i for i, p in enumerate(window) if int(tokens[0, p]) == denoiser.mask_id]
+        configs = tokens[0, window].repeat(log_q.shape[0], 1)
+        configs[:, free] = all_values(len(free), denoiser.vocab, tokens.device)
         for values, lp in zip(configs.tolist(), log_q.tolist(), strict=True):
             if lp > -math.inf:
                 yield tuple(values), lp
@@ -358,10 +383,9 @@ class RemaskDecoder(DecoderBase):
         """Decode ``num`` sequences (see the decoder protocol); ``committed`` is a
         :class:`Trajectory`."""
         check_num(num, denoiser)
-        _no_prompt(self.name, initial)
         generator = make_generator(denoiser, seed, generator)
         device, n = denoiser.device, denoiser.n_tokens
-        tokens = torch.full((num, n), denoiser.mask_id, dtype=torch.long, device=device)
+        tokens = initial_tokens(denoiser, initial, num)
         log_q = torch.zeros(num, dtype=denoiser.dtype, device=device)
         log_q_tokens = torch.zeros(num, n, dtype=denoiser.dtype, device=device)
         nfe = torch.zeros(num, dtype=torch.long, device=device)
@@ -378,13 +402,13 @@ class RemaskDecoder(DecoderBase):
                      oracle: Denoiser | None = None, target=None,
                      max_states: int = 2**16) -> torch.Tensor:
         """The exact law of the output, ``[V] * n``: each window's exact chain q^(sweeps) given
-        every prefix (the windows are decoded in order)."""
-        _no_prompt(self.name, initial)
+        every prefix (the windows are decoded in order); from the prompt ``initial`` if given
+        (q then lives on its completions)."""
         n, V = denoiser.n_tokens, denoiser.vocab
         if V ** n > 2**20:
             raise EnumerationError(f"exact mode enumerates all V^n = {V}^{n} sequences, over the "
                               "budget of 2^20; use Monte Carlo mode (evaluate(..., mode='mc'))")
-        start = torch.full((1, n), denoiser.mask_id, dtype=torch.long, device=denoiser.device)
+        start = initial_tokens(denoiser, initial, 1)
         return drivers.enumerate_states(self, denoiser, start, self.windows(denoiser, blocks),
                                         target=target, max_states=max_states).reshape([V] * n)
 
@@ -392,16 +416,16 @@ class RemaskDecoder(DecoderBase):
                  initial=None, blocks=None, oracle: Denoiser | None = None,
                  target=None) -> torch.Tensor:
         """The trajectory log-probability ``[B]`` of a run, replayed from ``committed`` (the run's
-        :class:`Trajectory`); ``-inf`` where ``tokens`` is not that trajectory's output."""
-        _no_prompt(self.name, initial)
+        :class:`Trajectory`); ``-inf`` where ``tokens`` is not that trajectory's output. Pass
+        the run's ``initial`` (prompt) too."""
         record = _need_trajectory(self.name, committed)
-        tokens = check_complete(denoiser, tokens)
+        tokens = check_complete(denoiser, tokens, initial)
         windows = self.windows(denoiser, blocks)
         per = 1 + self.corrector.sweeps
         if len(record) != per * len(windows):
             raise MdmprobError(f"{self.name}: the trajectory has {len(record)} steps, expected "
                                f"{per} per window x {len(windows)} windows")
-        state = torch.full_like(tokens, denoiser.mask_id)
+        state = initial_tokens(denoiser, initial, tokens.shape[0])
         log_q = torch.zeros(tokens.shape[0], dtype=denoiser.dtype, device=tokens.device)
         for w, window in enumerate(windows):
             steps = slice(w * per, (w + 1) * per)
@@ -458,8 +482,10 @@ class ReMDM(DecoderBase):
         sigma = min(self.eta, sigma_max) if self.schedule == "cap" else self.eta * sigma_max
         return sigma, (1.0 + sigma * (j - 1)) / (self.steps - j + 1)
 
-    def _step_log_probs(self, logp: torch.Tensor, tokens: torch.Tensor, j: int, mask: int):
-        """Per-position outcome log-probabilities ``[B, n, V + 1]`` (last = mask) of step j."""
+    def _step_log_probs(self, logp: torch.Tensor, tokens: torch.Tensor, j: int, mask: int,
+                        prompt: torch.Tensor):
+        """Per-position outcome log-probabilities ``[B, n, V + 1]`` (last = mask) of step j;
+        ``prompt`` (bool, broadcast to ``[B, n]``) marks prompt tokens, kept with certainty."""
         sigma, u = self.rates(j)
         V = logp.shape[-1]
         dtype, device = logp.dtype, logp.device
@@ -472,7 +498,11 @@ class ReMDM(DecoderBase):
         keep = _onehot(tokens.clamp(max=V - 1), V, dtype) + log_keep
         vis = torch.cat([keep, log_sigma.expand(*tokens.shape, 1)], -1)
         unmask = torch.cat([tempered + log_u, log_stay.expand(*tokens.shape, 1)], -1)
-        return torch.where(visible[..., None], vis, unmask)
+        out = torch.where(visible[..., None], vis, unmask)
+        kept = torch.cat([_onehot(tokens.clamp(max=V - 1), V, dtype),
+                          torch.full((*tokens.shape, 1), -math.inf, dtype=dtype, device=device)],
+                         -1)
+        return torch.where(prompt[..., None], kept, out)
 
     def run(self, denoiser: Denoiser, num: int = 1, *, seed: int | None = 0,
             generator: torch.Generator | None = None, initial=None, blocks=None,
@@ -480,11 +510,11 @@ class ReMDM(DecoderBase):
         """Decode ``num`` sequences in one batch; ``committed`` is a :class:`Trajectory` (per step
         the newly unmasked positions and the state after the step)."""
         check_num(num, denoiser)
-        _no_prompt(self.name, initial)
         device, mask = denoiser.device, denoiser.mask_id
         generator = make_generator(denoiser, seed, generator)
         n = denoiser.n_tokens
-        tokens = torch.full((num, n), mask, dtype=torch.long, device=device)
+        tokens = initial_tokens(denoiser, initial, num)
+        prompt = tokens != mask
         log_q_tokens = torch.zeros(num, n, dtype=denoiser.dtype, device=device)
         nfe = torch.zeros(num, dtype=torch.long, device=device)
         trace = Trajectory()
@@ -499,11 +529,11 @@ class ReMDM(DecoderBase):
             values = gumbel_argmax(tempered, generator) if self.temperature > 0 else \
                 logp.argmax(-1)
             coin = torch.rand(num, n, generator=generator, device=device, dtype=torch.float64)
-            remask = ~masked & (coin < sigma)
+            remask = ~masked & ~prompt & (coin < sigma)
             unmask = masked & (coin < u)
             new = torch.where(remask, torch.full_like(tokens, mask),
                               torch.where(unmask, values, tokens))
-            outcome = self._step_log_probs(logp, tokens, j, mask).to(dtype)
+            outcome = self._step_log_probs(logp, tokens, j, mask, prompt).to(dtype)
             log_q_tokens = log_q_tokens + outcome.gather(-1, new[..., None]).squeeze(-1)
             remasked.append(remask.sum(-1))
             trace.append_step(unmask, new)
@@ -515,20 +545,21 @@ class ReMDM(DecoderBase):
                  initial=None, blocks=None, oracle: Denoiser | None = None,
                  target=None) -> torch.Tensor:
         """The trajectory log-probability ``[B]`` of a run replayed from ``committed`` (its
-        :class:`Trajectory`); ``-inf`` where the record is inconsistent with ``tokens``."""
-        _no_prompt(self.name, initial)
+        :class:`Trajectory`); ``-inf`` where the record is inconsistent with ``tokens``. Pass
+        the run's ``initial`` (prompt) too."""
         record = _need_trajectory(self.name, committed)
-        tokens = check_complete(denoiser, tokens)
+        tokens = check_complete(denoiser, tokens, initial)
         if len(record) != self.steps:
             raise MdmprobError(f"{self.name}: the trajectory has {len(record)} steps, expected "
                                f"{self.steps}")
         mask = denoiser.mask_id
-        state = torch.full_like(tokens, mask)
+        state = initial_tokens(denoiser, initial, tokens.shape[0])
+        prompt = state != mask
         log_q = torch.zeros(tokens.shape[0], dtype=denoiser.dtype, device=tokens.device)
         ok = torch.ones(tokens.shape[0], dtype=torch.bool, device=tokens.device)
         for j, (sel, nxt) in enumerate(zip(record, record.states, strict=True), start=1):
             nxt = nxt.to(tokens.device)
-            outcome = self._step_log_probs(denoiser(state), state, j, mask)
+            outcome = self._step_log_probs(denoiser(state), state, j, mask, prompt)
             log_q = log_q + outcome.gather(-1, nxt[..., None]).squeeze(-1).sum(-1)
             ok &= (sel.to(tokens.device) == ((state == mask) & (nxt != mask))).all(-1)
             state = nxt
@@ -543,9 +574,11 @@ class ReMDM(DecoderBase):
 
             log P_j(s') = logsumexp_s [ log P_{j-1}(s) + sum_i log T_j(s)[i, s'_i] ],
 
-        T_j(s) the per-position outcome probabilities of step j from state s."""
-        _no_prompt(self.name, initial)
+        T_j(s) the per-position outcome probabilities of step j from state s; from the prompt
+        ``initial`` if given (its tokens are kept: q lives on its completions)."""
         n, V, mask = denoiser.n_tokens, denoiser.vocab, denoiser.mask_id
+        start = initial_tokens(denoiser, initial, 1)
+        prompt = start != mask
         total = (V + 1) ** n
         if total > max_states:
             raise EnumerationError(f"exact ReMDM propagates the law of (V+1)^n = {V + 1}^{n} = {total} "
@@ -553,14 +586,15 @@ class ReMDM(DecoderBase):
         device, dtype = denoiser.device, denoiser.dtype
         states = all_values(n, V + 1, device)  # [(V+1)^n, n], row-major over 0..V
         log_p = torch.full((total,), -math.inf, dtype=dtype, device=device)
-        log_p[-1] = 0.0  # the all-mask state has the largest code
+        digits = torch.where(prompt, start, torch.full_like(start, V))[0]
+        log_p[(digits * (V + 1) ** torch.arange(n - 1, -1, -1, device=device)).sum()] = 0.0
         chunk = max(1, 2**22 // total)
         for j in range(1, self.steps + 1):
             live = (log_p > -math.inf).nonzero().squeeze(-1)
             new = torch.full_like(log_p, -math.inf)
             for part in live.split(chunk):
                 src = states[part]
-                outcome = self._step_log_probs(denoiser(src), src, j, mask)  # [F, n, V+1]
+                outcome = self._step_log_probs(denoiser(src), src, j, mask, prompt)  # [F, n, V+1]
                 per = outcome.permute(1, 2, 0)  # [n, V+1, F]
                 lp = log_p[part][None, :] + per[0]
                 for i in range(1, n):  # outer sum over positions, row-major like `states`
@@ -583,13 +617,6 @@ def gibbs_remask_decoder(k: int = 2, sweeps: int = 1, kernel: str = "random") ->
     return RemaskDecoder(f"gibbs_remask(k={k}, sweeps={sweeps}, kernel={kernel})", corrector)
 
 
-def _no_prompt(name: str, initial) -> None:
-    if initial is not None:
-        raise MdmprobError(f"{name} remasks every position it wrote and has no prompt mode: "
-                           "initial= is not supported; use a step decoder (e.g. mdlm, llada) "
-                           "for prompted decoding")
-
-
 def _lowest_k(conf: torch.Tensor, k: int) -> torch.Tensor:
     """Indices ``[..., k]`` of the k lowest confidences (log p rounded to 2^-24 nats, so float
     round-off cannot decide a tie), ties to the lower index."""
@@ -599,6 +626,11 @@ def _lowest_k(conf: torch.Tensor, k: int) -> torch.Tensor:
 
 def _log_comb(n: int, k: int) -> float:
     return math.log(math.comb(n, k))
+
+
+def _log_comb_t(n: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    n, k = n.to(torch.float64), k.to(torch.float64)
+    return torch.lgamma(n + 1) - torch.lgamma(k + 1) - torch.lgamma(n - k + 1)
 
 
 def _onehot(index: torch.Tensor, V: int, dtype) -> torch.Tensor:

@@ -120,12 +120,7 @@ class SelectionStep:
         V = self.values_lp.shape[-1]
         lp = torch.zeros(B, dtype=self.values_lp.dtype, device=device)
         if rule.commit.stochastic:
-            probs = torch.where(cand, rule.commit.probs(view), torch.zeros_like(lp)[:, None])
-            opts = torch.empty(B, n, V + 1, dtype=lp.dtype, device=device)
-            # per position: commit a value, or stay (masked, or visible: certain)
-            opts[..., :V] = probs.log()[..., None] + self._all_value_options(forced)
-            opts[..., V] = torch.log1p(-probs)
-            row, out, lp = _product(opts)
+            row, out, lp = _product(self.outcome_factors(forced))
             return row, out < V, out, lp
         if self.draws_random:
             if forced is not None:
@@ -145,6 +140,23 @@ class SelectionStep:
         parent, values, vlp = _product(torch.where(sel[..., None], values_lp,
                                                    _first_only(values_lp)))
         return row[parent], sel[parent], values, lp[parent] + vlp
+
+    def outcome_factors(self, forced: torch.Tensor | None = None) -> torch.Tensor:
+        """A stochastic commit rule's law, position by position (the positions are independent
+        given the state): log-probabilities ``[B, n, V + 1]`` of committing each value (the first
+        V) or staying as is (the last: masked, or visible and certain)."""
+        view, rule = self.view, self.rule
+        if not rule.commit.stochastic:
+            raise ValueError(f"{rule.name}: only stochastic commit rules factorise over positions")
+        cand = view.candidates
+        B, n = cand.shape
+        V = self.values_lp.shape[-1]
+        zero = torch.zeros((), dtype=self.values_lp.dtype, device=cand.device)
+        probs = torch.where(cand, rule.commit.probs(view), zero)
+        opts = torch.empty(B, n, V + 1, dtype=self.values_lp.dtype, device=cand.device)
+        opts[..., :V] = probs.log()[..., None] + self._all_value_options(forced)
+        opts[..., V] = torch.log1p(-probs)
+        return opts
 
     # ------------------------------------------------------------------------------- helpers
     def _all_value_options(self, forced) -> torch.Tensor:
