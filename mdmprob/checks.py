@@ -145,6 +145,13 @@ def mc_bytes_per_sample(n_tokens: int, vocab: int) -> float:
     return 32.0 * 8 * n_tokens * vocab
 
 
+def exact_state_limit(n_tokens: int, vocab: int) -> int:
+    """Default bound on the decoder states an exact-mode enumeration holds at once: what the
+    memory budget allows at about 16 float64 copies of each state's ``[n, V]`` conditionals,
+    capped at 2^24."""
+    return int(max(1, min(2**24, memory_budget() // (16 * 8 * n_tokens * vocab))))
+
+
 def memory_budget() -> float:
     """Bytes a single request may use: ``MDMPROB_MEMORY_BUDGET`` or half the physical memory."""
     import os

@@ -260,3 +260,16 @@ def test_importance_resampling_removes_violations_as_particles_grow():
         importance(particles=0)
     with pytest.raises(MdmprobError, match="Monte Carlo"):
         importance().distribution(o)
+
+
+def test_no_decoder_module_shadows_an_exported_name():
+    """A submodule named like an exported preset replaces it on the package once imported."""
+    import importlib
+    import pkgutil
+
+    import mdmprob.decoders as package
+
+    for module in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f"mdmprob.decoders.{module.name}")
+        assert module.name not in package.__all__, module.name
+    assert callable(package.importance)

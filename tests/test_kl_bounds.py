@@ -21,8 +21,8 @@ from mdmprob.decoders import (
     remdm,
     sequential,
 )
-from mdmprob.decoders.importance import ImportanceResampling
 from mdmprob.decoders.presets import PRESETS
+from mdmprob.decoders.resampling import ImportanceResampling
 from mdmprob.denoisers import Oracle
 from mdmprob.errors import MdmprobError
 from mdmprob.evaluate import evaluate

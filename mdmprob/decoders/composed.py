@@ -207,7 +207,7 @@ class ComposedDecoder(Decoder):
                                     blocks=blocks, oracle=oracle, target=target)
 
     def distribution(self, denoiser, *, initial=None, blocks=None, oracle=None, target=None,
-                     max_states: int = 2**16):
+                     max_states: int | None = None):
         with self.tracking(denoiser) as den:
             return super().distribution(den, initial=initial, blocks=blocks, oracle=oracle,
                                         target=target, max_states=max_states)

@@ -168,7 +168,7 @@ class Decoder(DecoderBase):
 
     def distribution(self, denoiser: Denoiser, *, initial=None, blocks=None,
                      oracle: Denoiser | None = None, target=None,
-                     max_states: int = 2**16) -> torch.Tensor:
+                     max_states: int | None = None) -> torch.Tensor:
         """The exact decoder-induced distribution q as a log-table of shape ``[V] * n``
         (from the prompt ``initial`` if given: q then lives on its completions)."""
         n, V = denoiser.n_tokens, denoiser.vocab

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from mdmprob.checks import exact_state_limit
 from mdmprob.decoders.primitives import Step
 from mdmprob.decoders.protocol import DecodeResult, initial_tokens
 from mdmprob.decoders.step import SelectionStep, _scatter_logsumexp
@@ -407,7 +408,7 @@ def _gumbel_pick(table, generator):
 
 # ----------------------------------------------------------------------------------- exact mode
 def enumerate_states(decoder, denoiser, start: torch.Tensor, windows, *, oracle=None,
-                     target=None, max_states: int = 2**16, forced=None) -> torch.Tensor:
+                     target=None, max_states: int | None = None, forced=None) -> torch.Tensor:
     """The decoder's exact law from the start states ``start [S, n]``: with ``forced [S, n]``
     the log-probability ``[S]`` of reaching ``forced`` from each start, otherwise (one start) the
     log-table of q over all V^n sequences, flat ``[V^n]``."""
@@ -427,12 +428,15 @@ def enumerate_states(decoder, denoiser, start: torch.Tensor, windows, *, oracle=
     tokens, w, step, opened = _advance(tokens, w, step, opened, wmask, mask)
     done_tokens, done_lq, done_seq = [], [], []
     cache = _ConditionalsCache()
+    if max_states is None:
+        max_states = exact_state_limit(n, V)
     while tokens.shape[0]:
         if tokens.shape[0] > max_states:
             raise EnumerationError(
                 f"exact mode reached {tokens.shape[0]} decoder states, over max_states="
-                f"{max_states}; pass max_states={tokens.shape[0]} or more to distribution() if "
-                "memory allows (about 1 KiB per state and token), or use Monte Carlo mode "
+                f"{max_states} (default: what MDMPROB_MEMORY_BUDGET allows for n = {n}, V = {V}); "
+                f"pass max_states={tokens.shape[0]} or more to distribution() if memory allows, "
+                "or use Monte Carlo mode "
                 "(evaluate(..., mode='mc'))")
         done = w >= W
         if done.any():

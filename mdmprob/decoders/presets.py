@@ -204,7 +204,7 @@ def importance(proposal: DecoderBase | None = None, particles: int = 8) -> Decod
 
     The proposal defaults to mean_field_blocks; runs report the effective sample size.
     """
-    from mdmprob.decoders.importance import ImportanceResampling
+    from mdmprob.decoders.resampling import ImportanceResampling
 
     return ImportanceResampling(proposal if proposal is not None else mean_field_blocks(),
                                 particles)

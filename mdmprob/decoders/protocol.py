@@ -66,7 +66,7 @@ class DecoderBase:
         raise NotImplementedError  # pragma: no cover - abstract
 
     def distribution(self, denoiser, *, initial=None, blocks=None, oracle=None, target=None,
-                     max_states: int = 2**16) -> torch.Tensor:
+                     max_states: int | None = None) -> torch.Tensor:
         raise NotImplementedError  # pragma: no cover - abstract
 
     #: whether a run's ``log_q`` is a joint log q(x, tau) of the output and the trajectory (so

@@ -400,7 +400,7 @@ class RemaskDecoder(DecoderBase):
 
     def distribution(self, denoiser: Denoiser, *, initial=None, blocks=None,
                      oracle: Denoiser | None = None, target=None,
-                     max_states: int = 2**16) -> torch.Tensor:
+                     max_states: int | None = None) -> torch.Tensor:
         """The exact law of the output, ``[V] * n``: each window's exact chain q^(sweeps) given
         every prefix (the windows are decoded in order); from the prompt ``initial`` if given
         (q then lives on its completions)."""

@@ -121,7 +121,7 @@ class ImportanceResampling(DecoderBase):
                                       oracle=oracle, target=target)
 
     def distribution(self, denoiser, *, initial=None, blocks=None, oracle=None, target=None,
-                     max_states: int = 2**16):
+                     max_states: int | None = None):
         raise EnumerationError(
             f"{self.name}: exact mode would enumerate (V^n)^{self.particles} particle sets; "
             "use Monte Carlo mode (evaluate(..., mode='mc')) for importance resampling")
