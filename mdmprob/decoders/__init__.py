@@ -13,15 +13,19 @@ from mdmprob.decoders.presets import (
     importance,
     llada,
     mdlm,
+    klass,
     mean_field_blocks,
+    p2,
     pc_sampler,
     prophet,
     rejection,
     remdm,
+    remdm_conf,
     remdm_loop,
     sequential,
     speculative,
     verified_blocks,
+    wino,
 )
 from mdmprob.decoders.protocol import DecoderBase
 
@@ -29,5 +33,5 @@ __all__ = [
     "PRESETS", "DecodeResult", "Decoder", "DecoderBase", "eb_sampler", "fast_dllm_factor", "importance",
     "fast_dllm_threshold", "get_decoder", "llada", "mdlm", "mean_field_blocks", "rejection",
     "sequential", "speculative", "verified_blocks", "gibbs_remask", "remdm", "dream", "dus",
-    "pc_sampler", "prophet", "remdm_loop",
+    "pc_sampler", "prophet", "remdm_loop", "klass", "remdm_conf", "wino", "p2",
 ]
