@@ -24,6 +24,7 @@ function of its output, so its runs report log q(x) and ``log_prob`` needs no tr
 from __future__ import annotations
 
 import math
+
 import torch
 
 from mdmprob.checks import check_int, check_number, check_prob
@@ -472,8 +473,9 @@ class KLASS(StateDecoder):
 
     Choices where the reference leaves a detail open: confidence and KL are read from the clean
     q (the reference perturbs with Gumbel noise first at T > 0); the last scheduled step of a
-    window commits every mask left (the reference's loop ends there and can leave masks); ties
-    among equal confidences follow ``ties``.
+    window commits every mask left (the reference's loop ends there and can leave masks); a
+    fallback step commits at least one position (the even split's count is at least 1, where the
+    reference's can be 0); ties among equal confidences follow ``ties``.
 
     State: the tokens and the last H token states (the distributions q^{t-1}, ..., q^{t-H} are
     the denoiser at those states, so exact mode merges on them).
@@ -763,7 +765,6 @@ class P2(StateDecoder):
         V = logp.shape[-1]
         fixed = state.extra["fixed"]
         cand = tokens == mask
-        generated = ~cand & ~fixed
         gen_score = self.eta * self._score(loo, tokens.clamp(max=V - 1))
         N = (~fixed).sum(-1)
         i = state.step + 1
