@@ -55,7 +55,7 @@ MEAN_FIELD = ["mean_field_blocks", "sequential:order=l2r",
               "eb_sampler:gamma=0.5:ties=lowest_position",
               "klass:steps=4:conf_threshold=0.7:kl_threshold=0.05:temperature=1:"
               "ties=lowest_position"]
-OTHERS = ["llada:steps=4", "mdlm:steps=3", "remdm_conf:steps=4", "wino:temperature=1",
+OTHERS = ["llada:steps=4", "mdlm:steps=3", "remdm:steps=4:eta=0.1", "wino:temperature=1",
           "p2:steps=4:eta=2.0:temperature=1", "llada:steps=4:temperature=0", "verified_blocks"]
 if SMOKE:
     MEAN_FIELD, OTHERS = MEAN_FIELD[:3] + MEAN_FIELD[5:], ["wino:temperature=1", "p2:steps=4"]

@@ -45,6 +45,7 @@ from mdmprob.errors import BudgetError, EnumerationError, MdmprobError, unknown_
 from mdmprob.sampling import gumbel_argmax
 
 DRAW_BUDGET = 2 ** 16  # joint draws one sample-then-choose step may enumerate per row
+EXPANSION_BUDGET = 2 ** 22  # outcomes one exact step may expand into, over all its states
 NO_STATE = -1  # a history slot before the first step
 
 
@@ -83,14 +84,16 @@ def expand_options(opts: torch.Tensor):
     """Every combination of one option per position, per row: ``opts [B, n, C]`` (log-probs,
     -inf = impossible) -> ``(row [K], choice [K, n], lp [K])``."""
     B, n, C = opts.shape
+    total = float((opts > -math.inf).sum(-1).double().log().sum(-1).exp().sum())
+    if total > EXPANSION_BUDGET:
+        raise EnumerationError(f"exact enumeration of one step has {total:.3g} outcomes, over "
+                               f"the budget of {EXPANSION_BUDGET}; use Monte Carlo mode or "
+                               "smaller structures")
     row = torch.arange(B, device=opts.device)
     choice = torch.zeros(B, 0, dtype=torch.long, device=opts.device)
     lp = torch.zeros(B, dtype=opts.dtype, device=opts.device)
     for p in range(n):
         parent, c = (opts[row, p] > -math.inf).nonzero(as_tuple=True)
-        if len(parent) > 2 ** 24:
-            raise EnumerationError(f"exact enumeration of one step reached {len(parent)} "
-                                   "outcomes; use Monte Carlo mode or smaller structures")
         lp = lp[parent] + opts[row[parent], p, c]
         row, choice = row[parent], torch.cat([choice[parent], c[:, None]], -1)
     return row, choice, lp
@@ -804,6 +807,6 @@ def _rank(keys: torch.Tensor, tiebreak: torch.Tensor, descending: bool) -> torch
         keys.shape[-1], device=keys.device).expand_as(order).contiguous())
 
 
-__all__ = ["DRAW_BUDGET", "KLASS", "P2", "WINO", "DrawDecideLaw", "FactorLaw", "KLASSCommit",
+__all__ = ["DRAW_BUDGET", "EXPANSION_BUDGET", "KLASS", "P2", "WINO", "DrawDecideLaw", "FactorLaw", "KLASSCommit",
            "KLASSScore", "ReMDMConf", "SelectionLaw", "State", "StateDecoder", "expand_options",
            "group_logsumexp"]
