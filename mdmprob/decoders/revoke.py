@@ -807,6 +807,6 @@ def _rank(keys: torch.Tensor, tiebreak: torch.Tensor, descending: bool) -> torch
         keys.shape[-1], device=keys.device).expand_as(order).contiguous())
 
 
-__all__ = ["DRAW_BUDGET", "EXPANSION_BUDGET", "KLASS", "P2", "WINO", "DrawDecideLaw", "FactorLaw", "KLASSCommit",
-           "KLASSScore", "ReMDMConf", "SelectionLaw", "State", "StateDecoder", "expand_options",
-           "group_logsumexp"]
+__all__ = ["DRAW_BUDGET", "EXPANSION_BUDGET", "KLASS", "P2", "WINO", "DrawDecideLaw",
+           "FactorLaw", "KLASSCommit", "KLASSScore", "ReMDMConf", "SelectionLaw", "State",
+           "StateDecoder", "expand_options", "group_logsumexp"]
