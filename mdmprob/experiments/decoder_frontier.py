@@ -28,7 +28,9 @@ class Config:
     else Monte Carlo with ``samples`` sequences. On structures small enough for the dynamic
     programme ((V+1)^n <= ``mdmprob.schedule.MAX_STATES``) the optimal mean-field frontier is
     recorded (decoder ``optimal``) and every decoder's regret to the frontier of its own windows
-    (negative: below every deterministic mean-field policy, as verifiers and correctors can be)."""
+    (negative: below every deterministic mean-field policy, as verifiers and correctors can be).
+    Every decoder samples its values (T = 1 where a preset's default is greedy): KL(q‖p) is a
+    sampling risk, and a greedy decoder's q is a point mass."""
 
     structures: tuple = ("block_hmm:n_blocks=2:block_size=4:eta=1e-8", "parity_block:k=6:eta=1e-8",
                          "markov_chain:length=6:vocab=3:block_size=3", "ising_grid:rows=2:cols=3",
@@ -39,10 +41,11 @@ class Config:
                        "fast_dllm_factor:f=1.0", "eb_sampler:gamma=0.5", "mdlm:steps=3",
                        "rejection", "speculative", "importance:particles=8",
                        "gibbs_remask:k=1:sweeps=1", "remdm:steps=4:eta=0.1",
-                       "dream:steps=4:alg=entropy:temperature=0", "dus:temperature=0",
-                       "pc_sampler:steps=4", "prophet:steps=4", "remdm_loop:steps=6",
-                       "klass:steps=3:steps_per=window:conf_threshold=0.7:kl_threshold=0.05",
-                       "remdm_conf:steps=4", "wino", "p2:steps=4:eta=2.0")
+                       "dream:steps=4:alg=entropy", "dus", "pc_sampler:steps=4",
+                       "prophet:steps=4:temperature=1", "remdm_loop:steps=6",
+                       "klass:steps=3:steps_per=window:conf_threshold=0.7:kl_threshold=0.05:"
+                       "temperature=1", "remdm_conf:steps=4", "wino:temperature=1",
+                       "p2:steps=4:eta=2.0:temperature=1")
     samples: int = 400
     exact_limit: int = 4096
     frontier: bool = True  # the optimal mean-field frontier and each decoder's regret to it
