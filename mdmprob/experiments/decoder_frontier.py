@@ -144,8 +144,9 @@ class DecoderFrontier(Experiment):
                         ax.scatter([nfe], [1e3], color=color, marker=marker, s=48,
                                    edgecolors="black", linewidths=0.4, label=dec, zorder=3)
                         ax.annotate("+inf", (nfe, 1e3), fontsize=7, color="red")
-                    points.append((nfe, y))
                     lo, hi = m.get(metric + "_lower"), m.get(metric + "_upper")
+                    if lo is None or lo == hi:  # an interval's midpoint is not on the front
+                        points.append((nfe, y))
                     if lo is not None and hi is not None and lo != hi and math.isfinite(lo):
                         # a trajectory decoder: its KL(q‖p) interval (mdmprob.bounds)
                         top = hi if math.isfinite(hi) else 1e3
