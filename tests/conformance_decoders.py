@@ -265,3 +265,195 @@ def as_table(law: dict, n: int, V: int) -> torch.Tensor:
     for x, pr in law.items():
         table[sum(v * V ** (n - 1 - i) for i, v in enumerate(x))] += pr
     return table
+
+
+# ------------------------------------------------------------------------------------ revoking
+def _kl(p, q) -> float:
+    total = 0.0
+    for pv, qv in zip(p, q, strict=True):
+        if pv > 0:
+            if qv == 0:
+                return math.inf
+            total += pv * math.log(pv / qv)
+    return total
+
+
+def _hidden(tokens, i, mask):
+    return tokens[:i] + (mask,) + tokens[i + 1:]
+
+
+def klass(model, steps: int, conf_threshold: float, kl_threshold: float, history: int,
+          block_length: int | None, temperature: float = 0.0, ties: str = "random",
+          initial=None) -> dict:
+    """KLASS ``stable_confident_decode`` (arXiv 2511.05664): blocks of ``block_length``, steps /
+    blocks steps each. At every step q = the model's distribution; KL_i = KL(q_i || q_i of the
+    previous step) (+inf at the first step; the history runs across blocks); a masked position
+    of the block is ready when max q_i > conf_threshold, the block step j >= history - 1 and its
+    last ``history`` KLs are < kl_threshold. Ready positions are all committed; none ready: the
+    top k by max q_i, k = LLaDA's even split of the block's masks (at least 1); the block's last
+    step commits all. Values drawn from q^(1/T) (T = 0: argmax)."""
+    n = model.n
+    blocks = _contiguous(n, block_length)
+    per = steps // len(blocks)
+    start = tuple(initial) if initial is not None else (model.mask,) * n
+    out: dict = defaultdict(float)
+
+    def go(tokens, b, j, opened, prev, hist, prob):
+        while b < len(blocks) and all(tokens[i] != model.mask for i in blocks[b]):
+            b, j = b + 1, 0
+            opened = sum(tokens[i] == model.mask for i in blocks[b]) if b < len(blocks) else 0
+        if b == len(blocks):
+            out[tokens] += prob
+            return
+        P = model.probs(tokens)
+        kls = [_kl(P[i], prev[i]) if prev is not None else math.inf for i in range(n)]
+        hist = tuple(h[1:] + (k,) for h, k in zip(hist, kls, strict=True))
+        masked = [i for i in blocks[b] if tokens[i] == model.mask]
+        conf = {i: max(P[i]) for i in masked}
+        ready = [i for i in masked if conf[i] > conf_threshold and j >= history - 1
+                 and all(h < kl_threshold for h in hist[i])]
+        if j >= per - 1:
+            choices = [(masked, 1.0)]
+        elif ready:
+            choices = [(ready, 1.0)]
+        else:
+            k = max(1, opened // per + (j < opened % per))
+            choices = [(_ranked(masked, conf, order)[:k], w)
+                       for order, w in _tie_orders(masked, ties, conf)]
+        for chosen, w in choices:
+            for draw, pd in _draws(model, tokens, chosen, temperature, None, None, "standard"):
+                new = list(tokens)
+                for i in chosen:
+                    new[i] = draw[i]
+                go(tuple(new), b, j + 1, opened, P, hist, prob * w * pd)
+
+    opened0 = sum(start[i] == model.mask for i in blocks[0])
+    go(start, 0, 0, opened0, None, tuple((math.inf,) * history for _ in range(n)), 1.0)
+    return dict(out)
+
+
+def remdm_conf(model, steps: int, temperature: float = 1.0, top_k=None, top_p=None,
+               nucleus: str = "drop_crossing") -> dict:
+    """ReMDM ``conf`` (arXiv 2503.00307): alpha_j = j/steps; at step j every visible token i is
+    remasked with probability sigma_max * softmax_k(-c_k)_i over the visible k (c_k: the
+    probability of its value under the drawing law when it was committed), sigma_max =
+    min(1, (1 - alpha_s)/alpha_t) (1 at the first step); every mask is revealed with probability
+    (alpha_s - alpha_t)/(1 - alpha_t), value drawn. The law of (tokens, c) is propagated."""
+    n = model.n
+    laws: dict = {((model.mask,) * n, (0.0,) * n): 1.0}
+    for j in range(1, steps + 1):
+        a_t, a_s = (j - 1) / steps, j / steps
+        sigma_max = 1.0 if a_t == 0 else min(1.0, (1 - a_s) / a_t)
+        u = (a_s - a_t) / (1 - a_t)
+        nxt: dict = defaultdict(float)
+        for (tokens, conf), prob in laws.items():
+            P = model.probs(tokens)
+            vis = [i for i in range(n) if tokens[i] != model.mask]
+            z = sum(math.exp(-conf[i]) for i in vis)
+            options = []
+            for i in range(n):
+                if tokens[i] != model.mask:
+                    s = sigma_max * math.exp(-conf[i]) / z
+                    options.append([((tokens[i], conf[i]), 1 - s), ((model.mask, 0.0), s)])
+                else:
+                    law = value_law(P[i], temperature, top_k, top_p, nucleus)
+                    options.append([((model.mask, 0.0), 1 - u)] +
+                                   [((v, pv), u * pv) for v, pv in law.items()])
+            for combo in itertools.product(*options):
+                pr = math.prod(p for _, p in combo)
+                if pr > 0:
+                    nxt[(tuple(t for (t, _), _ in combo),
+                         tuple(c for (_, c), _ in combo))] += prob * pr
+        laws = nxt
+    out: dict = defaultdict(float)
+    for (tokens, _), prob in laws.items():
+        out[tokens] += prob
+    return dict(out)
+
+
+def wino(model, tau_wide: float, tau_narrow: float, block_length: int | None,
+         temperature: float = 0.0, initial=None) -> dict:
+    """WINO ``decoding_wino`` (arXiv 2507.18578): per step of a block, values drawn at every
+    mask of the block, c_i = q_i(draw); commit c_i > tau_wide, at most min(max(floor(0.7|M|), 5),
+    20) (most confident), at least the most confident (lower position first among equals); if
+    more than one was committed, remask the earlier drafts of the block whose leave-one-out
+    probability < tau_narrow, or the L - 1 least such when there are >= L of them (L: the last
+    step's accept count, 30 when a block opens). Prompt tokens are never remasked."""
+    n = model.n
+    blocks = _contiguous(n, block_length)
+    start = tuple(initial) if initial is not None else (model.mask,) * n
+    fixed = {i for i in range(n) if start[i] != model.mask}
+    out: dict = defaultdict(float)
+
+    def go(tokens, b, last, prob):
+        while b < len(blocks) and all(tokens[i] != model.mask for i in blocks[b]):
+            b, last = b + 1, 30
+        if b == len(blocks):
+            out[tokens] += prob
+            return
+        P = model.probs(tokens)
+        masked = [i for i in blocks[b] if tokens[i] == model.mask]
+        drafts = [i for i in blocks[b] if tokens[i] != model.mask and i not in fixed]
+        back = {i: model.probs(_hidden(tokens, i, model.mask))[i][tokens[i]] for i in drafts}
+        for draw, pd in _draws(model, tokens, masked, temperature, None, None, "standard"):
+            conf = {i: P[i][draw[i]] for i in masked}
+            ranked = sorted(masked, key=lambda i: (-round(conf[i], 12), i))
+            cap = min(max(len(masked) * 7 // 10, 5), 20)
+            take = [i for i in masked if conf[i] > tau_wide]
+            if len(take) > cap:
+                take = ranked[:cap]
+            elif not take:
+                take = ranked[:1]
+            remask = []
+            if len(take) > 1:
+                remask = [i for i in drafts if back[i] < tau_narrow]
+                if len(remask) >= last:
+                    remask = sorted(drafts, key=lambda i: (round(back[i], 12), i))[:last - 1]
+            new = list(tokens)
+            for i in take:
+                new[i] = draw[i]
+            for i in remask:
+                new[i] = model.mask
+            go(tuple(new), b, len(take), prob * pd)
+
+    go(start, 0, 30, 1.0)
+    return dict(out)
+
+
+def p2(model, steps: int, eta: float, alpha: float, temperature: float = 0.0,
+       initial=None) -> dict:
+    """P2 self-planning (arXiv 2502.03540): step i = 1..steps draws x0 at every mask and scores
+    every non-prompt position j: masked alpha log q_j(x0_j) + (1 - alpha) negent(q_j); generated
+    eta (alpha log r_j(x_j) + (1 - alpha) negent(r_j)), r_j the leave-one-out conditional; the
+    floor((1 - i/steps) N) lowest are masked (the later position first among equal scores), masks
+    not chosen take x0, generated tokens not chosen keep their value."""
+    n = model.n
+    start = tuple(initial) if initial is not None else (model.mask,) * n
+    free = [i for i in range(n) if start[i] == model.mask]
+
+    def score(p, v):
+        negent = sum(pv * math.log(pv) for pv in p if pv > 0)
+        lp = math.log(p[v]) if p[v] > 0 else -math.inf
+        return (1 - alpha) * negent + (alpha * lp if alpha > 0 else 0.0)
+
+    laws: dict = {start: 1.0}
+    for i in range(1, steps + 1):
+        k = (steps - i) * len(free) // steps
+        nxt: dict = defaultdict(float)
+        for tokens, prob in laws.items():
+            P = model.probs(tokens)
+            masked = [j for j in free if tokens[j] == model.mask]
+            gen = {j: eta * score(model.probs(_hidden(tokens, j, model.mask))[j], tokens[j])
+                   for j in free if tokens[j] != model.mask}
+            for draw, pd in _draws(model, tokens, masked, temperature, None, None, "standard"):
+                s = dict(gen)
+                s.update({j: score(P[j], draw[j]) for j in masked})
+                chosen = sorted(free, key=lambda j: (round(s[j], 12), -j))[:k]
+                new = list(tokens)
+                for j in masked:
+                    new[j] = draw[j]
+                for j in chosen:
+                    new[j] = model.mask
+                nxt[tuple(new)] += prob * pd
+        laws = nxt
+    return dict(laws)

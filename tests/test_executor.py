@@ -14,7 +14,7 @@ from mdmprob.experiments.executor import SweepError
 
 TINY = dict(structures=("agreement:delta=0.1", "parity_block:k=3,eta=0.05"),
             decoders=("mean_field_blocks", "verified_blocks", "sequential:order=entropy"),
-            samples=20)
+            samples=20, frontier=False)
 
 
 def tiny_frontier(**overrides):

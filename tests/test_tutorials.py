@@ -36,7 +36,7 @@ AS_NOTEBOOK = _installed("jupytext", "nbclient", "ipykernel")
 
 
 def test_the_tutorials_are_numbered_in_order():
-    assert [p.name[:3] for p in TUTORIALS] == ["01_", "02_", "03_", "04_", "05_", "06_", "07_"]
+    assert [p.name[:3] for p in TUTORIALS] == ["01_", "02_", "03_", "04_", "05_", "06_", "07_", "08_"]
 
 
 # tutorials that need an optional extra: marked slow, skipped when the extra is absent

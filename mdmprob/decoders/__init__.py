@@ -14,26 +14,30 @@ from mdmprob.decoders.presets import (
     gibbs_remask,
     importance,
     joint_proposal,
+    klass,
     learned_policy,
     llada,
     mdlm,
     mean_field_blocks,
+    p2,
     pc_sampler,
     prophet,
     rejection,
     remdm,
+    remdm_conf,
     remdm_loop,
     self_speculative,
     sequential,
     speculative,
     verified_blocks,
+    wino,
 )
 from mdmprob.decoders.protocol import DecoderBase
 
 __all__ = [
-    "PRESETS", "DecodeResult", "Decoder", "DecoderBase", "eb_sampler", "fast_dllm_factor", "importance",
-    "fast_dllm_threshold", "get_decoder", "llada", "mdlm", "mean_field_blocks", "rejection",
+    "PRESETS", "DecodeResult", "Decoder", "DecoderBase", "eb_sampler", "fast_dllm_factor",
+    "importance", "fast_dllm_threshold", "get_decoder", "llada", "mdlm", "mean_field_blocks", "rejection",
     "sequential", "speculative", "verified_blocks", "gibbs_remask", "remdm", "dream", "dus",
     "pc_sampler", "prophet", "remdm_loop", "dapd", "dawn", "learned_policy", "joint_proposal",
-    "self_speculative",
+    "self_speculative", "klass", "remdm_conf", "wino", "p2",
 ]

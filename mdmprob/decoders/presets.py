@@ -487,3 +487,64 @@ def self_speculative(k: int | None = None, block_length: int | None = None,
 
 PRESETS.update(dapd=dapd, dawn=dawn, learned_policy=learned_policy,
                joint_proposal=joint_proposal, self_speculative=self_speculative)
+
+# ----------------------------------------------------------------------------- revoking decoders
+def klass(steps: int = 8, conf_threshold: float = 0.9, kl_threshold: float = 0.01,
+          history: int = 2, block_length: int | None = None, temperature: float = 0.0,
+          ties: str = "random", steps_per: str = "total") -> DecoderBase:
+    """KLASS: commit the masks of the block whose confidence > conf_threshold and whose last
+    history KL(q^t || q^(t-1)) values are all < kl_threshold; none ready: LLaDA's even split.
+
+    Confidence and KL read the clean model distribution; the history runs across blocks; the
+    block's last scheduled step commits every mask left (see
+    :class:`~mdmprob.decoders.revoke.KLASS`). The reference's function defaults are 0.9 / 0.01 /
+    2 (its GSM8K script: 0.6 / 0.015) and it decodes greedily.
+    """
+    from mdmprob.decoders.revoke import KLASS
+
+    return KLASS(steps, conf_threshold, kl_threshold, history, block_length, temperature, ties,
+                 steps_per)
+
+
+def remdm_conf(steps: int = 8, temperature: float = 1.0, top_k: int | None = None,
+               top_p: float | None = None, nucleus: str = "drop_crossing") -> DecoderBase:
+    """ReMDM conf: MDLM steps that remask each visible token with probability sigma_max *
+    softmax(-commit-time confidence), the least confident first.
+
+    Linear schedule, sigma_max = min(1, (1 - alpha_s)/alpha_t); masks unmask at the MDLM rate
+    (see :class:`~mdmprob.decoders.revoke.ReMDMConf`). The reference scripts sample with
+    ``top_p=0.9`` and a nucleus that drops the value crossing p.
+    """
+    from mdmprob.decoders.revoke import ReMDMConf
+
+    return ReMDMConf(steps, temperature, top_k, top_p, nucleus)
+
+
+def wino(tau_wide: float = 0.6, tau_narrow: float = 0.9, block_length: int | None = None,
+         temperature: float = 0.0) -> DecoderBase:
+    """WINO: draft every mask of the block with confidence > tau_wide (at least one), verify the
+    earlier drafts by their leave-one-out probability and remask those < tau_narrow.
+
+    Verification runs when a step drafts more than one token and remasks fewer than the previous
+    step accepted (see :class:`~mdmprob.decoders.revoke.WINO`); one model call per step. The
+    reference decodes greedily with tau_wide = 0.6, tau_narrow = 0.9.
+    """
+    from mdmprob.decoders.revoke import WINO
+
+    return WINO(tau_wide, tau_narrow, block_length, temperature)
+
+
+def p2(steps: int = 8, eta: float = 1.0, alpha: float = 1.0,
+       temperature: float = 0.0) -> DecoderBase:
+    """P2 path planning: each step the model scores masked (drawn value) and generated
+    (leave-one-out) positions and masks the floor((1 - i/steps) N) lowest, filling the rest.
+
+    Generated tokens' scores are multiplied by eta (> 1: remasked more readily); alpha mixes
+    log-probability and negative entropy (see :class:`~mdmprob.decoders.revoke.P2`).
+    """
+    from mdmprob.decoders.revoke import P2
+
+    return P2(steps, eta, alpha, temperature)
+
+
+PRESETS.update(klass=klass, remdm_conf=remdm_conf, wino=wino, p2=p2)

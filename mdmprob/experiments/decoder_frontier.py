@@ -1,4 +1,5 @@
-"""Every decoder preset on the zoo: KL(q‖p) and incoherence against NFE, with a Pareto plot."""
+"""Every decoder preset on the zoo: KL(q‖p) and incoherence against NFE, with a Pareto plot, the
+optimal mean-field frontier (:mod:`mdmprob.schedule`) and each decoder's regret to it."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mdmprob.errors import MdmprobError
 from mdmprob.experiments.base import (
     Experiment,
     check_budget,
@@ -15,6 +17,7 @@ from mdmprob.experiments.base import (
     check_structure_specs,
     mc_bytes_per_sample,
     parse_spec,
+    record,
     records_from,
 )
 
@@ -22,7 +25,12 @@ from mdmprob.experiments.base import (
 @dataclass
 class Config:
     """structures / decoders: specs ``name:key=value:key=value``; exact mode where V^n <= exact_limit,
-    else Monte Carlo with ``samples`` sequences."""
+    else Monte Carlo with ``samples`` sequences. On structures small enough for the dynamic
+    programme ((V+1)^n <= ``mdmprob.schedule.MAX_STATES``) the optimal mean-field frontier is
+    recorded (decoder ``optimal``) and every decoder's regret to the frontier of its own windows
+    (negative: below every deterministic mean-field policy, as verifiers and correctors can be).
+    Every decoder samples its values (T = 1 where a preset's default is greedy): KL(q‖p) is a
+    sampling risk, and a greedy decoder's q is a point mass."""
 
     structures: tuple = ("block_hmm:n_blocks=2:block_size=4:eta=1e-8", "parity_block:k=6:eta=1e-8",
                          "markov_chain:length=6:vocab=3:block_size=3", "ising_grid:rows=2:cols=3",
@@ -32,15 +40,24 @@ class Config:
                        "llada:steps=2:remasking=random", "fast_dllm_threshold:tau=0.9",
                        "fast_dllm_factor:f=1.0", "eb_sampler:gamma=0.5", "mdlm:steps=3",
                        "rejection", "speculative", "importance:particles=8",
-                       "gibbs_remask:k=1:sweeps=1", "remdm:steps=4:eta=0.1")
+                       "gibbs_remask:k=1:sweeps=1", "remdm:steps=4:eta=0.1",
+                       "dream:steps=4:alg=entropy", "dus", "pc_sampler:steps=4",
+                       "prophet:steps=4:temperature=1", "remdm_loop:steps=6",
+                       "klass:steps=3:steps_per=window:conf_threshold=0.7:kl_threshold=0.05:"
+                       "temperature=1", "remdm_conf:steps=4", "wino:temperature=1",
+                       "p2:steps=4:eta=2.0:temperature=1", "dapd", "dawn", "learned_policy",
+                       "joint_proposal", "self_speculative")
     samples: int = 400
     exact_limit: int = 4096
+    frontier: bool = True  # the optimal mean-field frontier and each decoder's regret to it
 
     def check(self):
         check_structure_specs("structures", self.structures)
         check_decoder_specs("decoders", self.decoders)
         check_numbers("samples", self.samples, low=2, integer=True)
         check_numbers("exact_limit", self.exact_limit, low=1, integer=True)
+        if not isinstance(self.frontier, bool):
+            raise MdmprobError(f"frontier={self.frontier!r} must be true or false")
         check_budget("decoder-frontier", self.samples, mc_bytes_per_sample(64, 4), "lower samples")
 
 
@@ -53,7 +70,9 @@ class DecoderFrontier(Experiment):
                           "llada:steps=2"), "samples": 100}
 
     def settings(self, config: Config):
-        return [{"structure": s, "decoder": d} for s in config.structures for d in config.decoders]
+        first = ("optimal",) if config.frontier else ()
+        return [{"structure": s, "decoder": d} for s in config.structures
+                for d in first + tuple(config.decoders)]
 
     def run_setting(self, config: Config, setting, seed: int):
         from mdmprob.decoders import get_decoder
@@ -63,14 +82,30 @@ class DecoderFrontier(Experiment):
 
         model, model_params = parse_spec(setting["structure"])
         s = load_model(model, **model_params)
+        if setting["decoder"] == "optimal":
+            points = _frontier(setting["structure"], s, s.blocks)
+            return [record(setting, metric, getattr(p, attr), vertex=k)
+                    for k, p in enumerate(points or [])
+                    for metric, attr in (("frontier_nfe", "nfe"), ("frontier_kl_qp", "kl"))]
         name, params = parse_spec(setting["decoder"])
         decoder = get_decoder(name, **params)
-        ev = evaluate(s, decoder, Oracle(s), mode="auto", samples=config.samples, seed=seed,
+        oracle = Oracle(s)
+        ev = evaluate(s, decoder, oracle, mode="auto", samples=config.samples, seed=seed,
                       exact_limit=config.exact_limit)
         keys = ("kl_qp", "kl_pq", "tv", "incoherence", "violation", "nfe")
         if ev.get("kl_qp_lower") != ev.get("kl_qp_upper"):  # a KL interval (mdmprob.bounds)
             keys += ("kl_qp_lower", "kl_qp_upper", "kl_pq_upper")
-        return records_from(setting, ev, keys, mode=ev.mode)
+        out = records_from(setting, ev, keys, mode=ev.mode)
+        # regret within the decoder's own windows (a decoder without them: anywhere)
+        anywhere = [list(range(s.n_tokens))]
+        blocks = decoder.windows(oracle, s.blocks) if hasattr(decoder, "windows") else anywhere
+        points = _frontier(setting["structure"], s, blocks) if config.frontier else None
+        if points and ev.mode == "exact":
+            from mdmprob import schedule
+
+            out.append(record(setting, "regret", schedule.regret(points, ev["nfe"], ev["kl_qp"]),
+                              mode=ev.mode))
+        return out
 
     def plot(self, records, config: Config, out_dir: Path) -> list[Path]:
         import textwrap
@@ -82,7 +117,7 @@ class DecoderFrontier(Experiment):
         plt = pyplot()
 
         structures = list(dict.fromkeys(r["structure"] for r in records))
-        decoders = list(dict.fromkeys(r["decoder"] for r in records))
+        decoders = [d for d in dict.fromkeys(r["decoder"] for r in records) if d != "optimal"]
         cmap = plt.get_cmap("tab20")
         # a marker per decoder (15 shapes), colours from tab20: no two decoders look alike
         markers = "osD^v<>phH*XPd8"
@@ -110,13 +145,22 @@ class DecoderFrontier(Experiment):
                         ax.scatter([nfe], [1e3], color=color, marker=marker, s=48,
                                    edgecolors="black", linewidths=0.4, label=dec, zorder=3)
                         ax.annotate("+inf", (nfe, 1e3), fontsize=7, color="red")
-                    points.append((nfe, y))
                     lo, hi = m.get(metric + "_lower"), m.get(metric + "_upper")
+                    if lo is None or lo == hi:  # an interval's midpoint is not on the front
+                        points.append((nfe, y))
                     if lo is not None and hi is not None and lo != hi and math.isfinite(lo):
                         # a trajectory decoder: its KL(q‖p) interval (mdmprob.bounds)
                         top = hi if math.isfinite(hi) else 1e3
                         ax.vlines(nfe, max(lo, 0.0), top, color=color, lw=2, alpha=0.6,
                                   zorder=2)
+                if metric == "kl_qp":
+                    hull = sorted((r["vertex"], r["metric"], r["value"]) for r in records
+                                  if r["structure"] == st and r["decoder"] == "optimal")
+                    xs = [v for _, m, v in hull if m == "frontier_nfe"]
+                    ys = [max(v, 0.0) for _, m, v in hull if m == "frontier_kl_qp"]
+                    if xs:
+                        ax.plot(xs, ys, "--", color="dimgray", lw=1.5, marker=".",
+                                label="optimal mean-field frontier", zorder=1)
                 front = _pareto(points)
                 if front:
                     ax.step([p[0] for p in front], [p[1] for p in front], where="post",
@@ -135,6 +179,22 @@ class DecoderFrontier(Experiment):
         shared_legend(fig, axes, ncol=6)
         fig.suptitle(textwrap.fill(self.title, 40 * len(structures)))
         return save_figure(fig, out_dir / "decoder_frontier", dpi=110)
+
+
+_FRONTIERS: dict = {}
+
+
+def _frontier(spec: str, structure, blocks):
+    """The optimal mean-field frontier of ``structure`` within ``blocks`` (cached per spec and
+    blocks), or None where its (V+1)^n states exceed the dynamic programme's budget."""
+    from mdmprob import schedule
+
+    if (structure.vocab + 1) ** structure.n_tokens > schedule.MAX_STATES:
+        return None
+    key = (spec, str(blocks))
+    if key not in _FRONTIERS:
+        _FRONTIERS[key] = schedule.frontier(structure, blocks=blocks)
+    return _FRONTIERS[key]
 
 
 def _pareto(points):
