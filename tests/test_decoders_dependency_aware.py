@@ -330,8 +330,11 @@ def test_errors():
         dapd(_pairs, tau=1.5)
     with pytest.raises(MdmprobError, match=r"shape \(1, 4, 2\)"):
         learned_policy(torch.nn.Linear(4, 2, dtype=torch.float64)).run(den, 1)
-    with pytest.raises(MdmprobError, match="must lie in"):
-        learned_policy(torch.nn.Linear(4, 1, dtype=torch.float64)).run(den, 1)
+    over_one = torch.nn.Linear(4, 1, dtype=torch.float64)
+    torch.nn.init.zeros_(over_one.weight)
+    torch.nn.init.constant_(over_one.bias, 1.5)  # every output 1.5, whatever the features
+    with pytest.raises(MdmprobError, match="probability 1.5 .*must lie in"):
+        learned_policy(over_one).run(den, 1)
     with pytest.raises(MdmprobError, match="torch.nn.Module"):
         learned_policy(lambda f: f[..., 0])
     with pytest.raises(MdmprobError, match="no learned policy"):
