@@ -38,6 +38,15 @@ def conditionals(denoiser, tokens: torch.Tensor, window: torch.Tensor | None = N
     return denoiser(tokens)
 
 
+def conditionals_at(denoiser, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """The rows ``[B, w, V]`` of :func:`conditionals` at ``positions`` (``LongTensor[w]``) only:
+    :meth:`~mdmprob.denoisers.base.Denoiser.rows` for a denoiser, which then pays for the
+    window (the oracle), else the whole answer's rows there."""
+    if isinstance(denoiser, Denoiser):
+        return denoiser.rows(tokens, positions)
+    return denoiser(tokens)[:, positions]
+
+
 def step_law(decoder, view: Step):
     """The step distribution of ``decoder`` at ``view``: the decoder's own ``step_law(view)``
     where it defines one (a selection law other than ranking), else
@@ -60,7 +69,6 @@ def run(decoder, denoiser, num: int, generator, windows, *, initial=None, oracle
     info: dict[str, Any] = {}
     reference_calls = _reference_calls(decoder, len(windows))
     for window in windows:
-        win = _window_mask(window, n, device)
         if decoder.corrector is not None:
             tokens, sel, lq, calls = decoder.corrector.decode_window(
                 decoder, denoiser, tokens, window, generator, target=target, info=info)
@@ -68,21 +76,25 @@ def run(decoder, denoiser, num: int, generator, windows, *, initial=None, oracle
             log_q_tokens[:, window[0]] += lq
             committed.append(sel)
             continue
-        window_masked = ((tokens == mask) & win).sum(-1)
+        # the steps see the window's columns only (in position order): a step costs what the
+        # window costs, whatever the length of the sequence
+        cols = torch.tensor(sorted(window), dtype=torch.long, device=device)
+        window_masked = (tokens[:, cols] == mask).sum(-1)
         step_no = torch.zeros(num, dtype=torch.long, device=device)
         while True:
-            cand = (tokens == mask) & win
+            here = tokens[:, cols]
+            cand = here == mask
             active = cand.any(-1)
             if not active.any():
                 break
-            view = _view(decoder, denoiser, tokens, cand, step_no, window_masked, len(windows),
-                         oracle)
+            view = _window_view(decoder, denoiser, tokens, cols, cand, step_no, window_masked,
+                                len(windows), oracle)
             nfe = nfe + active.long()
             sel, draws, lp_tokens, br = step_law(decoder, view).sample(generator)
-            tokens = torch.where(sel, draws, tokens)
-            log_q_tokens = log_q_tokens + lp_tokens.to(log_q_tokens.dtype)
+            tokens = tokens.index_copy(1, cols, torch.where(sel, draws, here))
+            log_q_tokens.index_add_(1, cols, lp_tokens.to(log_q_tokens.dtype))
             branched = branched | br
-            committed.append(sel)
+            committed.append(torch.zeros_like(tokens, dtype=torch.bool).index_copy_(1, cols, sel))
             step_no = step_no + active.long()
         if reference_calls is not None:  # the reference also calls on steps that commit nothing
             nfe = nfe + torch.where(window_masked > 0, (reference_calls - step_no).clamp(min=0),
@@ -486,6 +498,17 @@ def _view(decoder, denoiser, tokens, cand, step_no, window_masked, n_windows, or
     return Step(logp, cand, step_no, window_masked, oracle_logp, n_windows)
 
 
+def _window_view(decoder, denoiser, tokens, cols, cand, step_no, window_masked, n_windows,
+                 oracle) -> Step:
+    """The step's view of the window's columns ``cols`` only (``cand [B, w]``)."""
+    logp = conditionals_at(denoiser, tokens, cols)
+    oracle_logp = None
+    if oracle is not None and getattr(decoder.score, "needs_oracle", False):
+        oracle_logp = conditionals_at(oracle, tokens, cols)
+    return Step(logp, cand, step_no, window_masked, oracle_logp, n_windows, cols,
+                tokens.shape[1])
+
+
 def _window_mask(window, n, device) -> torch.Tensor:
     win = torch.zeros(n, dtype=torch.bool, device=device)
     win[window] = True
@@ -578,5 +601,5 @@ def _corrector_window_lp(decoder, denoiser, state, tokens, window, target) -> to
     return table.reshape(tokens.shape[0], -1).gather(-1, code[:, None])[:, 0]
 
 
-__all__ = ["conditionals", "enumerate_states", "forced", "marginal_log_prob", "proposal_step",
-           "replay", "run"]
+__all__ = ["conditionals", "conditionals_at", "enumerate_states", "forced", "marginal_log_prob",
+           "proposal_step", "replay", "run"]

@@ -31,6 +31,12 @@ class Oracle(Denoiser):
     def predict_window(self, tokens: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
         return self._conditionals(tokens, window)
 
+    def predict_rows(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        if self._state is None:
+            self._state = self.engine.incremental()
+        need = (tokens[:, positions] == self.mask_id).any(0)  # visible rows: the point mass
+        return self._state.update_at(tokens, positions, need)
+
     def _conditionals(self, tokens, window):
         visible = tokens != self.mask_id
         if self._state is None:
@@ -38,7 +44,7 @@ class Oracle(Denoiser):
         if window is not None:
             window = window & ~visible  # visible rows are the point mass anyway
         # tokens were checked by Denoiser.check: skip the engine's second check
-        return self._state.update(torch.where(visible, tokens, 0), visible, window)
+        return self._state.update(tokens, visible, window)
 
     def __repr__(self) -> str:
         return f"Oracle({self.structure.name})"
