@@ -15,6 +15,7 @@ the evidence potentials) as the reference the tests compare against.
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -43,6 +44,21 @@ class _Plan:
     total: int  # entries of all clique tables together, per sequence
     steps: tuple  # (v, clique, ((term id, perm, shape), ...), axis, out vars)
     final: tuple  # (term id, vars) of the terms left over the kept variables
+
+
+def _plan_body(plan: _Plan) -> dict:
+    return {"largest": plan.largest, "total": plan.total, "steps": plan.steps,
+            "final": plan.final}
+
+
+def _plan_from_body(body: dict) -> _Plan:
+    """A plan read back from the disk cache (its lists back to tuples); a body of another
+    layout raises (the caller then rebuilds the plan)."""
+    steps = tuple((int(v), tuple(clique), tuple((int(i), tuple(perm), tuple(shape))
+                                                for i, perm, shape in aligned), int(axis),
+                   tuple(out)) for v, clique, aligned, axis, out in body["steps"])
+    final = tuple((int(i), tuple(vs)) for i, vs in body["final"])
+    return _Plan(int(body["largest"]), int(body["total"]), steps, final)
 
 
 class ExactEngine:
@@ -308,6 +324,22 @@ class ExactEngine:
 
     def _make_plan(self, keep: tuple[int, ...], latents_first: bool, shallow: bool = False,
                    seen: tuple[int, ...] = ()) -> _Plan:
+        """:meth:`_build_plan`, through the caches of :mod:`mdmprob.cache` (in the process and
+        on disk) when the graph came from them (its ``cache_key``)."""
+        args = (tuple(keep), bool(latents_first), bool(shallow), tuple(seen))
+        if getattr(self.graph, "cache_key", None) is None:
+            return self._build_plan(*args)
+        from mdmprob import cache
+        from mdmprob import graph as graph_module
+
+        parts = (self.graph.cache_key, cache.source_digest(sys.modules[__name__], graph_module),
+                 args)
+        plan, _ = cache.cached("plan", parts, lambda: self._build_plan(*args), _plan_body,
+                               _plan_from_body)
+        return plan
+
+    def _build_plan(self, keep: tuple[int, ...], latents_first: bool, shallow: bool = False,
+                    seen: tuple[int, ...] = ()) -> _Plan:
         """The elimination plan; ``seen`` tokens are conditioned on (their factors sliced), so
         they leave every factor and are eliminated alone."""
         graph = _without(self.graph, set(seen)) if seen else self.graph
