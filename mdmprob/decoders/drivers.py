@@ -4,7 +4,9 @@ Each driver walks the decoder's windows; inside a window it builds the step dist
 (:class:`~mdmprob.decoders.step.SelectionStep`) from the denoiser's answer on the current states
 and then samples it (:func:`run`), scores a recorded outcome (:func:`replay`) or expands every
 outcome (:func:`enumerate_states`). A window with a block corrector is one step whose law is the
-corrector's. The denoiser is called in one place, :func:`conditionals`.
+corrector's. The denoiser is called in two places: :func:`conditionals` (every row) and
+:func:`conditionals_at` (a window's rows: :func:`run`'s steps see only their window's columns,
+so a step costs what its window costs).
 
 Exact mode (:func:`enumerate_states`) is breadth-first over decoder states held as tensors: a
 state is (sequence id, tokens, window, step in window, masks when the window opened); every live

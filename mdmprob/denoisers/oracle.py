@@ -15,7 +15,10 @@ class Oracle(Denoiser):
     (:meth:`~mdmprob.exact.ExactEngine.incremental`): a call with a ``window`` recomputes only
     the messages that the tokens changed since the last call and that the window needs, so a
     decoder that commits one window at a time pays for its windows, not for the whole sequence
-    at every step. A call without a window answers every position (one stacked two-pass sweep).
+    at every step; :meth:`~mdmprob.denoisers.base.Denoiser.rows` answers the window's rows
+    only (``[B, w, V]``), so nothing of the call is the size of the sequence but one comparison
+    of the tokens with the last call's. A call without a window answers every position (one
+    stacked two-pass sweep).
     """
 
     def __init__(self, structure: Structure, device=None, dtype=None):
