@@ -93,7 +93,7 @@ def run(decoder, denoiser, num: int, generator, windows, *, initial=None, oracle
                                 len(windows), oracle)
             nfe = nfe + active.long()
             sel, draws, lp_tokens, br = step_law(decoder, view).sample(generator)
-            tokens = tokens.index_copy(1, cols, torch.where(sel, draws, here))
+            tokens[:, cols] = torch.where(sel, draws, here)  # in place: O(window), not O(n)
             log_q_tokens.index_add_(1, cols, lp_tokens.to(log_q_tokens.dtype))
             branched = branched | br
             committed.append(torch.zeros_like(tokens, dtype=torch.bool).index_copy_(1, cols, sel))

@@ -55,7 +55,9 @@ class Denoiser:
         a ``LongTensor[w]`` of distinct positions (shared by every sequence). Visible rows are
         their point mass; the masked rows are what ``self(tokens)[:, positions]`` holds there. A
         decoder working one window at a time asks this, so a denoiser that answers a window for
-        less (the oracle, by :meth:`predict_rows`) costs what the window costs."""
+        less (the oracle, by :meth:`predict_rows`) costs what the window costs. The decoder
+        writes its next tokens into the same tensor: a denoiser that keeps its input between
+        calls keeps a copy."""
         tokens = self.check(tokens)
         positions = self.check_positions(positions)
         out = self.predict_rows(tokens, positions)
