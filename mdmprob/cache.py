@@ -5,7 +5,9 @@ tokens, tens of thousands of sites); both are functions of the model alone. An e
 SHA-256 of everything that determines it: the model's code and the values it closes over (tensors
 by their bytes, functions by their code, recursively), the token sites, V and the compile options,
 the versions of Python, torch, pyro and mdmprob, and the source of the modules that compute it.
-A model whose closure holds an object of unknown kind has no key and is never cached.
+A model whose closure holds an object of unknown kind has no key and is never cached. Code and
+values reached through a module attribute (``helpers.TABLE``) are identified by the module's name
+and version only: a model that reads a module's changing contents should set ``MDMPROB_CACHE=off``.
 
 On disk, one file per entry under :func:`cache_dir`: ``$MDMPROB_CACHE`` (a directory; ``off``
 disables the disk cache), else ``$XDG_CACHE_HOME/mdmprob`` or ``~/.cache/mdmprob``. Files are

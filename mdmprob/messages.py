@@ -230,7 +230,9 @@ class IncrementalConditionals:
     stale; a call recomputes, on demand, the ones its window needs. Exact for any sequence of
     calls: the changed positions are found by comparing the evidence with the last call's, row by
     row (a different batch size, a window over ``full_fraction`` of the positions, or a graph of
-    several components runs the stacked full pass instead).
+    several components runs the stacked full pass instead). :meth:`update_at` answers the rows of
+    given columns only, ``[B, w, V]``: then nothing of a call is the size of the sequence but
+    that one comparison.
 
     Args:
         engine: the :class:`~mdmprob.exact.ExactEngine` to answer from.
