@@ -163,11 +163,20 @@ class ExactEngine:
     def _message_tree(self, shallow: bool = True):
         """The stacked message tree: on the shallow order for whole-sequence queries (few
         sequential groups), on the min-fill order for incremental ones (a window's messages
-        stay local)."""
+        stay local). Shared in the process by engines of one cached graph on one device and
+        dtype (a tree is read-only once built)."""
         if shallow not in self._trees:
+            from mdmprob import cache
             from mdmprob.messages import MessageTree
 
-            self._trees[shallow] = MessageTree(self, shallow=shallow)
+            graph_key = getattr(self.graph, "cache_key", None)
+            key = None if graph_key is None else f"{graph_key}/{self.device}/{self.dtype}/{shallow}"
+            tree = None if key is None else cache.remembered("tree", key)
+            if tree is None:
+                tree = MessageTree(self, shallow=shallow)
+                if key is not None:
+                    cache.remember("tree", key, tree)
+            self._trees[shallow] = tree
         return self._trees[shallow]
 
     def block_joint(self, tokens, visible, positions) -> torch.Tensor:

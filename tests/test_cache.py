@@ -80,6 +80,9 @@ def test_second_load_hits_the_disk_then_the_process_and_answers_the_same(disk):
 
     again = load_model("block_hmm", n_blocks=2, block_size=2)  # in the process: the same graph
     assert again.factor_graph is warm.factor_graph and calls["compile"] == 1
+    # engines of one cached graph on one device and dtype share their message trees
+    assert again.engine()._message_tree() is warm.engine()._message_tree()
+    assert torch.equal(again.engine().conditionals(tokens, visible), cold_answer)
 
 
 def test_changed_parameters_or_code_miss(disk):
