@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import sys
 import warnings
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
@@ -83,6 +84,8 @@ class FactorGraph:
     factors: list[Factor] = field(default_factory=list)
     scale: float = 1.0  # the poutine.scale shared by every site that reads a variable
     log_constant: float = 0.0  # scaled, masked log-probs of the sites that read no variable
+    # the key of the model it was compiled from (set by compile_cached; None: not cached)
+    cache_key: str | None = field(default=None, compare=False, repr=False)
 
     @property
     def n_variables(self) -> int:
@@ -127,6 +130,67 @@ def compile_model(model: Callable[[], object], tokens: Sequence[str], vocab: int
             replay_samples = 3 if len(sites) <= 1000 else 1
         _replay_check(model, sites, graph, grounded, int(replay_samples), int(seed))
     return graph
+
+
+def compile_cached(model: Callable[[], object], tokens: Sequence[str], vocab: int, *,
+                   replay_check: bool = True) -> FactorGraph:
+    """:func:`compile_model` through the caches of :mod:`mdmprob.cache`: in the process, then
+    on disk (``MDMPROB_CACHE``), keyed by the model's code and closure, ``tokens``, ``vocab``,
+    ``replay_check``, the versions and this compiler's source. A model the key cannot identify
+    is compiled every time. Errors are never cached: a model that fails compiles (and fails)
+    again."""
+    from mdmprob import cache
+
+    declared = [str(t) for t in tokens]
+    parts = (cache.source_digest(sys.modules[__name__]), model, declared, vocab,
+             bool(replay_check))
+    graph, key = cache.cached(
+        "graph", parts, lambda: compile_model(model, declared, vocab, replay_check=replay_check),
+        graph_body, graph_from_body)
+    graph.cache_key = key
+    return graph
+
+
+def graph_body(graph: FactorGraph) -> dict:
+    """A factor graph as plain values and one flat float64 tensor of its tables (the disk
+    cache's entry; :func:`graph_from_body` reads it back)."""
+    tables = [f.table.detach().to("cpu", torch.float64).reshape(-1) for f in graph.factors]
+    return {"names": list(graph.names), "cards": [int(c) for c in graph.cards],
+            "n_tokens": int(graph.n_tokens), "scale": float(graph.scale),
+            "log_constant": float(graph.log_constant),
+            "variables": [[int(v) for v in f.variables] for f in graph.factors],
+            "sites": [f.site for f in graph.factors],
+            "tables": torch.cat(tables) if tables else torch.zeros(0, dtype=torch.float64)}
+
+
+def graph_from_body(body: dict) -> FactorGraph | None:
+    """The factor graph of :func:`graph_body`, or None when ``body`` is not a consistent one
+    (types, sizes, variable indices, table entries: no NaN, no +inf)."""
+    names, cards, variables, sites = body["names"], body["cards"], body["variables"], body["sites"]
+    flat, n_tokens = body["tables"], body["n_tokens"]
+    ints = all(isinstance(c, int) and not isinstance(c, bool) and c >= 1 for c in cards)
+    if not (isinstance(names, list) and all(isinstance(x, str) for x in names) and ints
+            and len(set(names)) == len(names) == len(cards) and isinstance(n_tokens, int)
+            and 0 <= n_tokens <= len(names) and len(variables) == len(sites)
+            and all(isinstance(x, str) for x in sites) and isinstance(flat, torch.Tensor)
+            and flat.dtype == torch.float64 and flat.dim() == 1):
+        return None
+    if flat.isnan().any() or (flat == math.inf).any():
+        return None
+    factors, at = [], 0
+    for vs, site in zip(variables, sites, strict=True):
+        if not all(isinstance(v, int) and 0 <= v < len(cards) for v in vs):
+            return None
+        shape = tuple(cards[v] for v in vs)
+        size = math.prod(shape)
+        if at + size > flat.numel():
+            return None
+        factors.append(Factor(tuple(vs), flat[at:at + size].reshape(shape).clone(), site))
+        at += size
+    if at != flat.numel():
+        return None
+    return FactorGraph(names=list(names), cards=list(cards), n_tokens=n_tokens, factors=factors,
+                       scale=float(body["scale"]), log_constant=float(body["log_constant"]))
 
 
 # ---------------------------------------------------------------------------- tracing

@@ -16,6 +16,7 @@ the evidence potentials) as the reference the tests compare against.
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -44,6 +45,21 @@ class _Plan:
     total: int  # entries of all clique tables together, per sequence
     steps: tuple  # (v, clique, ((term id, perm, shape), ...), axis, out vars)
     final: tuple  # (term id, vars) of the terms left over the kept variables
+
+
+def _plan_body(plan: _Plan) -> dict:
+    return {"largest": plan.largest, "total": plan.total, "steps": plan.steps,
+            "final": plan.final}
+
+
+def _plan_from_body(body: dict) -> _Plan:
+    """A plan read back from the disk cache (its lists back to tuples); a body of another
+    layout raises (the caller then rebuilds the plan)."""
+    steps = tuple((int(v), tuple(clique), tuple((int(i), tuple(perm), tuple(shape))
+                                                for i, perm, shape in aligned), int(axis),
+                   tuple(out)) for v, clique, aligned, axis, out in body["steps"])
+    final = tuple((int(i), tuple(vs)) for i, vs in body["final"])
+    return _Plan(int(body["largest"]), int(body["total"]), steps, final)
 
 
 class ExactEngine:
@@ -154,14 +170,22 @@ class ExactEngine:
     def message_tree(self, shallow: bool = True):
         """The stacked message tree (:class:`~mdmprob.messages.MessageTree`), built on first use
         and cached: on the shallow order for whole-sequence queries (few sequential groups), on
-        the min-fill order for incremental ones (a window's messages stay local)."""
+        the min-fill order for incremental ones (a window's messages stay local). Shared in the
+        process by engines of one cached graph on one device and dtype (a tree is read-only once
+        built)."""
         if shallow not in self._trees:
+            from mdmprob import cache
             from mdmprob.messages import MessageTree
 
-            self._trees[shallow] = MessageTree(self, shallow=shallow)
+            graph_key = getattr(self.graph, "cache_key", None)
+            key = None if graph_key is None else f"{graph_key}/{self.device}/{self.dtype}/{shallow}"
+            tree = None if key is None else cache.remembered("tree", key)
+            if tree is None:
+                tree = MessageTree(self, shallow=shallow)
+                if key is not None:
+                    cache.remember("tree", key, tree)
+            self._trees[shallow] = tree
         return self._trees[shallow]
-
-    _message_tree = message_tree  # the former name (mdmprob.messages still calls it)
 
     def block_joint(self, tokens, visible, positions) -> torch.Tensor:
         """``log p(x_S | x_visible)`` of the set S = ``positions``.
@@ -320,6 +344,22 @@ class ExactEngine:
 
     def _make_plan(self, keep: tuple[int, ...], latents_first: bool, shallow: bool = False,
                    seen: tuple[int, ...] = ()) -> _Plan:
+        """:meth:`_build_plan`, through the caches of :mod:`mdmprob.cache` (in the process and
+        on disk) when the graph came from them (its ``cache_key``)."""
+        args = (tuple(keep), bool(latents_first), bool(shallow), tuple(seen))
+        if getattr(self.graph, "cache_key", None) is None:
+            return self._build_plan(*args)
+        from mdmprob import cache
+        from mdmprob import graph as graph_module
+
+        parts = (self.graph.cache_key, cache.source_digest(sys.modules[__name__], graph_module),
+                 args)
+        plan, _ = cache.cached("plan", parts, lambda: self._build_plan(*args), _plan_body,
+                               _plan_from_body)
+        return plan
+
+    def _build_plan(self, keep: tuple[int, ...], latents_first: bool, shallow: bool = False,
+                    seen: tuple[int, ...] = ()) -> _Plan:
         """The elimination plan; ``seen`` tokens are conditioned on (their factors sliced), so
         they leave every factor and are eliminated alone."""
         graph = _without(self.graph, set(seen)) if seen else self.graph

@@ -230,7 +230,9 @@ class IncrementalConditionals:
     stale; a call recomputes, on demand, the ones its window needs. Exact for any sequence of
     calls: the changed positions are found by comparing the evidence with the last call's, row by
     row (a different batch size, a window over ``full_fraction`` of the positions, or a graph of
-    several components runs the stacked full pass instead).
+    several components runs the stacked full pass instead). :meth:`update_at` answers the rows of
+    given columns only, ``[B, w, V]``: then nothing of a call is the size of the sequence but
+    that one comparison.
 
     Args:
         engine: the :class:`~mdmprob.exact.ExactEngine` to answer from.
@@ -239,11 +241,10 @@ class IncrementalConditionals:
 
     def __init__(self, engine, full_fraction: float = 0.25):
         self.engine = engine
-        self.tree = engine._message_tree(shallow=False)
+        self.tree = engine.message_tree(shallow=False)
         self.full_fraction = float(full_fraction)
         self.recomputed = 0  # messages the last call computed (a full pass: every up and down)
-        self._tokens: torch.Tensor | None = None  # the last call's evidence, [B, n] each
-        self._visible: torch.Tensor | None = None
+        self._code: torch.Tensor | None = None  # the last call's evidence, [B, n]
 
     def conditionals(self, tokens, visible=None, window=None) -> torch.Tensor:
         """``log p(x_i = v | x_visible)`` on ``window``, ``[B, n, V]`` (see the class docstring);
@@ -252,54 +253,85 @@ class IncrementalConditionals:
         tokens, visible = engine.check(tokens, visible)
         if window is not None:
             window = engine._check_window(window, tokens)
-        return self.update(torch.where(visible, tokens, 0), visible, window)
+        return self.update(tokens, visible, window)
 
     def update(self, tokens: torch.Tensor, visible: torch.Tensor, window) -> torch.Tensor:
-        """:meth:`conditionals` on checked inputs on the engine's device: tokens in ``0..V-1``,
-        0 at masked positions (another value there is still exact, but counts as a change)."""
+        """:meth:`conditionals` on checked inputs on the engine's device (tokens in ``0..V-1``
+        where visible; any value where masked)."""
+        tree = self.tree
+        if window is None:  # every position: the shallow full pass; nothing worth carrying
+            self._code = None
+            self.recomputed = 2 * len(tree.steps)
+            with torch.no_grad():
+                return self.engine.conditionals(tokens.masked_fill(~visible, 0), visible)
+        positions = window.any(0).nonzero().flatten()
+        full, rows = self._answer(tokens.masked_fill(~visible, tree.vocab), positions)
+        if full is not None:
+            return full
+        out = rows.new_full((tokens.shape[0], tree.n, tree.vocab), -math.log(tree.vocab))
+        out[:, positions] = rows
+        return out
+
+    def update_at(self, code: torch.Tensor, columns: torch.Tensor,
+                  need: torch.Tensor | None = None) -> torch.Tensor:
+        """:meth:`update` answering only the rows at ``columns`` (``LongTensor[w]``): ``[B, w,
+        V]``, so a call costs what its window costs, not the sequence. ``code [B, n]`` holds the
+        visible tokens and ``V`` (the mask id) at masked positions: a denoiser's input, checked.
+        ``need`` (bool ``[w]``) marks the columns to compute; the others hold ``-log V``."""
+        asked = columns if need is None else columns[need]
+        full, rows = self._answer(code, asked)
+        if full is not None:
+            return full[:, columns]
+        if need is None:
+            return rows
+        out = rows.new_full((code.shape[0], len(columns), self.tree.vocab),
+                            -math.log(self.tree.vocab))
+        out[:, need] = rows
+        return out
+
+    def _answer(self, code, positions: torch.Tensor):
+        """Bring the messages up to date with the evidence ``code`` (tokens, ``V`` where masked)
+        and answer ``positions``: ``(full [B, n, V], None)`` after a full pass, else ``(None,
+        rows [B, |positions|, V])``. The evidence is compared with the last call's as one
+        ``[B, n]`` comparison; only the changed columns are re-read."""
         engine, tree = self.engine, self.tree
-        batch = tokens.shape[0]
+        V = tree.vocab
+        batch = code.shape[0]
         with torch.no_grad():
-            if window is None:  # every position: the shallow full pass; nothing worth carrying
-                self._tokens = None
-                self.recomputed = 2 * len(tree.steps)
-                return engine.conditionals(tokens, visible)
-            positions = window.any(0).nonzero().flatten().tolist()
-            fresh = self._tokens is None or self._tokens.shape != tokens.shape
+            fresh = self._code is None or self._code.shape != code.shape
             if fresh or len(positions) > self.full_fraction * tree.n or len(tree.roots) != 1:
                 engine._check_memory(batch, keep=True)
-                evidence = engine._evidence(tokens, visible)
+                visible = code != V
+                evidence = engine._evidence(code, visible)
                 out, log_z, up, down = tree.conditionals(evidence)
-                self._reset(tokens, visible, evidence, up, down)
+                self._reset(code, evidence, up, down)
                 self.recomputed = 2 * len(tree.steps)
-                return engine._undefined_rows(out, log_z == -math.inf, evidence, visible)
+                return engine._undefined_rows(out, log_z == -math.inf, evidence, visible), None
             self.recomputed = 0
-            differs = (visible != self._visible) | (tokens != self._tokens)  # 0 where masked
-            changed = differs.any(0).nonzero().flatten()
-            self._tokens, self._visible = tokens, visible
+            changed = (code != self._code).any(0).nonzero().flatten()
             if len(changed):
-                fresh_ev = engine._evidence(tokens[:, changed], visible[:, changed])
+                now = code[:, changed]
+                self._code[:, changed] = now  # our own copy: a caller may reuse its tensor
+                fresh_ev = engine._evidence(now, now != V)
                 self._ev.index_copy_(0, changed, fresh_ev.permute(1, 2, 0))
                 self._invalidate([tree.token_step[i] for i in changed.tolist()])
-            out = self._ev.new_full((batch, tree.n, tree.vocab), -math.log(tree.vocab))
-            if positions:
-                margs = []
-                for i in positions:
-                    k = tree.token_step[i]
-                    step = tree.steps[k]
-                    others = tuple(j for j in range(len(step.cards)) if j != step.axis)
-                    margs.append(_logsumexp(self._belief(k), others).expand(-1, batch))
-                marg = torch.stack(margs).permute(2, 0, 1)  # [B, |positions|, V]
-                impossible = (marg == -math.inf).all(-1).any(-1)  # every belief sums to Z
-                cols = torch.tensor(positions, device=tokens.device)
-                out[:, cols] = engine._undefined_rows(
-                    _normalise(marg), impossible, self._ev[cols].permute(2, 0, 1),
-                    visible[:, cols])
-            return out
+            if not len(positions):
+                return None, self._ev.new_zeros((batch, 0, V))
+            margs = []
+            for i in positions.tolist():
+                k = tree.token_step[i]
+                step = tree.steps[k]
+                others = tuple(j for j in range(len(step.cards)) if j != step.axis)
+                margs.append(_logsumexp(self._belief(k), others).expand(-1, batch))
+            marg = torch.stack(margs).permute(2, 0, 1)  # [B, |positions|, V]
+            impossible = (marg == -math.inf).all(-1).any(-1)  # every belief sums to Z
+            return None, engine._undefined_rows(_normalise(marg), impossible,
+                                                self._ev[positions].permute(2, 0, 1),
+                                                code[:, positions] != V)
 
     # ------------------------------------------------------------------ cache bookkeeping
-    def _reset(self, tokens, visible, evidence, up, down) -> None:
-        self._tokens, self._visible = tokens, visible
+    def _reset(self, code, evidence, up, down) -> None:
+        self._code = code.clone()  # the evidence of the last call: tokens, V where masked
         self._ev = evidence.permute(1, 2, 0).contiguous()  # [n, V, B], updated in place
         self._up_full, self._down_full = up, down
         self._up_new: dict[int, torch.Tensor] = {}

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from mdmprob.compile import FactorGraph, compile_model
+from mdmprob.compile import FactorGraph, compile_cached
 from mdmprob.errors import MdmprobError, StructureError, unknown_name
 
 Constraint = Callable[[torch.Tensor], torch.Tensor]
@@ -68,7 +68,9 @@ class Structure:
             raise StructureError(f"vocab must be an integer >= 2, got {self.vocab!r}")
         if not declared:
             raise StructureError("a structure needs at least one token site")
-        graph = compile_model(self.model, declared, self.vocab, replay_check=self.replay_check)
+        # traced once per model: a structure built again (in this process or, through the
+        # disk cache, in another) reuses the compiled graph (mdmprob.cache)
+        graph = compile_cached(self.model, declared, self.vocab, replay_check=self.replay_check)
         self._factor_graph = graph
         self.tokens = graph.names[: graph.n_tokens]
         n = len(self.tokens)

@@ -16,6 +16,9 @@ import torch
 from hypothesis import HealthCheck, settings
 
 torch.set_default_dtype(torch.float64)
+# the suite leaves the user's disk cache of compiled structures alone (tests/test_cache.py
+# points MDMPROB_CACHE at a temporary directory); the in-process cache stays on
+os.environ.setdefault("MDMPROB_CACHE", "off")
 torch.set_num_threads(int(os.environ.get("MDMPROB_TEST_THREADS", "1")))
 
 settings.register_profile(

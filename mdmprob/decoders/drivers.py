@@ -4,7 +4,9 @@ Each driver walks the decoder's windows; inside a window it builds the step dist
 (:class:`~mdmprob.decoders.step.SelectionStep`) from the denoiser's answer on the current states
 and then samples it (:func:`run`), scores a recorded outcome (:func:`replay`) or expands every
 outcome (:func:`enumerate_states`). A window with a block corrector is one step whose law is the
-corrector's. The denoiser is called in one place, :func:`conditionals`.
+corrector's. The denoiser is called in two places: :func:`conditionals` (every row) and
+:func:`conditionals_at` (a window's rows: :func:`run`'s steps see only their window's columns,
+so a step costs what its window costs).
 
 Exact mode (:func:`enumerate_states`) is breadth-first over decoder states held as tensors: a
 state is (sequence id, tokens, window, step in window, masks when the window opened); every live
@@ -39,6 +41,15 @@ def conditionals(denoiser, tokens: torch.Tensor, window: torch.Tensor | None = N
     return denoiser(tokens)
 
 
+def conditionals_at(denoiser, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """The rows ``[B, w, V]`` of :func:`conditionals` at ``positions`` (``LongTensor[w]``) only:
+    :meth:`~mdmprob.denoisers.base.Denoiser.rows` for a denoiser, which then pays for the
+    window (the oracle), else the whole answer's rows there."""
+    if isinstance(denoiser, Denoiser):
+        return denoiser.rows(tokens, positions)
+    return denoiser(tokens)[:, positions]
+
+
 def step_law(decoder, view: Step):
     """The step distribution of ``decoder`` at ``view``: the decoder's own ``step_law(view)``
     where it defines one (a selection law other than ranking), else
@@ -61,7 +72,6 @@ def run(decoder, denoiser, num: int, generator, windows, *, initial=None, oracle
     info: dict[str, Any] = {}
     reference_calls = _reference_calls(decoder, len(windows))
     for window in windows:
-        win = _window_mask(window, n, device)
         if decoder.corrector is not None:
             tokens, sel, lq, calls = decoder.corrector.decode_window(
                 decoder, denoiser, tokens, window, generator, target=target, info=info)
@@ -69,21 +79,25 @@ def run(decoder, denoiser, num: int, generator, windows, *, initial=None, oracle
             log_q_tokens[:, window[0]] += lq
             committed.append(sel)
             continue
-        window_masked = ((tokens == mask) & win).sum(-1)
+        # the steps see the window's columns only (in position order): a step costs what the
+        # window costs, whatever the length of the sequence
+        cols = torch.tensor(sorted(window), dtype=torch.long, device=device)
+        window_masked = (tokens[:, cols] == mask).sum(-1)
         step_no = torch.zeros(num, dtype=torch.long, device=device)
         while True:
-            cand = (tokens == mask) & win
+            here = tokens[:, cols]
+            cand = here == mask
             active = cand.any(-1)
             if not active.any():
                 break
-            view = _view(decoder, denoiser, tokens, cand, step_no, window_masked, len(windows),
-                         oracle)
+            view = _window_view(decoder, denoiser, tokens, cols, cand, step_no, window_masked,
+                                len(windows), oracle)
             nfe = nfe + active.long()
             sel, draws, lp_tokens, br = step_law(decoder, view).sample(generator)
-            tokens = torch.where(sel, draws, tokens)
-            log_q_tokens = log_q_tokens + lp_tokens.to(log_q_tokens.dtype)
+            tokens[:, cols] = torch.where(sel, draws, here)  # in place: O(window), not O(n)
+            log_q_tokens.index_add_(1, cols, lp_tokens.to(log_q_tokens.dtype))
             branched = branched | br
-            committed.append(sel)
+            committed.append(torch.zeros_like(tokens, dtype=torch.bool).index_copy_(1, cols, sel))
             step_no = step_no + active.long()
         if reference_calls is not None:  # the reference also calls on steps that commit nothing
             nfe = nfe + torch.where(window_masked > 0, (reference_calls - step_no).clamp(min=0),
@@ -664,6 +678,17 @@ def _view(decoder, denoiser, tokens, cand, step_no, window_masked, n_windows, or
     return Step(logp, cand, step_no, window_masked, oracle_logp, n_windows)
 
 
+def _window_view(decoder, denoiser, tokens, cols, cand, step_no, window_masked, n_windows,
+                 oracle) -> Step:
+    """The step's view of the window's columns ``cols`` only (``cand [B, w]``)."""
+    logp = conditionals_at(denoiser, tokens, cols)
+    oracle_logp = None
+    if oracle is not None and getattr(decoder.score, "needs_oracle", False):
+        oracle_logp = conditionals_at(oracle, tokens, cols)
+    return Step(logp, cand, step_no, window_masked, oracle_logp, n_windows, cols,
+                tokens.shape[1])
+
+
 def _window_mask(window, n, device) -> torch.Tensor:
     win = torch.zeros(n, dtype=torch.bool, device=device)
     win[window] = True
@@ -751,5 +776,5 @@ def _corrector_window_lp(decoder, denoiser, state, tokens, window, target) -> to
     return corrector.window_log_prob(denoiser, state, tokens, window, target)
 
 
-__all__ = ["conditionals", "enumerate_states", "forced", "marginal_log_prob", "proposal_step",
-           "replay", "run"]
+__all__ = ["conditionals", "conditionals_at", "enumerate_states", "forced", "marginal_log_prob",
+           "proposal_step", "replay", "run"]

@@ -19,7 +19,13 @@ from mdmprob.errors import MdmprobError, unknown_name
 
 @dataclass
 class Step:
-    """What a score or commit rule may read at one decoding step (shapes ``[B, n, V]``/``[B, n]``)."""
+    """What a score or commit rule may read at one decoding step (shapes ``[B, n, V]``/``[B, n]``).
+
+    The view's n columns are the whole sequence, or (``positions`` given) only the columns of the
+    current window, in increasing position order: a decoder running window by window then pays
+    for the window, not the sequence. A score that reads where a column is in the sequence asks
+    :meth:`position_index` and :attr:`sequence_length`, never the column number.
+    """
 
     logp: torch.Tensor  # log p_theta(x_i = v | state): the denoiser's output
     candidates: torch.Tensor  # bool [B, n]: masked positions of the current window
@@ -27,10 +33,23 @@ class Step:
     window_masked: torch.Tensor  # long [B]: masked positions the window had when it opened
     oracle_logp: torch.Tensor | None = None  # exact conditionals, for oracle-based scores
     n_windows: int = 1  # windows of the decode (LLaDA splits its total steps across them)
+    positions: torch.Tensor | None = None  # long [n]: each column's sequence position (None: 0..n-1)
+    length: int | None = None  # tokens in the whole sequence (None: n)
 
     @property
     def n_candidates(self) -> torch.Tensor:
         return self.candidates.sum(-1)
+
+    @property
+    def sequence_length(self) -> int:
+        """Tokens in the whole sequence (the view may hold a window's columns only)."""
+        return self.logp.shape[1] if self.length is None else self.length
+
+    def position_index(self) -> torch.Tensor:
+        """The sequence position of each column, long ``[n]``."""
+        if self.positions is not None:
+            return self.positions
+        return torch.arange(self.logp.shape[1], device=self.logp.device)
 
 
 def entropy_of(logp: torch.Tensor) -> torch.Tensor:
@@ -59,18 +78,16 @@ class LeftToRight(Score):
     name = "l2r"
 
     def __call__(self, step, draws=None):
-        n = step.logp.shape[1]
-        pos = torch.arange(n, device=step.logp.device, dtype=step.logp.dtype)
-        return (-pos).expand(step.logp.shape[0], n)
+        pos = step.position_index().to(step.logp.dtype)
+        return (-pos).expand(step.logp.shape[0], pos.shape[0])
 
 
 class RightToLeft(Score):
     name = "r2l"
 
     def __call__(self, step, draws=None):
-        n = step.logp.shape[1]
-        pos = torch.arange(n, device=step.logp.device, dtype=step.logp.dtype)
-        return pos.expand(step.logp.shape[0], n)
+        pos = step.position_index().to(step.logp.dtype)
+        return pos.expand(step.logp.shape[0], pos.shape[0])
 
 
 class RandomOrder(Score):

@@ -364,8 +364,9 @@ class DilatedOrder(Score):
 
     def __call__(self, step, draws=None):
         B, n = step.candidates.shape
-        lv = torch.tensor(self.levels(n), dtype=step.logp.dtype, device=step.logp.device)
-        return (-lv).expand(B, n)
+        lv = torch.tensor(self.levels(step.sequence_length), dtype=step.logp.dtype,
+                          device=step.logp.device)
+        return (-lv[step.position_index()]).expand(B, n)
 
 
 class BestTied(CommitRule):
@@ -414,7 +415,7 @@ class PositionCalibrated(Score):
                                    f"the denoiser has V = {V} values; pass one per value")
             surprisal = -self.background.to(device=step.logp.device,
                                             dtype=step.logp.dtype).log()
-        pos = torch.arange(n, device=step.logp.device, dtype=step.logp.dtype)
+        pos = step.position_index().to(step.logp.dtype)
         prior = torch.exp(-self.lam * pos)[None, :, None]
         return prior * torch.clamp(step.logp.exp() * surprisal, max=self.alpha)
 

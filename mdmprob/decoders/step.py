@@ -456,7 +456,8 @@ def _log_comb(n: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
 
 def _subview(view: Step, row: torch.Tensor) -> Step:
     return Step(view.logp[row], view.candidates[row], view.step[row], view.window_masked[row],
-                None if view.oracle_logp is None else view.oracle_logp[row], view.n_windows)
+                None if view.oracle_logp is None else view.oracle_logp[row], view.n_windows,
+                view.positions, view.length)
 
 
 def _scatter_logsumexp(lp: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:

@@ -50,12 +50,46 @@ class Denoiser:
         point = point_mass(tokens.clamp(max=self.vocab - 1), self.vocab, out.dtype)
         return torch.where(visible[..., None], point, out)
 
+    def rows(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """The rows of :meth:`__call__` at ``positions`` only: ``[B, w, V]`` for ``positions``
+        a ``LongTensor[w]`` of distinct positions (shared by every sequence). Visible rows are
+        their point mass; the masked rows are what ``self(tokens)[:, positions]`` holds there. A
+        decoder working one window at a time asks this, so a denoiser that answers a window for
+        less (the oracle, by :meth:`predict_rows`) costs what the window costs. The decoder
+        writes its next tokens into the same tensor: a denoiser that keeps its input between
+        calls keeps a copy."""
+        tokens = self.check(tokens)
+        positions = self.check_positions(positions)
+        out = self.predict_rows(tokens, positions)
+        seen = tokens[:, positions]
+        point = point_mass(seen.clamp(max=self.vocab - 1), self.vocab, out.dtype)
+        return torch.where((seen != self.mask_id)[..., None], point, out)
+
     def predict(self, tokens: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def predict_window(self, tokens: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
         """:meth:`predict` restricted to ``window``; by default the whole :meth:`predict`."""
         return self.predict(tokens)
+
+    def predict_rows(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """:meth:`predict` at ``positions`` only, ``[B, w, V]``; by default
+        :meth:`predict_window` on the window of those positions, then its rows there."""
+        window = torch.zeros(tokens.shape, dtype=torch.bool, device=tokens.device)
+        window[:, positions] = True
+        return self.predict_window(tokens, window)[:, positions]
+
+    def check_positions(self, positions) -> torch.Tensor:
+        """Validate ``positions``: a 1-D integer tensor of positions in ``0..n-1``."""
+        positions = torch.as_tensor(positions)
+        if positions.dim() != 1 or positions.dtype.is_floating_point or \
+                positions.dtype == torch.bool:
+            raise EvidenceError(f"positions must be a 1-D integer tensor, got {positions.dtype} "
+                                f"{tuple(positions.shape)}")
+        if len(positions) and (positions.min() < 0 or positions.max() >= self.n_tokens):
+            bad = positions[(positions < 0) | (positions >= self.n_tokens)][0].item()
+            raise EvidenceError(f"position {bad} is outside 0..{self.n_tokens - 1}")
+        return positions.to(self.device, torch.long)
 
     def check_window(self, window, tokens: torch.Tensor) -> torch.Tensor:
         """Validate a window: a bool tensor of the tokens' shape ``[B, n]``."""
@@ -87,7 +121,8 @@ class Denoiser:
         if tokens.dim() != 2 or tokens.shape[1] != self.n_tokens:
             raise EvidenceError(f"tokens must have shape [B, {self.n_tokens}], got "
                                 f"{tuple(tokens.shape)}")
-        if ((tokens < 0) | (tokens > self.mask_id)).any():
+        low, high = torch.aminmax(tokens) if tokens.numel() else (0, 0)  # one pass
+        if low < 0 or high > self.mask_id:
             bad = tokens[(tokens < 0) | (tokens > self.mask_id)][0].item()
             raise EvidenceError(f"token value {bad} is outside 0..{self.vocab - 1} "
                                 f"(mask id {self.mask_id})")
