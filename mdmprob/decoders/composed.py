@@ -56,15 +56,26 @@ class Tracked(Denoiser):
 
     def __call__(self, tokens, window=None):
         out = drivers.conditionals(self.base, tokens, window)
-        self.last = (out, tokens)
+        self.last = (out, tokens, out)
         return out
 
-    def tokens_at(self, view: Step) -> torch.Tensor:
-        """The tokens ``[B, n]`` the step ``view`` was built at."""
+    def rows(self, tokens, positions):
+        """The rows at ``positions`` (a window view of the run driver), remembering the whole
+        answer: a composed step reads the state of the whole sequence."""
+        window = torch.zeros(tokens.shape, dtype=torch.bool, device=tokens.device)
+        window[:, positions] = True
+        out = drivers.conditionals(self.base, tokens, window)
+        part = out[:, positions]
+        self.last = (part, tokens, out)
+        return part
+
+    def state_at(self, view: Step) -> tuple[torch.Tensor, torch.Tensor]:
+        """The tokens ``[B, n]`` the step ``view`` was built at and the denoiser's whole answer
+        there, ``[B, n, V]``."""
         if self.last is None or self.last[0] is not view.logp:
             raise MdmprobError("a composed step reads the state it is built at; decode through "
                                "the decoder's run / log_prob / distribution")
-        return self.last[1]
+        return self.last[1], self.last[2]
 
     def count(self, calls: torch.Tensor) -> None:
         if self.calls is not None and self.calls.shape == calls.shape:
@@ -102,13 +113,24 @@ class ComposedStep:
     draws_random = False  # a selection never reads the values drawn at this step
 
     def __init__(self, decoder, view: Step, denoiser: Tracked):
+        tokens, logp = denoiser.state_at(view)
+        self.columns = view.positions  # a window view: the driver reads these columns back
+        if self.columns is not None:
+            view = _whole(view, logp)
         self.view = view
         self.values_lp = decoder.values.log_probs(view.logp)
-        self.state = StepState(decoder, view, denoiser.tokens_at(view), self.values_lp,
-                               denoiser)
+        self.state = StepState(decoder, view, tokens, self.values_lp, denoiser)
         self.selector, self.kernel = decoder.selector, decoder.kernel
 
     def sample(self, generator: torch.Generator):
+        out = self._sample(generator)
+        if self.columns is None:
+            return out
+        committed, values, lp_tokens, branched = out
+        cols = self.columns
+        return committed[:, cols], values[:, cols], lp_tokens[:, cols], branched
+
+    def _sample(self, generator: torch.Generator):
         cand = self.view.candidates
         sel, lp_sel, branched = self.selector.sample(self.state, generator)
         committed, values, lp_val, calls = self.kernel.sample(self.state, sel, generator)
@@ -138,6 +160,19 @@ class ComposedStep:
         parent, committed, values, vlp = self.kernel.enumerate(
             self.state.rows(row), sel, None if forced is None else forced[row])
         return row[parent], committed, values, slp[parent] + vlp
+
+
+def _whole(view: Step, logp: torch.Tensor) -> Step:
+    """A window view (its columns only) as a view of the whole sequence: ``logp [B, n, V]`` the
+    denoiser's whole answer, candidates only in the window's columns."""
+    cols = view.positions
+    cand = torch.zeros(logp.shape[:2], dtype=torch.bool, device=logp.device)
+    cand[:, cols] = view.candidates
+    oracle_logp = None
+    if view.oracle_logp is not None:
+        oracle_logp = logp.clone()
+        oracle_logp[:, cols] = view.oracle_logp
+    return Step(logp, cand, view.step, view.window_masked, oracle_logp, view.n_windows)
 
 
 # ----------------------------------------------------------------------------------- the decoder
