@@ -6,15 +6,16 @@ per sequence, masks each supervised position (``NeuralConfig.train_positions``, 
 independently with probability ``t`` (and one uniformly chosen supervised position when none was
 masked), and minimises the cross-entropy of the network's prediction at the masked positions —
 averaged over them (``loss_weighting="none"``) or weighted by ``1/t`` and averaged over the
-supervised tokens (``"1/t"``, the ELBO) — with AdamW at a constant or cosine-annealed rate
-(``NeuralConfig.lr_schedule``). Positions outside ``train_positions`` are never masked: a prompt
-the model always sees.
+supervised tokens (``"1/t"``, the ELBO) — with AdamW at a constant rate (optionally decayed
+linearly to 0 over the last ``NeuralConfig.decay_steps``) or a cosine-annealed one
+(``NeuralConfig.lr_schedule``; :func:`learning_rate`). Positions outside ``train_positions`` are
+never masked: a prompt the model always sees.
 
 Checkpoints (``checkpoint.pt`` in ``out_dir``) hold the config, the weights, the optimizer and
 every random state, the step and the loss curve; they are written to a temporary file and renamed
 into place, every ``checkpoint_every`` steps and at the end. ``resume=True`` continues from the
-folder's checkpoint (a longer ``steps`` only with a constant learning rate), and a run continued to
-the end ends with exactly the weights of an uninterrupted run with the same seed.
+folder's checkpoint (a longer ``steps`` when the learning rates of the steps done agree), and a run
+continued to the end ends with exactly the weights of an uninterrupted run with the same seed.
 """
 
 from __future__ import annotations
@@ -78,13 +79,19 @@ def train(structure_or_sampler, config: NeuralConfig | None = None, out_dir=None
         if path is not None and resume and path.exists():
             ckpt = _read(path, device)
             saved = NeuralConfig.from_dict(ckpt["config"])
-            free = {"steps": config.steps} if config.lr_schedule == "constant" else {}
+            free = {"steps": config.steps, "decay_steps": config.decay_steps}
             if {**saved.as_dict(), **free} != config.as_dict():
                 diff = {k: (v, getattr(config, k)) for k, v in saved.as_dict().items()
                         if k not in free and v != getattr(config, k)}
                 raise MdmprobError(f"{path} was trained with a different config "
                                    f"(field: (checkpoint, requested)) {diff}; use another "
                                    "output folder or resume=False")
+            if not same_schedule(saved, config, int(ckpt["step"])):
+                raise MdmprobError(f"{path} was trained with other learning rates in its first "
+                                   f"{ckpt['step']} steps (steps={saved.steps}, decay_steps="
+                                   f"{saved.decay_steps}, {saved.lr_schedule}) than steps="
+                                   f"{config.steps}, decay_steps={config.decay_steps} give; use "
+                                   "another output folder or resume=False")
             if ckpt["step"] > config.steps:
                 raise MdmprobError(f"{path} is already at step {ckpt['step']} > steps="
                                    f"{config.steps}; ask for at least {ckpt['step']} steps")
@@ -103,9 +110,8 @@ def train(structure_or_sampler, config: NeuralConfig | None = None, out_dir=None
             progress(step, config.steps)
         net.train()
         while step < config.steps:
-            if config.lr_schedule == "cosine":
-                for group in opt.param_groups:
-                    group["lr"] = config.lr * (1 + math.cos(math.pi * step / config.steps)) / 2
+            for group in opt.param_groups:
+                group["lr"] = learning_rate(config, step)
             loss = _step(net, opt, sampler, gen, config, device)
             step += 1
             history.append({"step": step, "loss": loss})
@@ -177,9 +183,10 @@ def train_cached(source, config: NeuralConfig, folder: Callable[[int], str], roo
     :func:`export_checkpoint`) holding ``folder(steps)`` at exactly ``config.steps`` with this
     config, load that model and train nothing. Otherwise: Train to ``config.steps`` with
     checkpoints under ``root / folder(steps)``, continuing from the largest cached shorter budget
-    ``root / folder(s)`` (``s < steps``) when this one has no checkpoint yet and the learning rate
-    is constant. ``source`` is a structure or a sampler (as :func:`train`); ``root=None`` trains
-    without checkpoints. Returns ``(model, final loss, steps trained in this call)``."""
+    ``root / folder(s)`` (``s < steps``) when this one has no checkpoint yet and its first steps
+    had the same learning rates (:func:`same_schedule`). ``source`` is a structure or a sampler (as
+    :func:`train`); ``root=None`` trains without checkpoints. Returns ``(model, final loss, steps
+    trained in this call)``."""
     steps = config.steps
     ready = Path(shipped) / folder(steps) / CHECKPOINT if shipped is not None else None
     if ready is not None and ready.exists() and checkpoint_step(ready) == steps:
@@ -190,8 +197,9 @@ def train_cached(source, config: NeuralConfig, folder: Callable[[int], str], roo
     start = 0
     if out is not None:
         path = out / CHECKPOINT
-        if not path.exists() and config.lr_schedule == "constant":
-            shorter = [s for s in range(steps - 1, 0, -1) if (root / folder(s) / CHECKPOINT).exists()]
+        if not path.exists():
+            shorter = [s for s in range(steps - 1, 0, -1) if (root / folder(s) / CHECKPOINT).exists()
+                       and _continues(root / folder(s) / CHECKPOINT, config)]
             if shorter:
                 out.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(root / folder(shorter[0]) / CHECKPOINT, path)
@@ -208,6 +216,33 @@ def checkpoint_root(checkpoint_dir, workdir: Path | None) -> Path | None:
     if checkpoint_dir is not None:
         return Path(checkpoint_dir)
     return workdir / "checkpoints" if workdir is not None else None
+
+
+def learning_rate(config: NeuralConfig, step: int) -> float:
+    """The rate of optimizer step ``step`` (0-based): ``config.lr``, cosine-annealed to 0 over
+    ``config.steps`` with ``lr_schedule="cosine"``, and lowered linearly to 0 over the last
+    ``decay_steps`` steps with ``"constant"`` (the rate of step i of the decay is
+    ``lr * (decay_steps - i) / decay_steps``)."""
+    if config.lr_schedule == "cosine":
+        return config.lr * (1 + math.cos(math.pi * step / config.steps)) / 2
+    start = config.steps - config.decay_steps
+    if config.decay_steps and step >= start:
+        return config.lr * (config.steps - step) / config.decay_steps
+    return config.lr
+
+
+def same_schedule(a: NeuralConfig, b: NeuralConfig, steps: int) -> bool:
+    """Whether ``a`` and ``b`` give the same learning rate to each of the first ``steps`` optimizer
+    steps (so a checkpoint of ``a`` at ``steps`` can be continued as ``b``)."""
+    return all(learning_rate(a, t) == learning_rate(b, t) for t in range(steps))
+
+
+def _continues(path: Path, config: NeuralConfig) -> bool:
+    ckpt = _read(path, torch.device("cpu"))
+    saved = NeuralConfig.from_dict(ckpt["config"])
+    same = {**saved.as_dict(), "steps": config.steps, "decay_steps": config.decay_steps}
+    return (bool(ckpt["optimizer"]) and same == config.as_dict()
+            and same_schedule(saved, config, int(ckpt["step"])))
 
 
 def config_device(source) -> torch.device:

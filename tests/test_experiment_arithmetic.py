@@ -24,26 +24,28 @@ def test_quick_sweep_records_files_and_checkpoint_reuse(tmp_path):
             "se", "ci_low", "ci_high", "correct", "n"} <= set(acc[0])
     ks = config.k_values(2)
     assert ks == [1, 2, 3]  # D = 2: three answer digits, k = 4 capped to all-at-once
+    assert config.budgets() == [20, 60, 80]  # the last continues 60 with 20 decaying steps
     overall = {(r["steps"], r["order"], r["k"]) for r in acc if r["category"] == "overall"}
-    assert overall == {(s, o, k) for s in config.steps for o in ORDERS for k in ks}
+    assert overall == {(s, o, k) for s in config.budgets() for o in ORDERS for k in ks}
     for r in acc:
         assert 0 <= r["ci_low"] <= r["value"] <= r["ci_high"] <= 1
         assert r["se"] >= 0 and r["value"] == r["correct"] / r["n"]
     assert {r["category"] for r in acc} == {"overall", "easy", "medium", "hard", "extreme",
                                             "edge", "mixed"}
     pos = [r for r in result.records if r["metric"] == "position_nll"]
-    assert sorted(r["position"] for r in pos) == [0, 0, 1, 1, 2, 2]  # 3 digits x 2 models
-    for steps in config.steps:  # the mean of the per-position errors is the model error
+    assert sorted(r["position"] for r in pos) == [0, 0, 0, 1, 1, 1, 2, 2, 2]  # 3 digits x 3 models
+    for steps in config.budgets():  # the mean of the per-position errors is the model error
         mean = [r["value"] for r in result.records
                 if r["metric"] == "answer_nll" and r["steps"] == steps]
         per = [r["value"] for r in pos if r["steps"] == steps]
         assert abs(mean[0] - sum(per) / 3) < 1e-12
     trained = {r["steps"]: r["value"] for r in result.records if r["metric"] == "steps_trained_now"}
-    assert trained == {20: 20, 60: 40}  # the 60-step model continues from the 20-step one
+    assert trained == {20: 20, 60: 40, 80: 20}  # each model continues the previous one
     for name in ("records.csv", "meta.json", "arithmetic_orders.png", "arithmetic_orders.svg"):
         assert (out / name).exists()
     ckpts = sorted((out / "checkpoints").glob("*/checkpoint.pt"))
-    assert len(ckpts) == 2 and all("_answer_seed0_" in p.parent.name for p in ckpts)
+    assert len(ckpts) == 3 and all("_answer_seed0_" in p.parent.name for p in ckpts)
+    assert [p.parent.name.endswith("_s80_decay20") for p in ckpts] == [False, False, True]
     rows = exp.summary(result.records, config)
     assert len(rows) == 2 and all(r["verdict"] in ("yes", "no", "inconclusive") for r in rows)
     assert all(r["holds"] == (r["verdict"] == "yes") for r in rows)

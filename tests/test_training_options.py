@@ -12,6 +12,7 @@ from mdmprob.errors import MdmprobError
 from mdmprob.training import (
     _step,
     export_checkpoint,
+    learning_rate,
     load_neural,
     train,
     train_cached,
@@ -73,7 +74,12 @@ def test_config_validation_and_old_checkpoints():
             tiny(train_positions=bad)
     with pytest.raises(MdmprobError, match="lr_schedule='linear'"):
         tiny(lr_schedule="linear")
-    old = {k: v for k, v in tiny().as_dict().items() if k not in ("train_positions", "lr_schedule")}
+    for bad in (dict(steps=5, decay_steps=6), dict(steps=5, decay_steps=2, lr_schedule="cosine"),
+                dict(decay_steps=-1)):
+        with pytest.raises(MdmprobError, match="decay_steps"):
+            tiny(**bad)
+    old = {k: v for k, v in tiny().as_dict().items()
+           if k not in ("train_positions", "lr_schedule", "decay_steps")}
     cfg = NeuralConfig.from_dict(old)  # a checkpoint written before these fields existed
     assert cfg.train_positions is None and cfg.lr_schedule == "constant"
 
@@ -131,3 +137,29 @@ def test_export_checkpoint_and_shipped_models(tmp_path):
     _, _, trained = train_cached(s, tiny(steps=5), lambda n: f"s{n}", tmp_path / "cache",
                                  tmp_path / "ship")
     assert trained == 5 and math.isfinite(loss)
+
+
+def test_learning_rates():
+    assert [learning_rate(tiny(steps=4, lr=0.1), t) for t in range(4)] == [0.1] * 4
+    decay = tiny(steps=6, decay_steps=4, lr=0.1)
+    assert [learning_rate(decay, t) for t in range(6)] == pytest.approx([0.1, 0.1, 0.1, 0.075,
+                                                                         0.05, 0.025])
+    cos = tiny(steps=4, lr=0.1, lr_schedule="cosine")
+    assert [learning_rate(cos, t) for t in range(4)] == pytest.approx(
+        [0.1, 0.1 * (1 + math.sqrt(0.5)) / 2, 0.05, 0.1 * (1 - math.sqrt(0.5)) / 2])
+
+
+def test_decayed_run_continues_a_constant_one(tmp_path):
+    s = load_model("markov_chain", **CHAIN)
+    direct, direct_hist = train(s, tiny(steps=9, decay_steps=4))
+    train(s, tiny(steps=5), tmp_path / "s5")
+    model, loss, trained = train_cached(s, tiny(steps=9, decay_steps=4),
+                                        lambda n: f"s{n}", tmp_path)
+    assert trained == 4 and loss == direct_hist[-1]["loss"]
+    a, b = direct.net.state_dict(), model.net.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # a decayed checkpoint is not continued by a longer constant run, nor resumed as one
+    _, _, trained = train_cached(s, tiny(steps=12), lambda n: f"s{n}", tmp_path)
+    assert trained == 7  # from the constant 5-step run, not the decayed 9-step one
+    with pytest.raises(MdmprobError, match="other learning rates"):
+        train(s, tiny(steps=12), tmp_path / "s9")

@@ -34,8 +34,10 @@ class NeuralConfig:
         vocab, n_tokens: the structure's vocabulary size V and sequence length n.
         d_model, n_layers, n_heads, dropout: the transformer (``d_model % n_heads == 0``).
         steps, batch_size, lr, weight_decay: AdamW training.
-        lr_schedule: ``"constant"`` (``lr`` throughout; a longer run continues a shorter one) or
-            ``"cosine"`` (``lr * (1 + cos(pi * step / steps)) / 2``, annealed to 0 at ``steps``).
+        lr_schedule: ``"constant"`` (``lr``; a longer run continues a shorter one) or ``"cosine"``
+            (``lr * (1 + cos(pi * step / steps)) / 2``, annealed to 0 at ``steps``).
+        decay_steps: with ``"constant"``, the last ``decay_steps`` steps lower the rate linearly
+            to 0 (0: none); the run continues a constant-rate run of ``steps - decay_steps``.
         loss_weighting: ``"none"`` (mean cross-entropy over masked positions) or ``"1/t"``
             (the masked-diffusion ELBO weight ``1/t`` per sequence, averaged over the
             supervised tokens).
@@ -57,11 +59,12 @@ class NeuralConfig:
     loss_weighting: str = "none"
     train_positions: tuple | None = None
     lr_schedule: str = "constant"
+    decay_steps: int = 0
     seed: int = 0
 
     def __post_init__(self):
         ints = {"vocab": 2, "n_tokens": 1, "d_model": 1, "n_layers": 1, "n_heads": 1,
-                "steps": 0, "batch_size": 1, "seed": 0}
+                "steps": 0, "batch_size": 1, "decay_steps": 0, "seed": 0}
         for key, low in ints.items():
             check_int(f"NeuralConfig {key}", getattr(self, key), low)
         if self.d_model % self.n_heads:
@@ -78,6 +81,9 @@ class NeuralConfig:
         if self.lr_schedule not in LR_SCHEDULES:
             raise MdmprobError(f"NeuralConfig lr_schedule={self.lr_schedule!r} must be one of "
                                f"{', '.join(LR_SCHEDULES)}")
+        if self.decay_steps > self.steps or (self.decay_steps and self.lr_schedule != "constant"):
+            raise MdmprobError(f"NeuralConfig decay_steps={self.decay_steps} must be at most "
+                               f"steps={self.steps}, and 0 unless lr_schedule='constant'")
         if self.train_positions is not None:
             object.__setattr__(self, "train_positions", _positions(self.train_positions,
                                                                    self.n_tokens))

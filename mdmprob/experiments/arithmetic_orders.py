@@ -47,12 +47,13 @@ Z95 = 1.959963984540054
 class Config:
     """D: digits per operand; d_models / steps: widths and training budgets (the rungs);
     headroom_D, headroom_d_models: a harder task (more digits) trained for these widths only, at
-    the same budgets (headroom_D=0: none); train_seeds: replicates per rung; n_layers, n_heads,
-    batch_size, lr, lr_schedule: the rest of the NeuralConfig; loss: "answer" (answer digits
-    only) or "full"; orders: decoding orders; ks: tokens per step (capped at the D+1 answer
-    digits); test_size: test-suite problems; error_size: the first problems of the suite over
-    which the exact model error is computed; ladder_dir: read-only trained models (None or
-    "none": train everything); checkpoint_dir: where trained models are cached (None:
+    the same budgets (headroom_D=0: none); decay_steps: a last rung continues the longest budget
+    with this many steps at a rate decaying linearly to 0 (0: none); train_seeds: replicates per
+    rung; n_layers, n_heads, batch_size, lr, lr_schedule: the rest of the NeuralConfig; loss:
+    "answer" (answer digits only) or "full"; orders: decoding orders; ks: tokens per step (capped
+    at the D+1 answer digits); test_size: test-suite problems; error_size: the first problems of
+    the suite over which the exact model error is computed; ladder_dir: read-only trained models
+    (None or "none": train everything); checkpoint_dir: where trained models are cached (None:
     ``<output folder>/checkpoints``)."""
 
     D: int = 3
@@ -60,6 +61,7 @@ class Config:
     headroom_D: int = 5
     headroom_d_models: tuple = (32,)
     steps: tuple = (250, 500, 1000, 2000)
+    decay_steps: int = 1000
     train_seeds: tuple = (0, 1, 2)
     n_layers: int = 2
     n_heads: int = 4
@@ -89,8 +91,9 @@ class Config:
             raise MdmprobError(f"orders={self.orders!r}: unknown {bad}; choose from {ORDERS}")
         if self.loss not in LOSSES:
             raise MdmprobError(f"loss={self.loss!r} must be one of {', '.join(LOSSES)}")
+        check_int("decay_steps", self.decay_steps, 0)
         for d in {*self.d_models, *self.headroom_d_models}:  # every NeuralConfig must be valid
-            neural_config(2, loss=self.loss, **self._fields(d, 1, 0))
+            neural_config(2, loss=self.loss, **self._fields(d, self.budgets()[-1], 0))
         check_int("test_size", self.test_size, 1)
         check_int("error_size", self.error_size, 1)
 
@@ -106,7 +109,17 @@ class Config:
     def _fields(self, d_model: int, steps: int, seed: int) -> dict:
         return {"d_model": int(d_model), "n_layers": self.n_layers, "n_heads": self.n_heads,
                 "steps": int(steps), "batch_size": self.batch_size, "lr": self.lr,
-                "lr_schedule": self.lr_schedule, "seed": int(seed)}
+                "lr_schedule": self.lr_schedule, "decay_steps": self.decay_for(steps),
+                "seed": int(seed)}
+
+    def budgets(self) -> list[int]:
+        """The training budgets of the rungs: ``steps``, then the decayed continuation."""
+        top = [max(self.steps) + self.decay_steps] if self.decay_steps else []
+        return sorted({int(s) for s in self.steps}) + top
+
+    def decay_for(self, steps: int) -> int:
+        decayed = self.decay_steps and steps == max(self.steps) + self.decay_steps
+        return self.decay_steps if decayed else 0
 
     def k_values(self, D: int) -> list[int]:
         return sorted({min(int(k), D + 1) for k in self.ks})
@@ -115,8 +128,10 @@ class Config:
 # ---------------------------------------------------------------------- training
 def folder_name(config: Config, D: int, d_model: int, steps: int, seed: int) -> str:
     """The checkpoint folder of one model (every training setting in the name)."""
+    decay = config.decay_for(steps)
     return (f"D{D}_d{d_model}_L{config.n_layers}_h{config.n_heads}_b{config.batch_size}"
-            f"_lr{config.lr:g}_{config.lr_schedule}_{config.loss}_seed{seed}_s{steps}")
+            f"_lr{config.lr:g}_{config.lr_schedule}_{config.loss}_seed{seed}_s{steps}"
+            + (f"_decay{decay}" if decay else ""))
 
 
 def train_model(config: Config, setting: dict, root: Path | None):
@@ -139,12 +154,13 @@ class ArithmeticOrders(Experiment):
     paper = {"order_vs_error": "large models nearly order-invariant; small ones need R2L (Fig. 4)",
              "low_confidence": "Low-Confidence beats R2L, L2R and random (LLaDA, Table 1)"}
     quick = {"D": 2, "d_models": (16,), "headroom_D": 0, "steps": (20, 60), "train_seeds": (0,),
-             "ks": (1, 2, 4), "test_size": 60, "error_size": 30, "ladder_dir": None}
+             "ks": (1, 2, 4), "test_size": 60, "error_size": 30, "decay_steps": 20,
+             "ladder_dir": None}
 
     def settings(self, config: Config) -> list[dict[str, Any]]:
         return [{"D": int(D), "d_model": int(d), "steps": int(s), "train_seed": int(seed)}
                 for D, widths in config.tasks() for d in sorted(widths)
-                for s in sorted(config.steps) for seed in sorted(config.train_seeds)]
+                for s in config.budgets() for seed in sorted(config.train_seeds)]
 
     def run_setting(self, config: Config, setting: dict[str, Any], seed: int):
         from mdmprob.tasks.addition import (
