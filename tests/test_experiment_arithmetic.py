@@ -2,9 +2,11 @@
 reused, an exported ladder is loaded instead of trained, and the summary's verdicts come from the
 records."""
 
+import pytest
 import torch
 
 from mdmprob.denoisers.base import Denoiser
+from mdmprob.errors import MdmprobError
 from mdmprob.experiments import get_experiment, run_sweep
 from mdmprob.experiments.arithmetic_orders import ORDERS, answer_decoder
 from mdmprob.tasks import addition
@@ -95,3 +97,17 @@ def test_decode_only_fills_answer_positions():
             initial[:, pos] = 13
             run = answer_decoder(order, k).run(_Copy(truth), len(truth), initial=initial)
             assert torch.equal(run.tokens, truth) and (run.nfe == -(-3 // k)).all()
+
+
+def test_config_errors_name_the_field():
+    exp = get_experiment("arithmetic-orders")
+    for params, needle in (({"loss": "prompt"}, "loss='prompt'"), ({"headroom_D": 1}, "headroom_D"),
+                           ({"D": 1}, "D"), ({"decay_steps": -1}, "decay_steps"),
+                           ({"orders": ("up",)}, "up"), ({"error_size": 0}, "error_size"),
+                           ({"lr_schedule": "cosine"}, "decay_steps")):
+        with pytest.raises(MdmprobError, match=needle):
+            exp.make_config(**params)
+    config = exp.make_config(lr_schedule="cosine", decay_steps=0, ladder_dir="none")
+    assert config.budgets() == [250, 500, 1000, 2000] and config.ladder() is None
+    assert exp.make_config().budgets() == [250, 500, 1000, 2000, 3000]
+    assert [(s["D"], s["d_model"]) for s in exp.settings(exp.make_config())].count((5, 16)) == 0
