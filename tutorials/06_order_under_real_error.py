@@ -300,7 +300,8 @@ print("all asserted statements hold in this run")
 #
 # The `arithmetic-orders` experiment ships a trained ladder (`mdmprob/data/arithmetic`): models of
 # width 16 and 32 trained for 250, 500, 1000 and 2000 steps on 3-digit addition with the
-# answer-only loss, three training seeds each, from near-chance to near-perfect. Here we evaluate
+# answer-only loss, plus a rung that continues the 2000-step run for 1000 steps at a linearly
+# decaying learning rate; three training seeds each, from near-chance to near-perfect. Here we evaluate
 # its width-32 half (smoke mode: two rungs and two seeds, fewer problems) with the experiment's own
 # `run_setting`, which loads each model, measures its exact model error
 # (`answer_error`: the mean KL(p ‖ p_θ) of every answer digit given the prompt and every subset of
