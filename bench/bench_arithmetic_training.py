@@ -47,7 +47,7 @@ def main(argv=None) -> int:
         for d in widths:
             cpu = {}
             for loss in ("full", "answer"):
-                neural = neural_config(D, loss=loss, **config._fields(d, steps, 0))
+                neural = neural_config(D, loss=loss, **config.neural_fields(d, steps, 0))
                 source = training_source(D)
                 t = repeat(lambda neural=neural, source=source: train(source, neural), repeats)
                 cpu[loss] = t.cpu_min / steps

@@ -93,7 +93,7 @@ class Config:
             raise MdmprobError(f"loss={self.loss!r} must be one of {', '.join(LOSSES)}")
         check_int("decay_steps", self.decay_steps, 0)
         for d in {*self.d_models, *self.headroom_d_models}:  # every NeuralConfig must be valid
-            neural_config(2, loss=self.loss, **self._fields(d, self.budgets()[-1], 0))
+            neural_config(2, loss=self.loss, **self.neural_fields(d, self.budgets()[-1], 0))
         check_int("test_size", self.test_size, 1)
         check_int("error_size", self.error_size, 1)
 
@@ -106,7 +106,8 @@ class Config:
         none = self.ladder_dir is None or str(self.ladder_dir).lower() in ("", "none")
         return None if none else Path(self.ladder_dir)
 
-    def _fields(self, d_model: int, steps: int, seed: int) -> dict:
+    def neural_fields(self, d_model: int, steps: int, seed: int) -> dict:
+        """The NeuralConfig fields (besides vocab, length and positions) of one model."""
         return {"d_model": int(d_model), "n_layers": self.n_layers, "n_heads": self.n_heads,
                 "steps": int(steps), "batch_size": self.batch_size, "lr": self.lr,
                 "lr_schedule": self.lr_schedule, "decay_steps": self.decay_for(steps),
@@ -141,7 +142,7 @@ def train_model(config: Config, setting: dict, root: Path | None):
     from mdmprob.training import train_cached
 
     D, d, seed = setting["D"], setting["d_model"], setting["train_seed"]
-    neural = neural_config(D, loss=config.loss, **config._fields(d, setting["steps"], seed))
+    neural = neural_config(D, loss=config.loss, **config.neural_fields(d, setting["steps"], seed))
     return train_cached(training_source(D), neural,
                         lambda s: folder_name(config, D, d, s, seed), root, config.ladder())
 
