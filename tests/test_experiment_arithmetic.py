@@ -72,7 +72,11 @@ def test_quick_sweep_records_files_and_checkpoint_reuse(tmp_path):
 
 
 def test_old_import_of_answer_decoder_still_works():
-    assert answer_decoder is addition.answer_decoder
+    from mdmprob.experiments.arithmetic_orders import SHIPPED
+
+    assert answer_decoder is addition.answer_decoder and ORDERS == addition.ORDERS
+    config = get_experiment("arithmetic-orders").make_config()
+    assert config.ladder_dir == "shipped" and config.ladder() == SHIPPED and SHIPPED.is_dir()
 
 
 class _Copy(Denoiser):

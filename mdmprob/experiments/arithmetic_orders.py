@@ -37,9 +37,11 @@ from mdmprob.checks import check_int
 from mdmprob.errors import MdmprobError
 from mdmprob.experiments.base import Experiment, check_numbers, record
 from mdmprob.tasks.addition import ORDER_LABELS as LABELS
-from mdmprob.tasks.addition import ORDERS, answer_decoder  # noqa: F401  (answer_decoder: old import)
+from mdmprob.tasks.addition import answer_decoder  # noqa: F401  (the old import keeps working)
 
-LADDER = str(Path(__file__).resolve().parent.parent / "data" / "arithmetic")
+# = mdmprob.tasks.addition.ORDERS, written out so that `mdmprob experiments` reads it from source
+ORDERS = ("l2r", "r2l", "random", "confidence", "margin", "entropy")
+SHIPPED = Path(__file__).resolve().parent.parent / "data" / "arithmetic"
 Z95 = 1.959963984540054
 
 
@@ -53,8 +55,8 @@ class Config:
     "answer" (answer digits only) or "full"; orders: decoding orders; ks: tokens per step (capped
     at the D+1 answer digits); test_size: test-suite problems; error_size: the first problems of
     the suite over which the exact model error is computed; ladder_dir: read-only trained models
-    (None or "none": train everything); checkpoint_dir: where trained models are cached (None:
-    ``<output folder>/checkpoints``)."""
+    ("shipped": the ladder in ``mdmprob/data/arithmetic``; None or "none": train everything);
+    checkpoint_dir: where trained models are cached (None: ``<output folder>/checkpoints``)."""
 
     D: int = 3
     d_models: tuple = (16, 32)
@@ -74,7 +76,7 @@ class Config:
     test_size: int = 1000
     error_size: int = 250
     test_seed: int = 0
-    ladder_dir: str | None = LADDER
+    ladder_dir: str | None = "shipped"
     checkpoint_dir: str | None = None
 
     def check(self):
@@ -103,8 +105,10 @@ class Config:
         return [(self.D, self.d_models), *extra]
 
     def ladder(self) -> Path | None:
-        none = self.ladder_dir is None or str(self.ladder_dir).lower() in ("", "none")
-        return None if none else Path(self.ladder_dir)
+        """The folder of read-only trained models, or None."""
+        if self.ladder_dir is None or str(self.ladder_dir).lower() in ("", "none"):
+            return None
+        return SHIPPED if self.ladder_dir == "shipped" else Path(self.ladder_dir)
 
     def neural_fields(self, d_model: int, steps: int, seed: int) -> dict:
         """The NeuralConfig fields (besides vocab, length and positions) of one model."""
