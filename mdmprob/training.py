@@ -1,17 +1,21 @@
 """Train a :class:`~mdmprob.denoisers.neural.Neural` denoiser on exact samples of a structure.
 
-The objective is the standard masked-diffusion one: each step draws ``batch_size`` exact
-sequences ``x ~ p`` (``structure.engine().sample`` on an all-masked batch), a masking ratio
-``t ~ U(0, 1]`` per sequence, masks each position independently with probability ``t`` (and one
-uniformly chosen position when none was masked), and minimises the cross-entropy of the network's
-prediction at the masked positions — averaged over them (``loss_weighting="none"``) or weighted
-by ``1/t`` and averaged over all tokens (``"1/t"``, the ELBO) — with AdamW at a constant rate.
+The objective is the standard masked-diffusion one: each step draws ``batch_size`` exact sequences
+``x ~ p`` (``structure.engine().sample`` on an all-masked batch), a masking ratio ``t ~ U(0, 1]``
+per sequence, masks each supervised position (``NeuralConfig.train_positions``, default all)
+independently with probability ``t`` (and one uniformly chosen supervised position when none was
+masked), and minimises the cross-entropy of the network's prediction at the masked positions —
+averaged over them (``loss_weighting="none"``) or weighted by ``1/t`` and averaged over the
+supervised tokens (``"1/t"``, the ELBO) — with AdamW at a constant rate (optionally decayed
+linearly to 0 over the last ``NeuralConfig.decay_steps``) or a cosine-annealed one
+(``NeuralConfig.lr_schedule``; :func:`learning_rate`). Positions outside ``train_positions`` are
+never masked: a prompt the model always sees.
 
 Checkpoints (``checkpoint.pt`` in ``out_dir``) hold the config, the weights, the optimizer and
 every random state, the step and the loss curve; they are written to a temporary file and renamed
 into place, every ``checkpoint_every`` steps and at the end. ``resume=True`` continues from the
-folder's checkpoint, and a run continued to the end ends with exactly the weights of an
-uninterrupted run with the same seed.
+folder's checkpoint (a longer ``steps`` when the learning rates of the steps done agree), and a run
+continued to the end ends with exactly the weights of an uninterrupted run with the same seed.
 """
 
 from __future__ import annotations
@@ -75,15 +79,26 @@ def train(structure_or_sampler, config: NeuralConfig | None = None, out_dir=None
         if path is not None and resume and path.exists():
             ckpt = _read(path, device)
             saved = NeuralConfig.from_dict(ckpt["config"])
-            if {**saved.as_dict(), "steps": config.steps} != config.as_dict():
+            free = {"steps": config.steps, "decay_steps": config.decay_steps}
+            if {**saved.as_dict(), **free} != config.as_dict():
                 diff = {k: (v, getattr(config, k)) for k, v in saved.as_dict().items()
-                        if k != "steps" and v != getattr(config, k)}
+                        if k not in free and v != getattr(config, k)}
                 raise MdmprobError(f"{path} was trained with a different config "
                                    f"(field: (checkpoint, requested)) {diff}; use another "
                                    "output folder or resume=False")
+            if not same_schedule(saved, config, int(ckpt["step"])):
+                raise MdmprobError(f"{path} was trained with other learning rates in its first "
+                                   f"{ckpt['step']} steps (steps={saved.steps}, decay_steps="
+                                   f"{saved.decay_steps}, {saved.lr_schedule}) than steps="
+                                   f"{config.steps}, decay_steps={config.decay_steps} give; use "
+                                   "another output folder or resume=False")
             if ckpt["step"] > config.steps:
                 raise MdmprobError(f"{path} is already at step {ckpt['step']} > steps="
                                    f"{config.steps}; ask for at least {ckpt['step']} steps")
+            if not ckpt["optimizer"]:
+                raise MdmprobError(f"{path} holds weights only (an exported checkpoint, no "
+                                   "optimizer state) and cannot be resumed; load it with "
+                                   "load_neural or train in another folder")
             _load_state(net, ckpt["model"], path)
             opt.load_state_dict(ckpt["optimizer"])
             gen.set_state(ckpt["rng"]["data"].cpu())
@@ -95,6 +110,8 @@ def train(structure_or_sampler, config: NeuralConfig | None = None, out_dir=None
             progress(step, config.steps)
         net.train()
         while step < config.steps:
+            for group in opt.param_groups:
+                group["lr"] = learning_rate(config, step)
             loss = _step(net, opt, sampler, gen, config, device)
             step += 1
             history.append({"step": step, "loss": loss})
@@ -136,17 +153,22 @@ def _step(net, opt, sampler: Sampler, gen: torch.Generator, config: NeuralConfig
     if x.shape != (B, n) or ((x < 0) | (x >= V)).any():
         raise MdmprobError(f"the sampler returned shape {tuple(x.shape)} or values outside "
                            f"0..{V - 1}; it must return LongTensor[{B}, {n}]")
+    pos = (torch.arange(n, device=device) if config.train_positions is None
+           else torch.tensor(config.train_positions, device=device))
+    m_pos = len(pos)
     t = 1 - torch.rand(B, 1, generator=gen, device=device)  # U(0, 1]
-    masked = torch.rand(B, n, generator=gen, device=device) < t
-    forced = torch.randint(n, (B,), generator=gen, device=device)
-    none = ~masked.any(-1)
-    masked[none, forced[none]] = True
+    sub = torch.rand(B, m_pos, generator=gen, device=device) < t
+    forced = torch.randint(m_pos, (B,), generator=gen, device=device)
+    none = ~sub.any(-1)
+    sub[none, forced[none]] = True
+    masked = torch.zeros(B, n, dtype=torch.bool, device=device)
+    masked[:, pos] = sub
     logits = net(torch.where(masked, torch.full_like(x, V), x))
     ce = torch.nn.functional.cross_entropy(logits.reshape(B * n, V), x.reshape(B * n),
                                            reduction="none").reshape(B, n)
     m = masked.to(ce.dtype)
     if config.loss_weighting == "1/t":
-        loss = (ce * m / t.to(ce.dtype)).sum() / (B * n)
+        loss = (ce * m / t.to(ce.dtype)).sum() / (B * m_pos)
     else:
         loss = (ce * m).sum() / m.sum()
     opt.zero_grad(set_to_none=True)
@@ -155,18 +177,29 @@ def _step(net, opt, sampler: Sampler, gen: torch.Generator, config: NeuralConfig
     return float(loss.detach())
 
 
-def train_cached(source, config: NeuralConfig, folder: Callable[[int], str], root: Path | None):
-    """Train to ``config.steps`` with checkpoints under ``root / folder(steps)``, continuing from
-    the largest cached shorter budget ``root / folder(s)`` (``s < steps``) when this one has no
-    checkpoint yet. ``source`` is a structure or a sampler (as :func:`train`); ``root=None``
-    trains without checkpoints. Returns ``(model, final loss, steps trained in this call)``."""
+def train_cached(source, config: NeuralConfig, folder: Callable[[int], str], root: Path | None,
+                 shipped: Path | None = None):
+    """With ``shipped`` (a read-only folder of checkpoints, e.g. exported by
+    :func:`export_checkpoint`) holding ``folder(steps)`` at exactly ``config.steps`` with this
+    config, load that model and train nothing. Otherwise: Train to ``config.steps`` with
+    checkpoints under ``root / folder(steps)``, continuing from the largest cached shorter budget
+    ``root / folder(s)`` (``s < steps``) when this one has no checkpoint yet and its first steps
+    had the same learning rates (:func:`same_schedule`). ``source`` is a structure or a sampler (as
+    :func:`train`); ``root=None`` trains without checkpoints. Returns ``(model, final loss, steps
+    trained in this call)``."""
     steps = config.steps
+    ready = Path(shipped) / folder(steps) / CHECKPOINT if shipped is not None else None
+    if ready is not None and ready.exists() and checkpoint_step(ready) == steps:
+        model = load_neural(ready, config=config, device=config_device(source))
+        history = _read(ready, torch.device("cpu"))["history"]
+        return model, history[-1]["loss"] if history else math.nan, 0
     out = root / folder(steps) if root is not None else None
     start = 0
     if out is not None:
         path = out / CHECKPOINT
         if not path.exists():
-            shorter = [s for s in range(steps - 1, 0, -1) if (root / folder(s) / CHECKPOINT).exists()]
+            shorter = [s for s in range(steps - 1, 0, -1) if (root / folder(s) / CHECKPOINT).exists()
+                       and _continues(root / folder(s) / CHECKPOINT, config)]
             if shorter:
                 out.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(root / folder(shorter[0]) / CHECKPOINT, path)
@@ -185,17 +218,73 @@ def checkpoint_root(checkpoint_dir, workdir: Path | None) -> Path | None:
     return workdir / "checkpoints" if workdir is not None else None
 
 
+def learning_rate(config: NeuralConfig, step: int) -> float:
+    """The rate of optimizer step ``step`` (0-based): ``config.lr``, cosine-annealed to 0 over
+    ``config.steps`` with ``lr_schedule="cosine"``, and lowered linearly to 0 over the last
+    ``decay_steps`` steps with ``"constant"`` (the rate of step i of the decay is
+    ``lr * (decay_steps - i) / decay_steps``)."""
+    if config.lr_schedule == "cosine":
+        return config.lr * (1 + math.cos(math.pi * step / config.steps)) / 2
+    start = config.steps - config.decay_steps
+    if config.decay_steps and step >= start:
+        return config.lr * (config.steps - step) / config.decay_steps
+    return config.lr
+
+
+def same_schedule(a: NeuralConfig, b: NeuralConfig, steps: int) -> bool:
+    """Whether ``a`` and ``b`` give the same learning rate to each of the first ``steps`` optimizer
+    steps (so a checkpoint of ``a`` at ``steps`` can be continued as ``b``)."""
+    return all(learning_rate(a, t) == learning_rate(b, t) for t in range(steps))
+
+
+def _continues(path: Path, config: NeuralConfig) -> bool:
+    ckpt = _read(path, torch.device("cpu"))
+    saved = NeuralConfig.from_dict(ckpt["config"])
+    same = {**saved.as_dict(), "steps": config.steps, "decay_steps": config.decay_steps}
+    return (bool(ckpt["optimizer"]) and same == config.as_dict()
+            and same_schedule(saved, config, int(ckpt["step"])))
+
+
+def config_device(source) -> torch.device:
+    """The device :func:`train` would use for ``source`` (a structure or a sampler)."""
+    return _source(source, None)[2]
+
+
+def export_checkpoint(src, dst, keep_history: int = 200) -> Path:
+    """Write the checkpoint ``src`` (a file or a folder holding ``checkpoint.pt``) to ``dst`` (a
+    folder) without its optimizer and random states, and with at most ``keep_history`` entries of
+    its loss curve (evenly spaced, the last one kept): the weights to ship, about a third of the
+    size; :func:`load_neural` reads it, :func:`train` refuses to resume it. Written atomically;
+    returns the new file."""
+    src = Path(src)
+    src = src / CHECKPOINT if src.is_dir() else src
+    check_int("keep_history", keep_history, 1)
+    ckpt = _read(src, torch.device("cpu"))
+    history = ckpt["history"]
+    stride = max(1, math.ceil(len(history) / keep_history))
+    kept = history[::-1][::stride][::-1]
+    slim = {**ckpt, "optimizer": {}, "rng": {}, "history": kept}
+    path = Path(dst) / CHECKPOINT
+    _write(path, slim)
+    return path
+
+
 def checkpoint_step(path) -> int:
     """The optimizer steps a checkpoint holds (its ``step``), read on the CPU."""
     return int(_read(Path(path), torch.device("cpu"))["step"])
 
 
 def _save(path: Path, net, opt, gen, config, step, history, cuda) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     rng = {"data": gen.get_state(), "torch": torch.get_rng_state(),
            "cuda": torch.cuda.get_rng_state(cuda[0]) if cuda else None}
     ckpt = {"format": FORMAT, "config": config.as_dict(), "model": net.state_dict(),
             "optimizer": opt.state_dict(), "rng": rng, "step": step, "history": history}
+    _write(path, ckpt)
+
+
+def _write(path: Path, ckpt: dict) -> None:
+    """Save to a temporary file and rename it into place (a reader never sees half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     torch.save(ckpt, tmp)
     os.replace(tmp, path)

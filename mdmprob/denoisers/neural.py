@@ -23,6 +23,7 @@ from mdmprob.denoisers.base import Denoiser
 from mdmprob.errors import MdmprobError
 
 LOSS_WEIGHTINGS = ("none", "1/t")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass(frozen=True)
@@ -32,9 +33,16 @@ class NeuralConfig:
     Attributes:
         vocab, n_tokens: the structure's vocabulary size V and sequence length n.
         d_model, n_layers, n_heads, dropout: the transformer (``d_model % n_heads == 0``).
-        steps, batch_size, lr, weight_decay: AdamW training (constant learning rate).
+        steps, batch_size, lr, weight_decay: AdamW training.
+        lr_schedule: ``"constant"`` (``lr``; a longer run continues a shorter one) or ``"cosine"``
+            (``lr * (1 + cos(pi * step / steps)) / 2``, annealed to 0 at ``steps``).
+        decay_steps: with ``"constant"``, the last ``decay_steps`` steps lower the rate linearly
+            to 0 (0: none); the run continues a constant-rate run of ``steps - decay_steps``.
         loss_weighting: ``"none"`` (mean cross-entropy over masked positions) or ``"1/t"``
-            (the masked-diffusion ELBO weight ``1/t`` per sequence, averaged over all tokens).
+            (the masked-diffusion ELBO weight ``1/t`` per sequence, averaged over the
+            supervised tokens).
+        train_positions: the positions training masks and supervises, sorted (``None``: all);
+            the others are always visible, a prompt (e.g. the answer digits of an addition).
         seed: fixes the initial weights, the training data and the masks.
     """
 
@@ -49,11 +57,14 @@ class NeuralConfig:
     lr: float = 3e-3
     weight_decay: float = 0.0
     loss_weighting: str = "none"
+    train_positions: tuple | None = None
+    lr_schedule: str = "constant"
+    decay_steps: int = 0
     seed: int = 0
 
     def __post_init__(self):
         ints = {"vocab": 2, "n_tokens": 1, "d_model": 1, "n_layers": 1, "n_heads": 1,
-                "steps": 0, "batch_size": 1, "seed": 0}
+                "steps": 0, "batch_size": 1, "decay_steps": 0, "seed": 0}
         for key, low in ints.items():
             check_int(f"NeuralConfig {key}", getattr(self, key), low)
         if self.d_model % self.n_heads:
@@ -67,6 +78,15 @@ class NeuralConfig:
         if self.loss_weighting not in LOSS_WEIGHTINGS:
             raise MdmprobError(f"NeuralConfig loss_weighting={self.loss_weighting!r} must be one "
                                f"of {', '.join(LOSS_WEIGHTINGS)}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise MdmprobError(f"NeuralConfig lr_schedule={self.lr_schedule!r} must be one of "
+                               f"{', '.join(LR_SCHEDULES)}")
+        if self.decay_steps > self.steps or (self.decay_steps and self.lr_schedule != "constant"):
+            raise MdmprobError(f"NeuralConfig decay_steps={self.decay_steps} must be at most "
+                               f"steps={self.steps}, and 0 unless lr_schedule='constant'")
+        if self.train_positions is not None:
+            object.__setattr__(self, "train_positions", _positions(self.train_positions,
+                                                                   self.n_tokens))
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -89,6 +109,18 @@ class NeuralConfig:
         """The fields that fix the network's shape."""
         return {k: getattr(self, k) for k in ("vocab", "n_tokens", "d_model", "n_layers",
                                               "n_heads")}
+
+
+def _positions(pos, n: int) -> tuple:
+    try:
+        out = tuple(sorted({int(p) for p in pos}))
+        ok = all(int(p) == p for p in pos) and len(out) == len(pos)
+    except (TypeError, ValueError):
+        out, ok = (), False
+    if not ok or not out or out[0] < 0 or out[-1] >= n:
+        raise MdmprobError(f"NeuralConfig train_positions={pos!r} must be distinct positions in "
+                           f"0..{n - 1} (at least one), or None for all")
+    return out
 
 
 def _num(x) -> float:

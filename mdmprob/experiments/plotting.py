@@ -434,47 +434,54 @@ def verification_cost(records, config, title: str, out: Path) -> list[Path]:
 
 # ----------------------------------------------------------------------------- arithmetic
 def arithmetic_orders(records, config, title: str, labels: dict[str, str], out: Path) -> list[Path]:
-    """Addition: exact-match accuracy vs model (k = 1) and vs k (largest model), per order."""
-    plt = pyplot()
+    """Addition across the ladder: (a) spread of k = 1 accuracy across orders vs the exact model
+    error, one line per task D (rung means, error bars: standard error over training seeds); (b)
+    overall and (c) hard-category (hard, extreme, edge; seeds pooled) k = 1 accuracy vs model error
+    per order, for the smallest D."""
+    from mdmprob.tasks.addition import HARD_CATEGORIES, rung_table
 
-    acc = [r for r in records if r["metric"] == "accuracy" and r["category"] == "overall"]
-    if not acc:
+    plt = pyplot()
+    rows = [r for r in rung_table(records, k=1) if math.isfinite(r["error"])]
+    if not rows:
         return []
-    models = sorted({(r["d_model"], r["steps"]) for r in acc})
-    largest = _largest(acc)
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.4))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
+    for j, D in enumerate(sorted({r["D"] for r in rows})):
+        pts = sorted((r for r in rows if r["D"] == D), key=lambda r: r["error"])
+        axes[0].errorbar([r["error"] for r in pts], [r["spread"] for r in pts],
+                         xerr=[_se0(r["error_se"]) for r in pts],
+                         yerr=[_se0(r["spread_se"]) for r in pts], marker="o", capsize=3,
+                         color=f"C{j}", label=f"D = {D}: best - worst order")
+        axes[0].plot([r["error"] for r in pts], [abs(r["gap"]) for r in pts], ls=":", marker="x",
+                     color=f"C{j}", label=f"D = {D}: |R2L - L2R|")
+    small = sorted((r for r in rows if r["D"] == min(r["D"] for r in rows)), key=lambda r: r["error"])
+    xs = [r["error"] for r in small]
     for order in config.orders:
-        pts = sorted(((models.index((r["d_model"], r["steps"])), r) for r in acc
-                      if r["order"] == order and r["k"] == 1), key=lambda p: p[0])
-        if pts:
-            _errorbar(ax1, [p[0] for p in pts], [p[1] for p in pts], labels[order])
-        pts = sorted((r for r in acc if r["order"] == order and
-                      (r["d_model"], r["steps"]) == largest), key=lambda r: r["k"])
-        if pts:
-            _errorbar(ax2, [r["k"] for r in pts], pts, labels[order])
-    ax1.set_xticks(range(len(models)), [f"d={d}\n{s} steps" for d, s in models])
-    ax1.set_xlabel("model (width d_model, training budget) [-, optimizer steps]")
-    ax1.set_ylabel("exact-match accuracy, k = 1 [fraction]")
-    ax1.set_title(f"accuracy vs model training budget (D = {config.D}, k = 1)")
-    ks = config.k_values()
-    ax2.set_xticks(ks, [f"{k}" + (" (all)" if k == config.answer_len() else "") for k in ks])
-    ax2.set_xlabel("tokens committed per step k [tokens]")
-    ax2.set_ylabel("exact-match accuracy [fraction]")
-    ax2.set_title(f"accuracy vs k, largest model (d={largest[0]}, {largest[1]} steps)")
-    for ax in (ax1, ax2):
-        ax.set_ylim(-0.03, 1.03)
+        if order not in small[0]["orders"]:
+            continue
+        axes[1].errorbar(xs, [r["orders"][order][0] for r in small],
+                         yerr=[_se0(r["orders"][order][1]) for r in small], marker="o",
+                         capsize=3, label=labels[order])
+        rate = [r["hard"][order][0] / max(r["hard"][order][1], 1) for r in small]
+        se = [math.sqrt(p * (1 - p) / max(r["hard"][order][1], 1)) for p, r in zip(rate, small,
+                                                                                   strict=True)]
+        axes[2].errorbar(xs, rate, yerr=se, marker="o", capsize=3, label=labels[order])
+    D = small[0]["D"]
+    texts = [("order spread of k = 1 accuracy [fraction]", "order spread vs model error"),
+             ("exact-match accuracy, k = 1 [fraction]", f"D = {D}: overall accuracy"),
+             ("exact-match accuracy, k = 1 [fraction]",
+              f"D = {D}: {' + '.join(HARD_CATEGORIES)} (seeds pooled)")]
+    for ax, (ylabel, name) in zip(axes, texts, strict=True):
+        ax.set_xscale("log")
+        ax.set_xlabel("model error: mean KL(p || p_theta) per answer digit [nats]")
+        ax.set_ylabel(ylabel)
+        ax.set_title(name, fontsize=10)
         ax.grid(alpha=0.3)
-        ax.legend(title="order (95% Wilson CI)", fontsize=8)
+        ax.legend(fontsize=7, title="error bars: 1 se")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return save_figure(fig, out)
 
 
-def _largest(acc) -> tuple[int, int]:
-    return max((r["d_model"], r["steps"]) for r in acc)
+def _se0(se: float) -> float:
+    return se if math.isfinite(se) else 0.0
 
-
-def _errorbar(ax, xs, rs, label):
-    ys = [r["value"] for r in rs]
-    err = [[r["value"] - r["ci_low"] for r in rs], [r["ci_high"] - r["value"] for r in rs]]
-    ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=label)

@@ -334,3 +334,222 @@ def training_sampler(D: int, seed: int = 0, batch_size: int = 256,
         values = rng.integers(lo, 10**lengths)
         yield encode_batch(values[0], values[1], D)
         produced += 1
+
+
+# ---------------------------------------------------------------------- models and decoding
+ORDERS = ("l2r", "r2l", "random", "confidence", "margin", "entropy")
+ORDER_LABELS = {"l2r": "L2R", "r2l": "R2L", "random": "random", "confidence": "low-confidence",
+                "margin": "margin", "entropy": "entropy"}
+FIXED_ORDERS = ("l2r", "r2l")
+CONFIDENCE_ORDERS = ("confidence", "margin", "entropy")
+HARD_CATEGORIES = ("hard", "extreme", "edge")
+LOSSES = ("answer", "full")
+
+
+def training_source(D: int):
+    """A sampler ``(batch, generator) -> LongTensor[batch, 3D+3]`` of :func:`training_sampler`
+    problems for :func:`mdmprob.training.train`, seeded by the trainer's generator (so a resumed
+    run sees the same data as an uninterrupted one)."""
+    D = _check_digits(D)
+
+    def sample(batch: int, generator: torch.Generator) -> torch.Tensor:
+        seed = int(torch.randint(2**62, (1,), generator=generator, device=generator.device))
+        return next(training_sampler(D, seed=seed, batch_size=batch, n_batches=1))
+
+    return sample
+
+
+def neural_config(D: int, *, loss: str = "answer", **fields):
+    """The :class:`~mdmprob.denoisers.neural.NeuralConfig` of an addition MDM for D digits:
+    ``loss="answer"`` trains on the answer digits only (the prompt is never masked, as the paper
+    supervises the answer only), ``"full"`` masks and predicts every position. ``fields``: the
+    other NeuralConfig fields (d_model, n_layers, steps, batch_size, lr, seed, ...)."""
+    from mdmprob.denoisers.neural import NeuralConfig
+
+    if loss not in LOSSES:
+        raise MdmprobError(f"loss={loss!r} must be one of {', '.join(LOSSES)}")
+    positions = tuple(answer_positions(D)) if loss == "answer" else None
+    return NeuralConfig(vocab=VOCAB, n_tokens=seq_len(D), train_positions=positions, **fields)
+
+
+def masked_prompts(problems: Sequence[Problem], D: int, mask_id: int, device=None) -> torch.Tensor:
+    """The problems' sequences with the D+1 answer positions set to ``mask_id`` (a decoder's
+    ``initial=``)."""
+    tokens = encode_problems(problems, D)
+    tokens[:, answer_positions(D)] = mask_id
+    return tokens.to(device) if device is not None else tokens
+
+
+def answer_decoder(order: str, k: int):
+    """Greedy (T = 0) decoding, ``k`` tokens per step in ``order`` (one of :data:`ORDERS`), ties to
+    the lowest position; run it with ``initial=`` the prompts (:func:`masked_prompts`)."""
+    from mdmprob.decoders import Decoder
+    from mdmprob.decoders.primitives import SCORES, PerStep
+
+    if order not in ORDERS:
+        raise MdmprobError(f"order={order!r}: choose from {', '.join(ORDERS)}")
+    check_int("k", k, 1)
+    return Decoder(f"{order}(k={k})", SCORES[order](), PerStep(k), window="all",
+                   temperature=0.0, ties="lowest_position")
+
+
+def answer_error(model, problems: Sequence[Problem], D: int, chunk: int = 8192) -> dict:
+    """The exact model error at each answer digit (most significant first).
+
+    For answer position i, every problem and every subset S of the other D answer positions, the
+    prompt and the true digits at S are shown and the rest of the answer is masked; the answer is
+    a function of the prompt, so ``-log p_theta(c_i | prompt, c_S)`` is KL(p || p_theta) of that
+    conditional. Returns ``{"nll": [D+1], "error": [D+1], "nll_mean", "error_mean"}``: the mean
+    over problems and the 2^D subsets (uniformly) of that KL (nats) and of the indicator that the
+    most likely digit is wrong; no sampling is involved.
+    """
+    D = _check_digits(D)
+    m = D + 1
+    truth = encode_problems(problems, D)
+    pos = torch.tensor(answer_positions(D))
+    patterns = torch.tensor([[(p >> j) & 1 for j in range(m)] for p in range(1, 2**m)],
+                            dtype=torch.bool)  # which answer positions are masked
+    nll, wrong = torch.zeros(m, dtype=torch.float64), torch.zeros(m, dtype=torch.float64)
+    rows = torch.arange(len(problems)).repeat_interleave(len(patterns))
+    pats = patterns.repeat(len(problems), 1)
+    for s in range(0, len(rows), chunk):
+        x = truth[rows[s:s + chunk]].clone()
+        hid = pats[s:s + chunk]
+        ans = x[:, pos]
+        x[:, pos] = torch.where(hid, torch.full_like(ans, model.mask_id), ans)
+        logp = model(x.to(model.device))[:, pos.to(model.device)].double().cpu()
+        lp_true = logp.gather(-1, ans[..., None])[..., 0]
+        miss = logp.argmax(-1) != ans
+        nll += torch.where(hid, -lp_true, 0.0).sum(0)
+        wrong += (hid & miss).sum(0)
+    count = len(problems) * 2**D  # masked patterns per position
+    nll, wrong = (nll / count).tolist(), (wrong / count).tolist()
+    return {"nll": nll, "error": wrong, "nll_mean": sum(nll) / m, "error_mean": sum(wrong) / m}
+
+
+# ---------------------------------------------------------------------- the order study
+FLOOR = 0.5  # a model whose best order is below this is "at the floor": every order fails
+SIGNIFICANT = 2.0  # a difference counts when it exceeds this many standard errors
+
+
+def _mean_se(values: Sequence[float]) -> tuple[float, float]:
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, float("nan")
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n)
+
+
+def rung_table(records: Sequence[dict], k: int = 1) -> list[dict]:
+    """One row per rung ``(D, d_model, steps)`` of the arithmetic-orders records, its training
+    seeds pooled: model error (``answer_nll`` of :func:`answer_error`), the spread of overall
+    accuracy across orders at ``k`` (best minus worst order), the R2L - L2R gap and the best
+    order's accuracy, each a mean over seeds with its standard error across seeds (NaN for one
+    seed); ``orders``: per order, ``(mean, se)`` of overall accuracy over seeds; ``hard``: per
+    order, ``(correct, n)`` summed over seeds and :data:`HARD_CATEGORIES`."""
+    acc, err, hard = {}, {}, {}
+    for r in records:
+        rung, seed = (r["D"], r["d_model"], r["steps"]), r["train_seed"]
+        if r["metric"] == "answer_nll":
+            err[rung, seed] = r["value"]
+        elif r["metric"] == "accuracy" and r["k"] == k:
+            if r["category"] == "overall":
+                acc.setdefault((rung, seed), {})[r["order"]] = r["value"]
+            elif r["category"] in HARD_CATEGORIES:
+                c, n = hard.setdefault(rung, {}).get(r["order"], (0, 0))
+                hard[rung][r["order"]] = (c + r["correct"], n + r["n"])
+    rows = []
+    for rung in sorted({key[0] for key in acc}):
+        seeds = sorted(s for (g, s) in acc if g == rung)
+        per = [acc[rung, s] for s in seeds]
+        stats = {"spread": [max(a.values()) - min(a.values()) for a in per],
+                 "gap": [a["r2l"] - a["l2r"] for a in per if {"l2r", "r2l"} <= set(a)],
+                 "best": [max(a.values()) for a in per],
+                 "error": [err[rung, s] for s in seeds if (rung, s) in err]}
+        row = {"D": rung[0], "d_model": rung[1], "steps": rung[2], "seeds": len(seeds),
+               "hard": hard.get(rung, {}),
+               "orders": {o: _mean_se([a[o] for a in per]) for o in per[0]}}
+        for name, values in stats.items():
+            row[name], row[f"{name}_se"] = _mean_se(values) if values else (float("nan"),) * 2
+        rows.append(row)
+    return rows
+
+
+def _compare(diff: float, se: float) -> int:
+    """+1 / -1 when ``diff`` is more than SIGNIFICANT standard errors above / below 0, else 0."""
+    if not math.isfinite(se) or se <= 0:
+        return 0
+    return 1 if diff > SIGNIFICANT * se else -1 if diff < -SIGNIFICANT * se else 0
+
+
+def claim_order_invariance(rows: Sequence[dict]) -> dict:
+    """Verdict on "differences between orders grow with model error and shrink as the model
+    approaches perfection", per task D then overall, from :func:`rung_table` rows.
+
+    Per D, among rungs off the floor (best order >= FLOOR): the spread of the rung with the largest
+    model error minus that of the rung with the smallest, with the standard errors across seeds
+    combined (``diff``: ``{D: (difference, se)}``). ``yes`` when it is positive by more than
+    SIGNIFICANT standard errors and the smallest-error rung is near-perfect (best order >= 0.99),
+    ``no`` when it is negative by as much, ``inconclusive`` otherwise (also with fewer than two
+    such rungs). Overall: the common verdict of the tasks, else ``inconclusive``."""
+    per_d, diffs, evidence = {}, {}, []
+    for D in sorted({r["D"] for r in rows}):
+        live = sorted((r for r in rows if r["D"] == D and r["best"] >= FLOOR), key=lambda r: r["error"])
+        if len(live) < 2:
+            per_d[D] = "inconclusive"
+            evidence.append(f"D={D}: fewer than two rungs off the floor")
+            continue
+        near, far = live[0], live[-1]
+        diff, se = far["spread"] - near["spread"], math.hypot(far["spread_se"], near["spread_se"])
+        sign = _compare(diff, se)
+        diffs[D] = (diff, se)
+        per_d[D] = ("yes" if sign > 0 and near["best"] >= 0.99 else "no" if sign < 0
+                    else "inconclusive")
+        evidence.append(
+            f"D={D}: spread {far['spread']:.3f}±{far['spread_se']:.3f} at error "
+            f"{far['error']:.3f} nats/digit (d{far['d_model']}/{far['steps']} steps) vs "
+            f"{near['spread']:.3f}±{near['spread_se']:.3f} at {near['error']:.4f} (d{near['d_model']}"
+            f"/{near['steps']}, best order {near['best']:.3f}): difference {diff:+.3f}±{se:.3f}")
+    verdicts = set(per_d.values())
+    verdict = verdicts.pop() if len(verdicts) == 1 else "inconclusive"
+    return {"verdict": verdict, "per_D": per_d, "diff": diffs, "evidence": "; ".join(evidence)}
+
+
+def claim_confidence(rows_by_k: dict[int, Sequence[dict]]) -> dict:
+    """Verdict on "confidence-based orders beat the fixed L2R / R2L orders on the hard
+    categories", from :func:`rung_table` rows per k (``{k: rows}``).
+
+    For every rung off the floor and every k: the accuracy on :data:`HARD_CATEGORIES` (seeds
+    pooled) of low-confidence minus that of the better of L2R and R2L, with the binomial standard
+    error of the difference (unpaired, conservative). ``yes`` when some difference is positive by
+    more than SIGNIFICANT standard errors and none is negative by as much, ``no`` in the mirror
+    case, ``inconclusive`` otherwise. Margin and entropy are reported alongside."""
+    comparisons = []
+    for k, rows in sorted(rows_by_k.items()):
+        for r in rows:
+            h = r["hard"]
+            if r["best"] < FLOOR or not set(FIXED_ORDERS) | {"confidence"} <= set(h):
+                continue
+            rate = {o: h[o][0] / h[o][1] for o in h if h[o][1]}
+            fixed = max(FIXED_ORDERS, key=lambda o: rate[o])
+
+            def diff(order, r=r, rate=rate, fixed=fixed):
+                se = math.hypot(*(math.sqrt(rate[o] * (1 - rate[o]) / r["hard"][o][1])
+                                  for o in (order, fixed)))
+                return rate[order] - rate[fixed], se
+
+            d, se = diff("confidence")
+            others = {o: diff(o)[0] for o in CONFIDENCE_ORDERS[1:] if o in rate}
+            comparisons.append({"D": r["D"], "d_model": r["d_model"], "steps": r["steps"], "k": k,
+                                "fixed": fixed, "diff": d, "se": se, "sign": _compare(d, se),
+                                "others": others})
+    signs = {c["sign"] for c in comparisons}
+    verdict = ("yes" if 1 in signs and -1 not in signs else "no" if -1 in signs and 1 not in signs
+               else "inconclusive")
+    lines = [f"D={c['D']} d{c['d_model']}/{c['steps']} k={c['k']}: {c['diff']:+.3f}±{c['se']:.3f} vs "
+             f"{ORDER_LABELS[c['fixed']]}" for c in comparisons if c["sign"]]
+    return {"verdict": verdict, "comparisons": comparisons,
+            "evidence": (f"{sum(c['sign'] > 0 for c in comparisons)} of {len(comparisons)} "
+                         f"comparisons favour low-confidence, {sum(c['sign'] < 0 for c in comparisons)}"
+                         " favour the best fixed order (beyond 2 se)"
+                         + (": " + "; ".join(lines) if lines else ""))}
