@@ -515,7 +515,8 @@ def _gather(spec: Spec, store: dict) -> torch.Tensor:
         return store[spec[1]].index_select(0, spec[2])
     parts = [store[key].index_select(0, rows) for key, rows in spec[1]]
     # a message may be constant (size 1) along a variable where another is not: broadcast
-    shape = torch.broadcast_shapes(*(p.shape[1:] for p in parts))
+    # (equal ranks, each axis 1 or its full size: the largest; torch.broadcast_shapes is slow)
+    shape = tuple(max(sizes) for sizes in zip(*(p.shape[1:] for p in parts), strict=True))
     parts = [p.expand(p.shape[0], *shape) for p in parts]
     return torch.cat(parts).index_select(0, spec[2])
 
@@ -530,11 +531,17 @@ def _var_perm(perm) -> tuple[int, ...]:
     return tuple(p - 1 for p in perm[1:])
 
 
+_SMALL = 4096  # elements under which _logsumexp calls torch.logsumexp (per-op overhead wins)
+
+
 def _logsumexp(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
     """``log sum exp`` over ``dims`` (none: ``x``); all ``-inf`` slices give ``-inf``, not NaN.
-    Fewer passes than :func:`torch.logsumexp`, which also guards against ``+inf``."""
+    Fewer passes than :func:`torch.logsumexp` (which also guards against ``+inf``) on large
+    tensors; on small ones, where each op's fixed cost dominates, that one op."""
     if not dims:
         return x
+    if x.numel() <= _SMALL:  # few elements: one op beats fewer passes
+        return torch.logsumexp(x, dims)
     shift = x.amax(dims, keepdim=True).nan_to_num(neginf=0.0)
     return (x - shift).exp().sum(dims).log() + shift.squeeze(dims)
 
