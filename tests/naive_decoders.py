@@ -218,8 +218,8 @@ class NaiveDecoder:
                         f"{self.name}: the corrector {self.corrector.name!r} is not an exact block "
                         "sampler, so its window's log q is not p(x_B | x_P); use its own decoder "
                         "class (e.g. gibbs_remask()) to replay it")
-                engine = self.corrector._target(denoiser, target)
-                table = self.corrector._block_table(engine, state, window, denoiser.mask_id)
+                engine = self.corrector.target_engine(denoiser, target)
+                table = self.corrector.block_table(engine, state, window, denoiser.mask_id)
                 code = (tokens[:, window] * V ** torch.arange(len(window) - 1, -1, -1,
                                                                device=tokens.device)).sum(-1)
                 log_q = log_q + table.reshape(tokens.shape[0], -1).gather(-1, code[:, None])[:, 0]

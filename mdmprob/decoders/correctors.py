@@ -48,7 +48,9 @@ class _BlockCorrector:
     name = "corrector"
     log_q_is_marginal = True  # the output is an exact sample of p(x_B | x_P)
 
-    def _target(self, denoiser, target):
+    def target_engine(self, denoiser, target):
+        """The exact engine of ``target`` (default: the denoiser's structure) on the denoiser's
+        device and dtype; refused when there is none or its shape differs from the denoiser's."""
         target = target if target is not None else getattr(denoiser, "structure", None)
         if target is None:
             raise MdmprobError(f"{self.name} verifies against an exact target: pass "
@@ -59,7 +61,9 @@ class _BlockCorrector:
                 f"but the denoiser has {denoiser.n_tokens} over {denoiser.vocab}")
         return target.engine(device=denoiser.device, dtype=denoiser.dtype)
 
-    def _block_table(self, engine, tokens, window, mask_id):
+    def block_table(self, engine, tokens, window, mask_id):
+        """log p(x_window | the visible tokens) of ``tokens [B, n]`` (``mask_id`` marks the
+        masked ones), ``[B, V, ..., V]`` with one axis per position of ``window``."""
         visible = tokens != mask_id
         return engine.block_joint(torch.where(visible, tokens, 0), visible, window)
 
@@ -92,9 +96,9 @@ class _BlockCorrector:
     def window_distribution(self, decoder, denoiser, tokens, window, target=None):
         """(values, log prob) of every configuration of ``window`` given ``tokens [1, n]`` (the
         window's visible positions keep their tokens)."""
-        engine = self._target(denoiser, target)
+        engine = self.target_engine(denoiser, target)
         free = [i for i, p in enumerate(window) if int(tokens[0, p]) == denoiser.mask_id]
-        table = self._block_table(engine, tokens, [window[i] for i in free],
+        table = self.block_table(engine, tokens, [window[i] for i in free],
                                   denoiser.mask_id).reshape(-1)
         configs = tokens[0, window].repeat(table.shape[0], 1)
         configs[:, free] = all_values(len(free), denoiser.vocab, tokens.device)
@@ -105,12 +109,12 @@ class _BlockCorrector:
     def window_log_prob(self, denoiser, state, tokens, window, target=None) -> torch.Tensor:
         """log p(x_W | state) ``[B]`` of the window's values in complete ``tokens [B, n]``, the
         positions masked in ``state`` decoded (the others are prompt tokens)."""
-        engine = self._target(denoiser, target)
+        engine = self.target_engine(denoiser, target)
         V = denoiser.vocab
         free = free_positions(state, window, denoiser.mask_id)
         out = torch.zeros(tokens.shape[0], dtype=denoiser.dtype, device=tokens.device)
         for rows, sub in _groups(free, window):
-            table = self._block_table(engine, state[rows], sub, denoiser.mask_id)
+            table = self.block_table(engine, state[rows], sub, denoiser.mask_id)
             code = (tokens[rows][:, sub] * V ** torch.arange(len(sub) - 1, -1, -1,
                                                               device=tokens.device)).sum(-1)
             out[rows] = table.reshape(len(rows), -1).gather(-1, code[:, None])[:, 0]
@@ -127,8 +131,8 @@ class ExactBlock(_BlockCorrector):
     name = "verified"
 
     def _decode(self, decoder, denoiser, tokens, window, generator, target, info):
-        engine = self._target(denoiser, target)
-        table = self._block_table(engine, tokens, window, denoiser.mask_id).reshape(
+        engine = self.target_engine(denoiser, target)
+        table = self.block_table(engine, tokens, window, denoiser.mask_id).reshape(
             tokens.shape[0], -1)
         choice = gumbel_argmax(table, generator)
         configs = all_values(len(window), denoiser.vocab, tokens.device)
@@ -149,9 +153,9 @@ class Rejection(_BlockCorrector):
     name = "rejection"
 
     def _decode(self, decoder, denoiser, tokens, window, generator, target, info):
-        engine = self._target(denoiser, target)
+        engine = self.target_engine(denoiser, target)
         B, k, V = tokens.shape[0], len(window), denoiser.vocab
-        log_p = self._block_table(engine, tokens, window, denoiser.mask_id).reshape(B, -1)
+        log_p = self.block_table(engine, tokens, window, denoiser.mask_id).reshape(B, -1)
         marg = denoiser(tokens)[:, window]  # [B, k, V]
         configs = all_values(k, V, tokens.device)  # [V^k, k]
         log_q = marg.gather(-1, configs.T[None].expand(B, k, -1)).sum(1)  # [B, V^k]
@@ -202,7 +206,7 @@ class Speculative(_BlockCorrector):
     name = "speculative"
 
     def _decode(self, decoder, denoiser, tokens, window, generator, target, info):
-        engine = self._target(denoiser, target)
+        engine = self.target_engine(denoiser, target)
         B, mask = tokens.shape[0], denoiser.mask_id
         tokens = tokens.clone()
         calls = torch.zeros(B, dtype=torch.long, device=tokens.device)

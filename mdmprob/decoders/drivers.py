@@ -24,7 +24,7 @@ import torch
 from mdmprob.checks import exact_state_limit
 from mdmprob.decoders.primitives import Step
 from mdmprob.decoders.protocol import DecodeResult, initial_tokens
-from mdmprob.decoders.step import SelectionStep, _scatter_logsumexp
+from mdmprob.decoders.step import SelectionStep, scatter_logsumexp
 from mdmprob.denoisers.base import Denoiser
 from mdmprob.errors import EnumerationError, MdmprobError
 
@@ -242,8 +242,6 @@ def _selection_lp(step: SelectionStep, sel) -> torch.Tensor:
 def _enumerated_proposal(step: SelectionStep, x, generator, given):
     """r(sel) = q(sel, x_sel | state) / sum_sel' q(sel', x_sel' | state) over every subset of
     the candidates."""
-    from mdmprob.decoders.step import _subview
-
     cand = step.view.candidates
     B, n = cand.shape
     device = cand.device
@@ -262,7 +260,7 @@ def _enumerated_proposal(step: SelectionStep, x, generator, given):
         sel.scatter_(1, slots[row], on)
         sel = sel & cand[row]
         valid = ~(bits.repeat(len(part), 1) & ~filled[row]).any(-1)  # no bit on a missing slot
-        sub = step.restricted(_subview(step.view, row))
+        sub = step.restricted(step.view.take_rows(row))
         lp = sub.log_prob(sel, x[row])
         lps.append(torch.where(valid, lp, torch.full_like(lp, -math.inf)).reshape(len(part), S))
     table = torch.cat(lps)  # [B, S]
@@ -286,13 +284,13 @@ def _bernoulli_proposal(step: SelectionStep, x, generator, given):
     <= that of x_i, conditioned on a non-empty selection."""
     view, rule = step.view, step.rule
     cand = view.candidates
-    vkeys = step._value_keys()  # [B, n, V]
+    vkeys = step.value_keys()  # [B, n, V]
     xs = x.clamp(0, vkeys.shape[-1] - 1)[..., None]
     key_x = vkeys.gather(-1, xs)[..., 0]  # [B, n]
     lp_x = step.values_lp.gather(-1, xs)[..., 0]
     prob = step.values_lp.exp()
     if not rule.commit.uses_scores:
-        k = step._count(view, torch.zeros_like(step.values_lp[..., 0]))
+        k = step.count(view, torch.zeros_like(step.values_lp[..., 0]))
         return _ranked_proposal(cand, key_x, lp_x, vkeys, prob, k, generator, given)
     n = cand.shape[-1]
     lose = torch.stack([torch.where(vkeys <= key_x[:, i, None, None], prob, 0.0).sum(-1)
@@ -502,9 +500,9 @@ def enumerate_states(decoder, denoiser, start: torch.Tensor, windows, *, oracle=
     if forced is not None:
         final_seq = torch.cat(done_seq) if done_seq else torch.zeros(0, dtype=torch.long,
                                                                       device=device)
-        return _scatter_logsumexp(final_lq, final_seq, S0)
+        return scatter_logsumexp(final_lq, final_seq, S0)
     codes = (final * V ** torch.arange(n - 1, -1, -1, device=device)).sum(-1)
-    return _scatter_logsumexp(final_lq, codes, V ** n)
+    return scatter_logsumexp(final_lq, codes, V ** n)
 
 
 # ----------------------------------------------------------------------------------- factorised
@@ -739,7 +737,7 @@ def _merge(tokens, w, step, opened, lq, seq):
     size = int(inverse.max()) + 1
     rep = torch.zeros(size, dtype=torch.long, device=seq.device).scatter_(
         0, inverse, torch.arange(seq.shape[0], device=seq.device))
-    lq = _scatter_logsumexp(lq, inverse, size)
+    lq = scatter_logsumexp(lq, inverse, size)
     live = lq > -math.inf
     rep, lq = rep[live], lq[live]
     return tokens[rep], w[rep], step[rep], opened[rep], lq, seq[rep]

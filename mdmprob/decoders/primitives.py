@@ -51,6 +51,14 @@ class Step:
             return self.positions
         return torch.arange(self.logp.shape[1], device=self.logp.device)
 
+    def take_rows(self, row: torch.Tensor) -> Step:
+        """The view of the states ``row`` (long ``[K]``, repeats allowed): every per-row tensor
+        indexed by ``row`` (``[K, n, V]``, ``[K, n]``, ``[K]``), the columns unchanged."""
+        return Step(self.logp[row], self.candidates[row], self.step[row],
+                    self.window_masked[row],
+                    None if self.oracle_logp is None else self.oracle_logp[row], self.n_windows,
+                    self.positions, self.length)
+
 
 def entropy_of(logp: torch.Tensor) -> torch.Tensor:
     p = logp.exp()

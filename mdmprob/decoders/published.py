@@ -22,13 +22,7 @@ import torch
 from mdmprob.decoders.core import Decoder
 from mdmprob.decoders.primitives import CommitRule, EvenSplit, Score, Step, ValueLaw, entropy_of
 from mdmprob.decoders.remask import ReMDM
-from mdmprob.decoders.step import (
-    SelectionStep,
-    _first_only,
-    _product,
-    _scatter_logsumexp,
-    _subview,
-)
+from mdmprob.decoders.step import SelectionStep, first_only, option_product, scatter_logsumexp
 from mdmprob.errors import BudgetError, MdmprobError, unknown_name
 
 DREAM_ALGS = {
@@ -177,12 +171,12 @@ class PlackettLuceStep(SelectionStep):
         B, n = cand.shape
         if self.draws_random:  # keys read the draws: expand every draw of every candidate first
             opts = torch.where(cand[..., None], self._all_value_options(forced),
-                               _first_only(self.values_lp))
-            row, draws, lp = _product(opts)
+                               first_only(self.values_lp))
+            row, draws, lp = option_product(opts)
         else:
             row = torch.arange(B, device=cand.device)
             draws, lp = None, torch.zeros(B, dtype=self.values_lp.dtype, device=cand.device)
-        sub = _subview(view, row)
+        sub = view.take_rows(row)
         logw = self._log_weights(sub, draws)
         k = self._k(sub)
         parent, sel, slp = _subsets(sub.candidates, k, logw)
@@ -190,8 +184,8 @@ class PlackettLuceStep(SelectionStep):
         if self.draws_random:
             return row, sel, draws[parent], lp
         values_lp = self._all_value_options(forced)[row]
-        par2, values, vlp = _product(torch.where(sel[..., None], values_lp,
-                                                 _first_only(values_lp)))
+        par2, values, vlp = option_product(torch.where(sel[..., None], values_lp,
+                                                 first_only(values_lp)))
         return row[par2], sel[par2], values, lp[par2] + vlp
 
     # ------------------------------------------------------------------------------- helpers
@@ -223,11 +217,11 @@ class PlackettLuceStep(SelectionStep):
         hot = torch.nn.functional.one_hot(forced, self.values_lp.shape[-1]).bool()
         opts = torch.where(sel[..., None], self.values_lp.masked_fill(~hot, -math.inf),
                            self.values_lp)
-        opts = torch.where(view.candidates[..., None], opts, _first_only(opts))
-        row, draws, lp = _product(torch.where(sel[..., None], _zero_at(opts), opts))
-        sub = _subview(view, row)
+        opts = torch.where(view.candidates[..., None], opts, first_only(opts))
+        row, draws, lp = option_product(torch.where(sel[..., None], _zero_at(opts), opts))
+        sub = view.take_rows(row)
         lp = lp + _set_lp(sel[row], sub.candidates, self._log_weights(sub, draws), k[row])
-        return _scatter_logsumexp(lp, row, sel.shape[0])
+        return scatter_logsumexp(lp, row, sel.shape[0])
 
 
 def _zero_at(opts: torch.Tensor) -> torch.Tensor:

@@ -353,7 +353,7 @@ class Remask:
                 yield tuple(values), lp
 
     # Decoder.log_prob's corrector branch replays exact-block correctors; say what to do instead.
-    def _target(self, denoiser, target):
+    def target_engine(self, denoiser, target):
         raise MdmprobError(f"{self.name} is a trajectory corrector: build the decoder with "
                            "gibbs_remask() (a RemaskDecoder) to replay runs with log_prob")
 
