@@ -120,16 +120,31 @@ def replay(decoder, denoiser, tokens: torch.Tensor, committed, windows, *, initi
            oracle=None, target=None) -> torch.Tensor:
     """log-probability ``[B]`` of the recorded trajectory ``committed`` (per step: bool
     ``[B, n]``) ending in ``tokens``; -inf where it is not a trajectory of the decoder."""
+    def score(step, given, active):
+        return given, step.log_prob(given, tokens)
+
+    return _forced_walk(decoder, denoiser, tokens, windows, score, committed=committed,
+                        initial=initial, oracle=oracle, target=target)
+
+
+def _forced_walk(decoder, denoiser, tokens, windows, on_step, *, committed=None, initial=None,
+                 oracle=None, target=None) -> torch.Tensor:
+    """Walk ``decoder``'s windows from ``initial`` with every committed value forced to
+    ``tokens [B, n]``; returns log q ``[B]`` of the walk. A block corrector's window is committed
+    whole (its exact log q added); each step calls ``on_step(step, given, active)``, ``step`` the
+    step law, ``given`` the recorded selection ``[B, n]`` (from ``committed``; None without) and
+    ``active [B]`` the rows with a candidate left, which returns ``(sel [B, n], log q [B])``."""
     B = tokens.shape[0]
     n, mask, device = denoiser.n_tokens, denoiser.mask_id, tokens.device
     state = initial_tokens(denoiser, initial, B)
     log_q = torch.zeros(B, dtype=denoiser.dtype, device=device)
-    steps = iter(committed)
+    steps = None if committed is None else iter(committed)
     for window in windows:
         if decoder.corrector is not None:
             log_q = log_q + _corrector_window_lp(decoder, denoiser, state, tokens, window, target)
             state[:, window] = tokens[:, window]
-            _next_step(steps)
+            if steps is not None:
+                _next_step(steps)
             continue
         win = _window_mask(window, n, device)
         window_masked = ((state == mask) & win).sum(-1)
@@ -141,8 +156,9 @@ def replay(decoder, denoiser, tokens: torch.Tensor, committed, windows, *, initi
                 break
             view = _view(decoder, denoiser, state, cand, step_no, window_masked, len(windows),
                          oracle)
-            sel = _next_step(steps).to(device) & cand
-            log_q = log_q + step_law(decoder, view).log_prob(sel, tokens)
+            given = None if steps is None else _next_step(steps).to(device) & cand
+            sel, lq = on_step(step_law(decoder, view), given, active)
+            log_q = log_q + lq
             state = torch.where(sel, tokens, state)
             step_no = step_no + active.long()
     return log_q
@@ -175,36 +191,16 @@ def forced(decoder, denoiser, tokens: torch.Tensor, windows, generator, *, commi
     the decoder and log r(tau | x) of the proposal for the trajectory tau taken. With
     ``committed`` (a run's per-step selections) the trajectory is that one, scored under both.
     Exact block correctors are deterministic given x (their window law is p(x_W | x_P))."""
-    B = tokens.shape[0]
-    n, mask, device = denoiser.n_tokens, denoiser.mask_id, tokens.device
-    state = initial_tokens(denoiser, initial, B)
-    log_q = torch.zeros(B, dtype=denoiser.dtype, device=device)
-    log_r = torch.zeros_like(log_q)
-    steps = None if committed is None else iter(committed)
-    for window in windows:
-        if decoder.corrector is not None:
-            log_q = log_q + _corrector_window_lp(decoder, denoiser, state, tokens, window, target)
-            state[:, window] = tokens[:, window]
-            if steps is not None:
-                _next_step(steps)
-            continue
-        win = _window_mask(window, n, device)
-        window_masked = ((state == mask) & win).sum(-1)
-        step_no = torch.zeros(B, dtype=torch.long, device=device)
-        while True:
-            cand = (state == mask) & win
-            active = cand.any(-1)
-            if not active.any():
-                break
-            view = _view(decoder, denoiser, state, cand, step_no, window_masked, len(windows),
-                         oracle)
-            step = step_law(decoder, view)
-            given = None if steps is None else _next_step(steps).to(device) & cand
-            sel, lr = proposal_step(step, tokens, generator, given)
-            log_q = log_q + step.log_prob(sel, tokens)
-            log_r = log_r + torch.where(active, lr, torch.zeros_like(lr))
-            state = torch.where(sel, tokens, state)
-            step_no = step_no + active.long()
+    log_r = torch.zeros(tokens.shape[0], dtype=denoiser.dtype, device=tokens.device)
+
+    def propose(step, given, active):
+        nonlocal log_r
+        sel, lr = proposal_step(step, tokens, generator, given)
+        log_r = log_r + torch.where(active, lr, torch.zeros_like(lr))
+        return sel, step.log_prob(sel, tokens)
+
+    log_q = _forced_walk(decoder, denoiser, tokens, windows, propose, committed=committed,
+                         initial=initial, oracle=oracle, target=target)
     return log_q, log_r
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
+from mdmprob.checks import check_int, check_number
 from mdmprob.decoders.core import Decoder
 from mdmprob.decoders.primitives import CommitRule, EvenSplit, Score, Step, ValueLaw, entropy_of
 from mdmprob.decoders.remask import ReMDM
@@ -45,18 +46,26 @@ def dream_times(steps: int, eps: float, step: torch.Tensor, dtype) -> tuple:
     return t, s
 
 
-class DreamSchedule(CommitRule):
+class _DreamGrid(CommitRule):
+    """A commit rule on Dream's time grid ``linspace(1, eps, steps + 1)``; ``label`` names it."""
+
+    label = "dream"
+
+    def __init__(self, steps: int, eps: float = 1e-3):
+        self.steps = check_int("steps", steps, 1)
+        self.eps = check_number("eps", eps, 0.0, 1.0, low_open=True)
+        if self.eps >= 1.0:
+            raise MdmprobError(f"eps={eps!r} must be in (0, 1) (Dream's final time; default 1e-3)")
+        self.name = f"{self.label}(steps={steps})"
+
+
+class DreamSchedule(_DreamGrid):
     """Dream ``diffusion_generate`` count: ``floor(|M| (1 - s/t))`` of the ``|M|`` masks at
     step i with (t, s) consecutive points of ``linspace(1, eps, steps + 1)`` (possibly 0: the
     step only calls the model); every mask at the last step."""
 
     uses_scores = False
-
-    def __init__(self, steps: int, eps: float = 1e-3):
-        _check_steps(steps)
-        _check_eps(eps)
-        self.steps, self.eps = steps, float(eps)
-        self.name = f"dream_count(steps={steps})"
+    label = "dream_count"
 
     def count(self, step, ranked_scores, order):
         t, s = dream_times(self.steps, self.eps, step.step, torch.float64)
@@ -65,17 +74,12 @@ class DreamSchedule(CommitRule):
         return torch.where(step.step >= self.steps - 1, m, k.clamp(min=0))
 
 
-class DreamBernoulli(CommitRule):
+class DreamBernoulli(_DreamGrid):
     """Dream ``origin``: each mask revealed independently with probability ``1 - s/t``
     (1 at the last step) on the grid ``linspace(1, eps, steps + 1)``."""
 
     stochastic = True
-
-    def __init__(self, steps: int, eps: float = 1e-3):
-        _check_steps(steps)
-        _check_eps(eps)
-        self.steps, self.eps = steps, float(eps)
-        self.name = f"dream_origin(steps={steps})"
+    label = "dream_origin"
 
     def probs(self, step: Step) -> torch.Tensor:
         t, s = dream_times(self.steps, self.eps, step.step, step.logp.dtype)
@@ -130,14 +134,9 @@ class PlackettLuceStep(SelectionStep):
         return PlackettLuceStep(self.rule, view, self.alg_temp)
 
     def sample(self, generator: torch.Generator):
-        view, rule = self.view, self.rule
+        view = self.view
         cand = view.candidates
-        if rule.values.deterministic:
-            draws = self.values_lp.argmax(-1)
-        else:
-            from mdmprob.sampling import gumbel_argmax
-
-            draws = gumbel_argmax(self.values_lp, generator)
+        draws = self.draw(generator)
         logw = self._log_weights(view, draws)
         k = self._k(view)
         # Gumbel top-k of the log-weights: a draw without replacement, in order
@@ -147,12 +146,7 @@ class PlackettLuceStep(SelectionStep):
             -1, g.argsort(-1, descending=True), torch.arange(
                 g.shape[-1], device=g.device).expand_as(g).contiguous())
         sel = cand & (rank < k[:, None])
-        value_lp = self.values_lp.gather(-1, draws[..., None]).squeeze(-1)
-        lp_sel = self._selection_lp(sel, draws)
-        lp_tokens = torch.where(sel, value_lp, torch.zeros_like(value_lp))
-        owner = torch.where(sel.any(-1), sel.long().argmax(-1), cand.long().argmax(-1))
-        first = torch.nn.functional.one_hot(owner, sel.shape[-1]).bool() & cand.any(-1)[:, None]
-        lp_tokens = lp_tokens + torch.where(first, lp_sel[:, None], torch.zeros_like(lp_tokens))
+        lp_tokens = self.token_log_probs(sel, draws, self._selection_lp(sel, draws))
         return sel, draws, lp_tokens, torch.zeros_like(cand[:, 0])
 
     def log_prob(self, sel: torch.Tensor, values: torch.Tensor) -> torch.Tensor:

@@ -670,10 +670,7 @@ class WINO(StateDecoder):
         state.extra["last"] = torch.where(moved, WINO_LAST_ACCEPT, state.extra["last"])
 
     def law(self, denoiser, state, wmask):
-        mask = denoiser.mask_id
-        tokens = state.tokens
-        logp = denoiser(tokens)
-        loo = denoiser.leave_one_out(tokens)
+        mask, tokens, logp, loo = _answers(denoiser, state)
         V = logp.shape[-1]
         cand = (tokens == mask) & wmask[state.w]
         drafted = (tokens != mask) & wmask[state.w] & ~state.extra["fixed"]
@@ -764,10 +761,7 @@ class P2(StateDecoder):
         return score + self.alpha * logq if self.alpha > 0 else score
 
     def law(self, denoiser, state, wmask):
-        mask = denoiser.mask_id
-        tokens = state.tokens
-        logp = denoiser(tokens)
-        loo = denoiser.leave_one_out(tokens)
+        mask, tokens, logp, loo = _answers(denoiser, state)
         V = logp.shape[-1]
         fixed = state.extra["fixed"]
         cand = tokens == mask
@@ -794,6 +788,13 @@ class P2(StateDecoder):
 
 
 # ======================================================================================= helpers
+def _answers(denoiser, state):
+    """``(mask_id, tokens [B, n], logp [B, n, V], leave-one-out logp [B, n, V])`` at ``state``:
+    what the revoking laws read."""
+    tokens = state.tokens
+    return denoiser.mask_id, tokens, denoiser(tokens), denoiser.leave_one_out(tokens)
+
+
 def _round(keys: torch.Tensor) -> torch.Tensor:
     """Keys rounded to :data:`~mdmprob.decoders.step.KEY_QUANTUM` (round-off never decides)."""
     return torch.where(torch.isfinite(keys), torch.round(keys / KEY_QUANTUM) * KEY_QUANTUM, keys)

@@ -61,10 +61,7 @@ class SelectionStep:
         marks rows whose selection was a random choice among tied keys."""
         view, rule = self.view, self.rule
         cand = view.candidates
-        if rule.values.deterministic:
-            draws = self.values_lp.argmax(-1)
-        else:
-            draws = gumbel_argmax(self.values_lp, generator)
+        draws = self.draw(generator)
         branched = torch.zeros(cand.shape[0], dtype=torch.bool, device=cand.device)
         if rule.commit.stochastic:
             probs = rule.commit.probs(view)
@@ -80,12 +77,27 @@ class SelectionStep:
             branched = lp_sel < 0
             if self.draws_random:
                 lp_sel = self._draw_selection_lp(sel, draws)
+        return sel, draws, self.token_log_probs(sel, draws, lp_sel), branched
+
+    def draw(self, generator: torch.Generator) -> torch.Tensor:
+        """A value at every position, long ``[B, n]``: the argmax of the value law when it is
+        deterministic, else a draw from it."""
+        if self.rule.values.deterministic:
+            return self.values_lp.argmax(-1)
+        return gumbel_argmax(self.values_lp, generator)
+
+    def token_log_probs(self, sel: torch.Tensor, draws: torch.Tensor,
+                        lp_sel: torch.Tensor) -> torch.Tensor:
+        """An outcome's log-probability spread over positions, ``[B, n]``: each committed
+        value's log-probability under the value law at ``sel [B, n]`` (values ``draws [B, n]``),
+        plus the selection's ``lp_sel [B]`` on the first committed position (the first candidate
+        when nothing is committed); sums to log Pr[outcome]."""
+        cand = self.view.candidates
         value_lp = self.values_lp.gather(-1, draws[..., None]).squeeze(-1)
         lp_tokens = torch.where(sel, value_lp, torch.zeros_like(value_lp))
         owner = torch.where(sel.any(-1), sel.long().argmax(-1), cand.long().argmax(-1))
         first = torch.nn.functional.one_hot(owner, sel.shape[-1]).bool() & cand.any(-1)[:, None]
-        lp_tokens = lp_tokens + torch.where(first, lp_sel[:, None], torch.zeros_like(lp_tokens))
-        return sel, draws, lp_tokens, branched
+        return lp_tokens + torch.where(first, lp_sel[:, None], torch.zeros_like(lp_tokens))
 
     # ------------------------------------------------------------------------------- log_prob
     def log_prob(self, sel: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
