@@ -20,16 +20,18 @@ def check_int(name: str, value, low: int | None = None, high: int | None = None)
 
 
 def check_number(name: str, value, low: float | None = None, high: float | None = None, *,
-                 low_open: bool = False, finite: bool = True) -> float:
+                 low_open: bool = False, high_open: bool = False, finite: bool = True) -> float:
     """``value`` is an ``int`` or ``float`` (not a ``bool``, not NaN; finite unless
-    ``finite=False``) in ``[low, high]`` (``(low, high]`` if ``low_open``); returns it as float."""
+    ``finite=False``) in ``[low, high]`` (open at ``low`` if ``low_open``, at ``high`` if
+    ``high_open``); returns it as float."""
     ok = not isinstance(value, bool) and isinstance(value, int | float) and value == value
     if ok:
         ok = (not finite or math.isfinite(value)) and (
             low is None or (value > low if low_open else value >= low)) and (
-            high is None or value <= high)
+            high is None or (value < high if high_open else value <= high))
     if not ok:
-        raise MdmprobError(f"{name}={value!r} must be a number{_range(low, high, low_open, False)}"
+        raise MdmprobError(f"{name}={value!r} must be a number"
+                           f"{_range(low, high, low_open, False, high_open)}"
                            + (" (finite)" if finite and (high is None or low is None) else ""))
     return float(value)
 
@@ -112,16 +114,16 @@ def check_match(denoiser, other, what: str = "structure",
                     f"vocab={other.vocab}; use a denoiser of the same structure")
 
 
-def _range(low, high, low_open: bool, integer: bool) -> str:
+def _range(low, high, low_open: bool, integer: bool, high_open: bool = False) -> str:
     if low is None and high is None:
         return ""
     if high is None:
         return f" {'>' if low_open else '>='} {low}"
     if low is None:
-        return f" <= {high}"
+        return f" {'<' if high_open else '<='} {high}"
     if integer:
         return f" in {low}..{high}"
-    return f" in {'(' if low_open else '['}{low}, {high}]"
+    return f" in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
 
 
 # ------------------------------------------------------------------------------ memory

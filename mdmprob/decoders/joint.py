@@ -35,6 +35,7 @@ import math
 
 import torch
 
+from mdmprob.checks import check_prob
 from mdmprob.decoders.composed import StepState, restrict
 from mdmprob.errors import MdmprobError, unknown_name
 from mdmprob.sampling import gumbel_argmax
@@ -66,9 +67,7 @@ class PrefixKernel:
                                "(logp [B, n, V], sel [B, n]) -> bool [B]")
         if verify_cost not in VERIFY_COSTS:
             raise unknown_name("verify_cost", str(verify_cost), VERIFY_COSTS)
-        if isinstance(route_tau, bool) or not isinstance(route_tau, int | float) or \
-                not 0 <= route_tau <= 1:
-            raise MdmprobError(f"route_tau={route_tau!r} must be a probability in [0, 1]")
+        check_prob("route_tau", route_tau)
         self.mode, self.router, self.route_tau = mode, router, float(route_tau)
         self.verify_cost = verify_cost
         self.joint = mode == "joint"

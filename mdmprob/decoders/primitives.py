@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from mdmprob.checks import check_int, check_number
 from mdmprob.errors import MdmprobError, unknown_name
 
 
@@ -232,8 +233,7 @@ class EvenSplit(CommitRule):
     PER = {"window": "steps per window", "total": "steps over the whole decode, split across windows"}
 
     def __init__(self, steps: int, per: str = "window"):
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise MdmprobError(f"steps={steps!r} must be an integer >= 1")
+        check_int("steps", steps, 1)
         if per not in self.PER:
             raise unknown_name("steps accounting per", str(per), self.PER)
         self.steps, self.per = steps, per
@@ -265,8 +265,7 @@ class Threshold(CommitRule):
     one."""
 
     def __init__(self, tau: float = 0.9):
-        if isinstance(tau, bool) or not (isinstance(tau, int | float) and 0 < tau <= 1):
-            raise MdmprobError(f"threshold tau={tau!r} must be in (0, 1]")
+        check_number("threshold tau", tau, 0, 1, low_open=True)
         self.tau, self.name = float(tau), f"threshold(tau={tau})"
 
     def count(self, step, ranked_scores, order):
@@ -287,8 +286,7 @@ class Factor(CommitRule):
                 "strict": "the paper's rule: largest n with (n + 1)(1 - c_(n)) < f"}
 
     def __init__(self, f: float = 1.0, variant: str = "strict"):
-        if isinstance(f, bool) or not (isinstance(f, int | float) and f > 0 and math.isfinite(f)):
-            raise MdmprobError(f"factor f={f!r} must be a finite number > 0")
+        check_number("factor f", f, 0, low_open=True)
         if variant not in self.VARIANTS:
             raise unknown_name("factor rule variant", str(variant), self.VARIANTS)
         self.f, self.variant = float(f), variant
@@ -360,14 +358,11 @@ class ValueLaw:
     def __init__(self, temperature: float = 1.0, top_k: int | None = None,
                  top_p: float | None = None, nucleus: str = "standard"):
         t = temperature
-        if isinstance(t, bool) or not (isinstance(t, int | float) and t >= 0 and math.isfinite(t)):
-            raise MdmprobError(f"temperature={t!r} must be a finite number >= 0 (0: argmax)")
-        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or
-                                  top_k < 1):
-            raise MdmprobError(f"top_k={top_k!r} must be an integer >= 1 (or None: no cut)")
-        if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, int | float)
-                                  or not 0 < top_p <= 1):
-            raise MdmprobError(f"top_p={top_p!r} must be in (0, 1] (or None: no nucleus)")
+        check_number("temperature", t, 0)
+        if top_k is not None:
+            check_int("top_k", top_k, 1)
+        if top_p is not None:
+            check_number("top_p", top_p, 0, 1.0, low_open=True)
         if nucleus not in self.NUCLEI:
             raise unknown_name("nucleus", str(nucleus), self.NUCLEI)
         self.temperature, self.top_k, self.top_p, self.nucleus = float(t), top_k, top_p, nucleus

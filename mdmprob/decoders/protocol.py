@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from mdmprob.checks import check_int
 from mdmprob.errors import MdmprobError
 
 
@@ -92,10 +93,12 @@ WINDOWS = ("blocks", "all")
 
 def check_window(window) -> None:
     """A window policy is ``"blocks"``, ``"all"`` or a block length >= 1."""
-    if isinstance(window, bool) or (isinstance(window, int) and window < 1):
-        raise MdmprobError(f"window={window!r} must be >= 1 positions (or 'blocks' / 'all')")
-    if not isinstance(window, int) and window not in WINDOWS:
-        raise MdmprobError(f"window={window!r} must be 'blocks', 'all' or an int block length")
+    if isinstance(window, str):
+        if window not in WINDOWS:
+            raise MdmprobError(f"window={window!r} must be 'blocks', 'all' or an int block "
+                               "length")
+        return
+    check_int("window", window, 1)
 
 
 def windows_of(window, denoiser, blocks=None) -> list[list[int]]:
@@ -136,8 +139,7 @@ def check_num(num, denoiser=None) -> None:
     """``num`` sequences is an integer >= 1 whose working memory (about 32 float copies of
     ``[num, n, V]`` for ``denoiser``'s sizes) fits the memory budget: a BudgetError up front, not
     an allocator error mid-run."""
-    if isinstance(num, bool) or not isinstance(num, int) or num < 1:
-        raise MdmprobError(f"num={num!r} sequences must be an integer >= 1")
+    check_int("num", num, 1)
     if denoiser is not None:
         from mdmprob.checks import check_budget, mc_bytes_per_sample
 

@@ -53,9 +53,8 @@ class _DreamGrid(CommitRule):
 
     def __init__(self, steps: int, eps: float = 1e-3):
         self.steps = check_int("steps", steps, 1)
-        self.eps = check_number("eps", eps, 0.0, 1.0, low_open=True)
-        if self.eps >= 1.0:
-            raise MdmprobError(f"eps={eps!r} must be in (0, 1) (Dream's final time; default 1e-3)")
+        self.eps = check_number("eps", eps, 0, 1,
+                                low_open=True, high_open=True)
         self.name = f"{self.label}(steps={steps})"
 
 
@@ -286,10 +285,7 @@ class RandomizedPositions(Decoder):
     def __post_init__(self):
         super().__post_init__()
         t = self.alg_temp
-        if isinstance(t, bool) or not isinstance(t, int | float) or not (
-                math.isfinite(t) and t >= 0):
-            raise MdmprobError(f"alg_temp={t!r} must be a finite number >= 0 (0: the top-k "
-                               "positions)")
+        check_number("alg_temp", t, 0)
         if t > 0 and (self.commit.stochastic or self.commit.uses_scores):
             raise MdmprobError(f"alg_temp needs a count known before the draws; the commit rule "
                                f"{self.commit.name} has none")
@@ -333,9 +329,9 @@ class DilatedOrder(Score):
 
     def __init__(self, block_length: int | None = None, base: int = 2, skip: int = 1):
         if block_length is not None:
-            _check_int("block_length", block_length, 1)
-        _check_int("base", base, 2)
-        _check_int("skip", skip, 1)
+            check_int("block_length", block_length, 1)
+        check_int("base", base, 2)
+        check_int("skip", skip, 1)
         self.block_length, self.base, self.skip = block_length, base, skip
         self.name = f"dilated(base={base})"
 
@@ -376,11 +372,8 @@ class PositionCalibrated(Score):
     uses_draws = True
 
     def __init__(self, lam: float = 0.25, alpha: float = 10.0, background=None):
-        for label, x in (("lam", lam), ("alpha", alpha)):
-            if isinstance(x, bool) or not isinstance(x, int | float) or not math.isfinite(x) \
-                    or x < 0 or (label == "alpha" and x == 0):
-                raise MdmprobError(f"{label}={x!r} must be a finite number "
-                                   f"{'> 0' if label == 'alpha' else '>= 0'}")
+        check_number("lam", lam, 0)
+        check_number("alpha", alpha, 0, low_open=True)
         self.lam, self.alpha = float(lam), float(alpha)
         self.background = None if background is None else torch.as_tensor(
             background, dtype=torch.float64)
@@ -422,9 +415,10 @@ class EarlyCommit(CommitRule):
 
     def __init__(self, base: EvenSplit, gaps=(7.5, 5.0, 2.5)):
         gaps = tuple(gaps)
-        if len(gaps) != 3 or any(isinstance(g, bool) or not isinstance(g, int | float) or
-                                 not g >= 0 for g in gaps):
+        if len(gaps) != 3:
             raise MdmprobError(f"gaps={gaps!r} must be three numbers >= 0 (nats)")
+        for g in gaps:
+            check_number("gaps", g, 0, finite=False)
         self.base, self.gaps = base, tuple(float(g) for g in gaps)
         self.name = f"early_commit({base.name}, gaps={gaps})"
 
@@ -454,8 +448,7 @@ class ReMDMLoop(ReMDM):
                  nucleus: str = "standard"):
         super().__init__(steps, eta, "cap", temperature, top_k, top_p, nucleus)
         for label, x in (("t_on", t_on), ("t_off", t_off), ("alpha_on", alpha_on)):
-            if isinstance(x, bool) or not isinstance(x, int | float) or not 0 < x < 1:
-                raise MdmprobError(f"{label}={x!r} must be in (0, 1)")
+            check_number(label, x, 0, 1, low_open=True, high_open=True)
         if not t_off < t_on:
             raise MdmprobError(f"t_off={t_off!r} must be below t_on={t_on!r} (the loop runs "
                                "from t_on down to t_off)")
@@ -481,21 +474,6 @@ class ReMDMLoop(ReMDM):
         a_s = 1.0 if j == self.steps else self.alpha(1 - j / self.steps)
         sigma = self.eta if a_s == a_t else 0.0
         return sigma, (a_s - (1 - sigma) * a_t) / (1 - a_t)
-
-
-# ----------------------------------------------------------------------------------- checks
-def _check_int(label, x, low):
-    if isinstance(x, bool) or not isinstance(x, int) or x < low:
-        raise MdmprobError(f"{label}={x!r} must be an integer >= {low}")
-
-
-def _check_steps(steps):
-    _check_int("steps", steps, 1)
-
-
-def _check_eps(eps):
-    if isinstance(eps, bool) or not isinstance(eps, int | float) or not 0 < eps < 1:
-        raise MdmprobError(f"eps={eps!r} must be in (0, 1) (Dream's final time; default 1e-3)")
 
 
 __all__ = ["DREAM_ALGS", "BestTied", "DilatedOrder", "DreamBernoulli", "DreamSchedule",

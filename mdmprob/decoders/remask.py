@@ -41,6 +41,7 @@ from typing import Any
 
 import torch
 
+from mdmprob.checks import check_int, check_prob
 from mdmprob.decoders import drivers
 from mdmprob.decoders.correctors import free_positions
 from mdmprob.decoders.primitives import ValueLaw
@@ -115,11 +116,8 @@ class Remask:
     def __init__(self, kernel: str = "random", k: int = 2, sweeps: int = 1):
         if kernel not in KERNELS:
             raise unknown_name("remasking kernel", str(kernel), KERNELS)
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise MdmprobError(f"remask k={k!r} must be an integer >= 1 (positions remasked per "
-                               "kernel step)")
-        if isinstance(sweeps, bool) or not isinstance(sweeps, int) or sweeps < 0:
-            raise MdmprobError(f"remask sweeps={sweeps!r} must be an integer >= 0")
+        check_int("remask k", k, 1)
+        check_int("remask sweeps", sweeps, 0)
         self.kernel, self.k, self.sweeps = kernel, k, sweeps
         self.name = f"remask({kernel}, k={k}, sweeps={sweeps})"
 
@@ -458,11 +456,8 @@ class ReMDM(DecoderBase):
     def __init__(self, steps: int = 4, eta: float = 0.1, schedule: str = "cap",
                  temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
                  nucleus: str = "standard"):
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise MdmprobError(f"steps={steps!r} must be an integer >= 1")
-        if isinstance(eta, bool) or not isinstance(eta, int | float) or not 0 <= eta <= 1:
-            raise MdmprobError(f"eta={eta!r} must be a number in [0, 1] (the remasking "
-                               "probability scale)")
+        check_int("steps", steps, 1)
+        check_prob("eta", eta)
         if schedule not in SCHEDULES:
             raise unknown_name("ReMDM schedule", str(schedule), SCHEDULES)
         self.values = ValueLaw(temperature, top_k, top_p, nucleus)

@@ -15,6 +15,7 @@ import math
 
 import torch
 
+from mdmprob.checks import check_int
 from mdmprob.decoders.protocol import (
     DecoderBase,
     DecodeResult,
@@ -30,8 +31,7 @@ class ImportanceResampling(DecoderBase):
     """SIR with ``particles`` proposals from ``proposal`` per output sequence."""
 
     def __init__(self, proposal: DecoderBase, particles: int = 8):
-        if isinstance(particles, bool) or not isinstance(particles, int) or particles < 1:
-            raise MdmprobError(f"particles={particles!r} must be an integer >= 1")
+        check_int("particles", particles, 1)
         if not proposal.log_q_is_marginal:
             raise MdmprobError(f"importance weights need the proposal's log q(x); {proposal.name} "
                                "only has a trajectory density")

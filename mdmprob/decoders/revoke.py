@@ -494,7 +494,7 @@ class KLASS(StateDecoder):
                  ties: str = "random", steps_per: str = "total", top_k: int | None = None,
                  top_p: float | None = None):
         check_prob("conf_threshold", conf_threshold)
-        check_number("kl_threshold", kl_threshold, 0.0, low_open=True, finite=False)
+        check_number("kl_threshold", kl_threshold, 0, low_open=True, finite=False)
         check_int("history", history, 1)
         if ties not in TIES:
             raise unknown_name("ties", str(ties), TIES)
@@ -739,7 +739,7 @@ class P2(StateDecoder):
                  temperature: float = 0.0, top_k: int | None = None,
                  top_p: float | None = None):
         self.steps = check_int("steps", steps, 1)
-        self.eta = check_number("eta", eta, 0.0, low_open=True)
+        self.eta = check_number("eta", eta, 0, low_open=True)
         self.alpha = check_prob("alpha", alpha)
         self.values = ValueLaw(temperature, top_k, top_p)
         self.name = f"p2(steps={steps}, eta={eta:g}, alpha={alpha:g})"
