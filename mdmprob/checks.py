@@ -42,7 +42,8 @@ def check_prob(name: str, value, low: float = 0.0, high: float = 1.0) -> float:
 
 
 def check_seed(seed) -> int:
-    """A seed is a non-negative ``int``; ``None`` is refused (it never silently means 0)."""
+    """A seed that must reproduce a run (a recorded one) is a non-negative ``int``; ``None`` is
+    refused here (it never silently means 0; :func:`generator` takes it as fresh randomness)."""
     if seed is None:
         raise MdmprobError("seed=None: give an integer seed >= 0 (runs are reproducible by "
                            "default; pass e.g. seed=0)")
@@ -50,9 +51,15 @@ def check_seed(seed) -> int:
 
 
 def generator(seed, device: torch.device | str | None = None) -> torch.Generator:
-    """A ``torch.Generator`` on ``device`` (default CPU) seeded with :func:`check_seed` ``(seed)``."""
-    return torch.Generator(device=device if device is not None else "cpu").manual_seed(
-        check_seed(seed))
+    """A ``torch.Generator`` on ``device`` (default CPU): seeded with ``seed`` (an ``int`` >= 0,
+    reproducible), or, for ``seed=None``, from the operating system's entropy (fresh,
+    non-reproducible randomness, as ``torch.Generator().seed()`` and numpy's
+    ``default_rng(None)``). The one place a seed becomes a generator."""
+    gen = torch.Generator(device=device if device is not None else "cpu")
+    if seed is None:
+        gen.seed()
+        return gen
+    return gen.manual_seed(check_seed(seed))
 
 
 def check_device(device=None) -> torch.device:

@@ -106,8 +106,9 @@ class Decoder(DecoderBase):
     def run(self, denoiser: Denoiser, num: int = 1, *, seed: int | None = 0,
             generator: torch.Generator | None = None, initial=None, blocks=None,
             oracle: Denoiser | None = None, target=None) -> DecodeResult:
-        """Decode ``num`` sequences in one batch. ``seed`` (or an explicit ``generator`` on the
-        denoiser's device) fixes every random choice; ``initial`` (``[n]`` or ``[num, n]``, mask id
+        """Decode ``num`` sequences in one batch. ``seed`` (default 0; an ``int`` >= 0 repeats,
+        ``None`` draws fresh randomness from the operating system) or an explicit ``generator`` on
+        the denoiser's device fixes every random choice; ``initial`` (``[n]`` or ``[num, n]``, mask id
         where to decode) is a prompt; ``oracle`` supplies exact conditionals for oracle scores;
         ``target`` (a Structure) is what correctors verify against."""
         check_num(num, denoiser)

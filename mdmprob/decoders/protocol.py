@@ -3,7 +3,9 @@
 A decoder is an inference program over a denoiser. It answers
 
 * ``run(denoiser, num, *, seed | generator, initial=None, blocks=None, ...)`` -> :class:`DecodeResult`
-  (tokens, the exact log-probability of each run, NFE);
+  (tokens, the exact log-probability of each run, NFE); ``seed=0`` by default (runs repeat), an
+  ``int`` >= 0 for another reproducible run, ``None`` for fresh randomness from the operating
+  system (as torch and numpy), or an explicit ``generator`` on the denoiser's device;
 * ``log_prob(denoiser, tokens, *, committed=None, initial=None, blocks=None, ...)`` -> ``[B]``
   (log q(x) by replay, or a recorded trajectory's log-probability);
 * ``distribution(denoiser, *, initial=None, blocks=None, ...)`` -> the exact log q as a table
@@ -23,6 +25,7 @@ from typing import Any
 
 import torch
 
+from mdmprob import checks
 from mdmprob.checks import check_int
 from mdmprob.errors import MdmprobError
 
@@ -126,13 +129,11 @@ def windows_of(window, denoiser, blocks=None) -> list[list[int]]:
 
 
 def make_generator(denoiser, seed: int | None, generator) -> torch.Generator:
-    """``generator`` if given, else a fresh one on the denoiser's device seeded with ``seed``
-    (None: 0)."""
+    """``generator`` if given, else :func:`mdmprob.checks.generator` ``(seed)`` on the denoiser's
+    device (``seed=None``: fresh, non-reproducible randomness)."""
     if generator is not None:
         return generator
-    gen = torch.Generator(device=denoiser.device)
-    gen.manual_seed(0 if seed is None else seed)
-    return gen
+    return checks.generator(seed, denoiser.device)
 
 
 def check_num(num, denoiser=None) -> None:

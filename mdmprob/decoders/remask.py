@@ -378,8 +378,8 @@ class RemaskDecoder(DecoderBase):
     def run(self, denoiser: Denoiser, num: int = 1, *, seed: int | None = 0,
             generator: torch.Generator | None = None, initial=None, blocks=None,
             oracle: Denoiser | None = None, target=None) -> DecodeResult:
-        """Decode ``num`` sequences (see the decoder protocol); ``committed`` is a
-        :class:`Trajectory`."""
+        """Decode ``num`` sequences (see the decoder protocol; ``seed=None``: fresh randomness);
+        ``committed`` is a :class:`Trajectory`."""
         check_num(num, denoiser)
         generator = make_generator(denoiser, seed, generator)
         device, n = denoiser.device, denoiser.n_tokens
@@ -502,8 +502,9 @@ class ReMDM(DecoderBase):
     def run(self, denoiser: Denoiser, num: int = 1, *, seed: int | None = 0,
             generator: torch.Generator | None = None, initial=None, blocks=None,
             oracle: Denoiser | None = None, target=None) -> DecodeResult:
-        """Decode ``num`` sequences in one batch; ``committed`` is a :class:`Trajectory` (per step
-        the newly unmasked positions and the state after the step)."""
+        """Decode ``num`` sequences in one batch (``seed`` as the decoder protocol: default 0,
+        ``None`` fresh randomness); ``committed`` is a :class:`Trajectory` (per step the newly
+        unmasked positions and the state after the step)."""
         check_num(num, denoiser)
         device, mask = denoiser.device, denoiser.mask_id
         generator = make_generator(denoiser, seed, generator)

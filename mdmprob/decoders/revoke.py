@@ -202,7 +202,8 @@ class StateDecoder(DecoderBase):
     # ------------------------------------------------------------------------ protocol
     def run(self, denoiser, num: int = 1, *, seed: int | None = 0, generator=None,
             initial=None, blocks=None, oracle=None, target=None) -> DecodeResult:
-        """Decode ``num`` sequences in one batch; ``committed`` is a
+        """Decode ``num`` sequences in one batch (``seed`` as the decoder protocol: default 0,
+        ``None`` fresh randomness); ``committed`` is a
         :class:`~mdmprob.decoders.remask.Trajectory` (per step the newly unmasked positions and
         the tokens after the step)."""
         check_num(num, denoiser)
