@@ -1,6 +1,7 @@
 """The decoders' names: seeds, renamed classes, fields and arguments, and the moved orders module
 (old names warn and give the same objects, new ones do not warn)."""
 
+import pytest
 import torch
 
 from mdmprob import load_model
@@ -18,3 +19,19 @@ def test_seed_none_is_fresh_randomness_and_seed_zero_repeats():
     assert not torch.equal(fresh[0], fresh[1])
     same = [dec.run(den, 32).tokens for _ in range(2)] + [dec.run(den, 32, seed=0).tokens]
     assert torch.equal(same[0], same[1]) and torch.equal(same[0], same[2])
+
+
+def test_factor_commit_rule_is_factor_rule():
+    from mdmprob.decoders import primitives
+
+    with pytest.warns(DeprecationWarning, match="Factor is now FactorRule"):
+        old = primitives.Factor
+    assert old is primitives.FactorRule
+    with pytest.raises(AttributeError, match="no attribute 'Nothing'"):
+        primitives.Nothing  # noqa: B018
+    # the preset builds the renamed rule; its law is unchanged (f = 1: the strict rule keeps the
+    # largest n with (n + 1)(1 - c_(n)) < 1, here n = 1 of c = (0.6, 0.55))
+    rule = primitives.FactorRule(1.0)
+    step = primitives.Step(torch.zeros(1, 2, 2), torch.ones(1, 2, dtype=torch.bool),
+                           torch.zeros(1, dtype=torch.long), torch.full((1,), 2))
+    assert rule.count(step, torch.tensor([[0.6, 0.55]]), None).tolist() == [1]

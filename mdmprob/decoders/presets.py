@@ -11,7 +11,7 @@ from mdmprob.decoders.primitives import (
     DrawConfidence,
     EntropyBudget,
     EvenSplit,
-    Factor,
+    FactorRule,
     LeftToRight,
     MaxProb,
     NegEntropy,
@@ -103,7 +103,7 @@ def fast_dllm_factor(f: float = 1.0, block_length: int | None = None,
     """
     score = _confidence(confidence)
     tag = _tag(confidence) + ("" if variant == "reference" else f", {variant}")
-    return Decoder(f"fast_dllm_factor(f={f}{tag})", score, Factor(f, variant=variant),
+    return Decoder(f"fast_dllm_factor(f={f}{tag})", score, FactorRule(f, variant=variant),
                    "blocks" if block_length is None else block_length, temperature,
                    top_k=top_k, top_p=top_p, ties=ties)
 

@@ -272,8 +272,9 @@ class Threshold(CommitRule):
         return (ranked_scores >= self.tau).sum(-1).clamp(min=1)
 
 
-class Factor(CommitRule):
-    """Fast-dLLM factor rule on the ranked confidences c_(1) >= c_(2) >= ...; at least one.
+class FactorRule(CommitRule):
+    """Fast-dLLM factor rule (formerly ``Factor``; not the compiler's factor,
+    :class:`mdmprob.compile.Factor`) on the ranked confidences c_(1) >= c_(2) >= ...; at least one.
 
     ``variant="strict"`` (the paper): the largest n with (n + 1)(1 - c_(n)) < f.
     ``variant="reference"`` (the published code): the largest n with c_(n) >= 1 - f / (n + 1)
@@ -412,3 +413,13 @@ class ValueLaw:
             parts.append(f"top_p={self.top_p:g}" + ("" if self.nucleus == "standard" else
                                                    f" ({self.nucleus})"))
         return ", ".join(parts)
+
+
+def __getattr__(name: str):
+    if name == "Factor":  # the commit rule shared its name with mdmprob.compile.Factor
+        import warnings
+
+        warnings.warn("mdmprob.decoders.primitives.Factor is now FactorRule (mdmprob.compile.Factor "
+                      "is the compiler's factor)", DeprecationWarning, stacklevel=2)
+        return FactorRule
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
