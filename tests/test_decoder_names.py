@@ -35,3 +35,25 @@ def test_factor_commit_rule_is_factor_rule():
     step = primitives.Step(torch.zeros(1, 2, 2), torch.ones(1, 2, dtype=torch.bool),
                            torch.zeros(1, dtype=torch.long), torch.full((1,), 2))
     assert rule.count(step, torch.tensor([[0.6, 0.55]]), None).tolist() == [1]
+
+
+def test_run_diagnostics_and_their_former_names():
+    from mdmprob.decoders import verified_blocks
+
+    s = load_model("parity_block", k=3, eta=0.05)
+    den = Oracle(s)
+    run = verified_blocks().run(den, 4, target=s)
+    assert run.diagnostics["enumerated"][0].tolist() == [2 ** 3] * 4  # V^|block| values
+    for old in ("corrector", "info"):
+        with pytest.warns(DeprecationWarning, match=f"DecodeResult.{old} is now diagnostics"):
+            assert getattr(run, old) is run.diagnostics
+    # the corrector's former argument name still records into the same dict
+    dec = verified_blocks()
+    window = s.blocks[0]
+    tokens = torch.full((2, s.n_tokens), den.mask_id, dtype=torch.long)
+    gen = torch.Generator().manual_seed(0)
+    with pytest.warns(DeprecationWarning, match=r"decode_window\(info=...\) is now "
+                                                r"decode_window\(diagnostics=...\)"):
+        seen: dict = {}
+        dec.corrector.decode_window(dec, den, tokens, window, gen, target=s, info=seen)
+    assert seen["enumerated"][0].tolist() == [2 ** 3] * 2

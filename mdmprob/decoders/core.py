@@ -31,6 +31,7 @@ from mdmprob.decoders.protocol import (
 )
 from mdmprob.decoders.step import TIES
 from mdmprob.denoisers.base import Denoiser
+from mdmprob.deprecation import renamed_arguments
 from mdmprob.errors import EnumerationError, MdmprobError, unknown_name
 
 WEIGHT_ROWS = 2 ** 13  # forced replays run in one batch by log_weights
@@ -139,8 +140,9 @@ class Decoder(DecoderBase):
         return drivers.marginal_log_prob(self, denoiser, tokens, start, windows, oracle=oracle,
                                          target=target)
 
+    @renamed_arguments(corrector="diagnostics")
     def log_weights(self, denoiser: Denoiser, tokens: torch.Tensor, *, draws: int, generator,
-                    committed=None, corrector=None, initial=None, blocks=None,
+                    committed=None, diagnostics=None, initial=None, blocks=None,
                     oracle: Denoiser | None = None, target=None):
         """Importance weights log q(x, tau) - log r(tau | x) (:class:`~mdmprob.bounds.LogWeights`)
         with r the decoder replayed with its values forced to x

@@ -22,6 +22,7 @@ import torch
 
 from mdmprob import measures
 from mdmprob.decoders.protocol import all_values
+from mdmprob.deprecation import renamed_arguments
 from mdmprob.errors import MdmprobError
 from mdmprob.sampling import gumbel_argmax
 
@@ -67,14 +68,15 @@ class _BlockCorrector:
         visible = tokens != mask_id
         return engine.block_joint(torch.where(visible, tokens, 0), visible, window)
 
+    @renamed_arguments(info="diagnostics")
     def decode_window(self, decoder, denoiser, tokens, window, generator, target=None,
-                      info: dict[str, Any] | None = None):
+                      diagnostics: dict[str, Any] | None = None):
         """Sample the masked positions of ``window`` in every row from p(x_B | x_P) (tokens of
         the window visible in ``tokens`` are prompt tokens, kept): rows are grouped by which
         window positions are masked. Returns (tokens, committed [B, n], log q [B], nfe [B])."""
         free = free_positions(tokens, window, denoiser.mask_id)
         if free[:, window].all():
-            return self._decode(decoder, denoiser, tokens, window, generator, target, info)
+            return self._decode(decoder, denoiser, tokens, window, generator, target, diagnostics)
         B, device = tokens.shape[0], tokens.device
         out = tokens.clone()
         lq = torch.zeros(B, dtype=denoiser.dtype, device=device)
@@ -86,11 +88,11 @@ class _BlockCorrector:
                 decoder, denoiser, tokens[rows], sub, generator, target, local)
             for key, values in local.items():
                 records.setdefault(key, []).append((rows, values[0]))
-        for key, pieces in records.items() if info is not None else ():
+        for key, pieces in records.items() if diagnostics is not None else ():
             full = torch.zeros(B, dtype=pieces[0][1].dtype, device=device)
             for rows, values in pieces:
                 full[rows] = values
-            self._record(info, key, full)
+            self._record(diagnostics, key, full)
         return out, free, lq, calls
 
     def window_distribution(self, decoder, denoiser, tokens, window, target=None):
@@ -121,8 +123,8 @@ class _BlockCorrector:
         return out
 
     @staticmethod
-    def _record(info: dict, key: str, value: torch.Tensor):
-        info.setdefault(key, []).append(value)
+    def _record(diagnostics: dict, key: str, value: torch.Tensor):
+        diagnostics.setdefault(key, []).append(value)
 
 
 class ExactBlock(_BlockCorrector):
@@ -130,7 +132,7 @@ class ExactBlock(_BlockCorrector):
 
     name = "verified"
 
-    def _decode(self, decoder, denoiser, tokens, window, generator, target, info):
+    def _decode(self, decoder, denoiser, tokens, window, generator, target, diagnostics):
         engine = self.target_engine(denoiser, target)
         table = self.block_table(engine, tokens, window, denoiser.mask_id).reshape(
             tokens.shape[0], -1)
@@ -142,8 +144,8 @@ class ExactBlock(_BlockCorrector):
         sel[:, window] = True
         lq = table.gather(-1, choice[:, None]).squeeze(-1)
         calls = torch.ones(tokens.shape[0], dtype=torch.long, device=tokens.device)
-        if info is not None:
-            self._record(info, "enumerated", torch.full_like(calls, denoiser.vocab ** len(window)))
+        if diagnostics is not None:
+            self._record(diagnostics, "enumerated", torch.full_like(calls, denoiser.vocab ** len(window)))
         return tokens, sel, lq, calls
 
 
@@ -152,7 +154,7 @@ class Rejection(_BlockCorrector):
 
     name = "rejection"
 
-    def _decode(self, decoder, denoiser, tokens, window, generator, target, info):
+    def _decode(self, decoder, denoiser, tokens, window, generator, target, diagnostics):
         engine = self.target_engine(denoiser, target)
         B, k, V = tokens.shape[0], len(window), denoiser.vocab
         log_p = self.block_table(engine, tokens, window, denoiser.mask_id).reshape(B, -1)
@@ -190,10 +192,10 @@ class Rejection(_BlockCorrector):
         tokens[:, window] = configs[choice]
         sel = torch.zeros_like(tokens, dtype=torch.bool)
         sel[:, window] = True
-        if info is not None:
-            self._record(info, "proposals", proposals)
-            self._record(info, "log_m", log_m)
-            self._record(info, "forward_tc", measures.kl(p=log_p, q=log_q))
+        if diagnostics is not None:
+            self._record(diagnostics, "proposals", proposals)
+            self._record(diagnostics, "log_m", log_m)
+            self._record(diagnostics, "forward_tc", measures.kl(p=log_p, q=log_q))
         lq = log_p.gather(-1, choice[:, None]).squeeze(-1)
         return tokens, sel, lq, torch.ones_like(proposals)
 
@@ -205,7 +207,7 @@ class Speculative(_BlockCorrector):
 
     name = "speculative"
 
-    def _decode(self, decoder, denoiser, tokens, window, generator, target, info):
+    def _decode(self, decoder, denoiser, tokens, window, generator, target, diagnostics):
         engine = self.target_engine(denoiser, target)
         B, mask = tokens.shape[0], denoiser.mask_id
         tokens = tokens.clone()
@@ -243,7 +245,7 @@ class Speculative(_BlockCorrector):
                 open_ = open_ & ~(need & ~accept)  # a rejection ends this row's round
         sel = torch.zeros_like(tokens, dtype=torch.bool)
         sel[:, window] = True
-        if info is not None:
-            self._record(info, "drafted", drafted)
-            self._record(info, "accepted", accepted_total)
+        if diagnostics is not None:
+            self._record(diagnostics, "drafted", drafted)
+            self._record(diagnostics, "accepted", accepted_total)
         return tokens, sel, lq, calls

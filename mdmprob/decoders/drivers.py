@@ -69,12 +69,12 @@ def run(decoder, denoiser, num: int, generator, windows, *, initial=None, oracle
     nfe = torch.zeros(num, dtype=torch.long, device=device)
     branched = torch.zeros(num, dtype=torch.bool, device=device)
     committed: list[torch.Tensor] = []
-    info: dict[str, Any] = {}
+    diagnostics: dict[str, Any] = {}
     reference_calls = _reference_calls(decoder, len(windows))
     for window in windows:
         if decoder.corrector is not None:
             tokens, sel, lq, calls = decoder.corrector.decode_window(
-                decoder, denoiser, tokens, window, generator, target=target, info=info)
+                decoder, denoiser, tokens, window, generator, target=target, diagnostics=diagnostics)
             nfe = nfe + calls
             log_q_tokens[:, window[0]] += lq
             committed.append(sel)
@@ -111,7 +111,7 @@ def run(decoder, denoiser, num: int, generator, windows, *, initial=None, oracle
         first = (start[rows] == mask).long().argmax(-1)
         log_q_tokens[rows, first] += exact - log_q[rows]
         log_q = log_q_tokens.sum(-1)
-    return DecodeResult(tokens, log_q, nfe, committed, decoder.log_q_is_marginal, info,
+    return DecodeResult(tokens, log_q, nfe, committed, decoder.log_q_is_marginal, diagnostics,
                         log_q_tokens)
 
 

@@ -26,7 +26,7 @@ NFE: each sub-state conditional of the joint proposal is one call; a verificatio
 call per step (``verify_cost="pass"``: the reference scores the whole draft in one block-causal
 pass) or one per verified token after the first (``"token"``: a denoiser without a causal mode
 evaluates each prefix). Run records: ``verified`` (positions checked) and ``rejected`` per
-sequence, in ``DecodeResult.corrector``.
+sequence, in ``DecodeResult.diagnostics``.
 """
 
 from __future__ import annotations
@@ -162,8 +162,8 @@ class PrefixKernel:
             committed[row[act], pos[act]] = True
             open_ = act & go_on
         if not self.joint:
-            state.denoiser.info.setdefault("verified", []).append(verified)
-            state.denoiser.info.setdefault("rejected", []).append(rejected)
+            state.denoiser.diagnostics.setdefault("verified", []).append(verified)
+            state.denoiser.diagnostics.setdefault("rejected", []).append(rejected)
         return committed, tokens, lp, calls
 
     def log_prob(self, state: StepState, sel, committed, values):

@@ -27,6 +27,7 @@ import torch
 
 from mdmprob import checks
 from mdmprob.checks import check_int
+from mdmprob.deprecation import renamed, renamed_arguments
 from mdmprob.errors import MdmprobError
 
 
@@ -44,12 +45,24 @@ class DecodeResult:
     nfe: torch.Tensor  # long [B]: denoiser calls per sequence
     committed: list[torch.Tensor]  # per step: bool [B, n] positions committed at that step
     log_q_is_marginal: bool
-    corrector: dict[str, Any] = field(default_factory=dict)  # proposals, acceptance, ESS, ...
+    #: run diagnostics by name (proposals, acceptance, ESS, remasked, ...): per window a ``[B]``
+    #: tensor in a list, or one ``[B]`` tensor
+    diagnostics: dict[str, Any] = field(default_factory=dict)
     log_q_tokens: torch.Tensor | None = None  # [B, n]: each token's share of log_q (sums to it)
 
     @property
     def steps(self) -> int:
         return len(self.committed)
+
+    @property
+    def corrector(self) -> dict[str, Any]:
+        """Former name of :attr:`diagnostics` (warns)."""
+        return renamed(self, "corrector", "diagnostics")
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """Another name of :attr:`diagnostics`, kept apart from the ``info`` command (warns)."""
+        return renamed(self, "info", "diagnostics")
 
 
 class DecoderBase:
@@ -77,11 +90,12 @@ class DecoderBase:
     #: q(x) >= exp(log_q)); False where it is another density (importance resampling).
     log_q_is_joint: bool = True
 
+    @renamed_arguments(corrector="diagnostics")
     def log_weights(self, denoiser, tokens, *, draws: int, generator, committed=None,
-                    corrector=None, initial=None, blocks=None, oracle=None, target=None):
+                    diagnostics=None, initial=None, blocks=None, oracle=None, target=None):
         """Importance weights of trajectories ending in complete ``tokens [B, n]``, a
         :class:`~mdmprob.bounds.LogWeights`: ``draws`` trajectories per sequence from the
-        decoder's proposal r(tau | x), and (with ``committed`` and ``corrector``, a run's record)
+        decoder's proposal r(tau | x), and (with ``committed`` and ``diagnostics``, a run's record)
         the run's own trajectory. Decoders without a proposal raise NotImplementedError;
         :mod:`mdmprob.bounds` then falls back to the trajectory / cross-entropy bounds."""
         raise NotImplementedError(f"{self.name} has no trajectory proposal")

@@ -57,6 +57,7 @@ from mdmprob.decoders.protocol import (
     windows_of,
 )
 from mdmprob.denoisers.base import Denoiser
+from mdmprob.deprecation import renamed_arguments
 from mdmprob.errors import EnumerationError, MdmprobError, unknown_name
 from mdmprob.sampling import gumbel_argmax
 
@@ -208,9 +209,10 @@ class Remask:
         return tokens, subset, lp_s + lp_v, nfe_s + nfe_v
 
     # ------------------------------------------------------------------ corrector interface
+    @renamed_arguments(info="diagnostics")
     def decode_window(self, decoder: DecoderBase, denoiser: Denoiser, tokens: torch.Tensor,
                       window: list[int], generator: torch.Generator, target=None,
-                      info: dict[str, Any] | None = None, trace: Trajectory | None = None
+                      diagnostics: dict[str, Any] | None = None, trace: Trajectory | None = None
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Proposal + ``sweeps`` kernel steps on ``window``: (tokens, committed [B, n],
         trajectory log q [B], nfe [B]). With ``trace`` every step's (positions, state) is
@@ -225,8 +227,8 @@ class Remask:
             lq, nfe = lq + lp, nfe + calls
             if trace is not None:
                 trace.append_step(subset, tokens)
-        if info is not None:
-            info.setdefault("remask_changed", []).append(
+        if diagnostics is not None:
+            diagnostics.setdefault("remask_changed", []).append(
                 (tokens[:, window] != proposal).sum(-1))
         return tokens, sel, lq, nfe
 
@@ -388,13 +390,14 @@ class RemaskDecoder(DecoderBase):
         log_q_tokens = torch.zeros(num, n, dtype=denoiser.dtype, device=device)
         nfe = torch.zeros(num, dtype=torch.long, device=device)
         trace = Trajectory()
-        info: dict[str, Any] = {}
+        diagnostics: dict[str, Any] = {}
         for window in self.windows(denoiser, blocks):
             tokens, _, lq, calls = self.corrector.decode_window(
-                self, denoiser, tokens, window, generator, target=target, info=info, trace=trace)
+                self, denoiser, tokens, window, generator, target=target,
+                diagnostics=diagnostics, trace=trace)
             log_q, nfe = log_q + lq, nfe + calls
             log_q_tokens[:, window[0]] += lq
-        return DecodeResult(tokens, log_q, nfe, trace, False, info, log_q_tokens)
+        return DecodeResult(tokens, log_q, nfe, trace, False, diagnostics, log_q_tokens)
 
     def distribution(self, denoiser: Denoiser, *, initial=None, blocks=None,
                      oracle: Denoiser | None = None, target=None,
@@ -534,8 +537,8 @@ class ReMDM(DecoderBase):
             remasked.append(remask.sum(-1))
             trace.append_step(unmask, new)
             tokens = new
-        info = {"remasked": remasked}
-        return DecodeResult(tokens, log_q_tokens.sum(-1), nfe, trace, False, info, log_q_tokens)
+        diagnostics = {"remasked": remasked}
+        return DecodeResult(tokens, log_q_tokens.sum(-1), nfe, trace, False, diagnostics, log_q_tokens)
 
     def log_prob(self, denoiser: Denoiser, tokens: torch.Tensor, *, committed=None,
                  initial=None, blocks=None, oracle: Denoiser | None = None,
