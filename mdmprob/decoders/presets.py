@@ -39,8 +39,13 @@ def sequential(order: str = "l2r", temperature: float = 1.0, window="all",
                top_p: float | None = None) -> Decoder:
     """One token per step in a given order (l2r, r2l, random, entropy, max_prob, margin, ...).
 
-    Orders: l2r, r2l, random, entropy (Easy-First), max_prob, margin, oracle_entropy, hard_first,
-    confidence (sample, then rank); equal keys broken by ``ties``.
+    Orders: ``l2r``, ``r2l``, ``random`` (fixed or uniformly random); model-ranked, reading the
+    denoiser's p_theta: ``entropy`` (Easy-First on the model's entropy), ``hard_first`` (highest
+    model entropy), ``max_prob``, ``margin``, ``confidence`` (sample, then rank); truth-ranked,
+    reading the true conditionals (pass ``oracle=`` to ``run``): ``oracle_entropy`` (the paper's
+    Easy-First). The paper's Hard-First, ``oracle_hard_first``, is a policy of
+    :func:`mdmprob.decoders.orders.a42_rollout`. Equal keys are broken by ``ties``. The table
+    "Order names and what ranks them" in the decoders guide lists them.
     """
     if order not in SCORES:
         raise unknown_name("order", order, SCORES)
