@@ -33,11 +33,16 @@ from mdmprob.errors import MdmprobError
 
 @dataclass
 class DecodeResult:
-    """What a batched decoder run returns (B sequences of n tokens).
+    """What a batched decoder run returns (B sequences of n tokens over V values).
 
-    ``log_q`` is the exact log-probability of each run's trajectory (the decoder's random choices);
-    it equals ``log q(tokens)`` when ``log_q_is_marginal`` (the trajectory is a function of the
-    output), otherwise it is a trajectory density.
+    Fields: ``tokens`` LongTensor ``[B, n]`` (complete sequences); ``log_q`` float ``[B]``, the
+    exact log-probability of each run's trajectory (the decoder's random choices), equal to
+    ``log q(tokens)`` when ``log_q_is_marginal`` (the trajectory is a function of the output),
+    otherwise a trajectory density; ``nfe`` LongTensor ``[B]``, denoiser calls per sequence;
+    ``committed`` a list with one BoolTensor ``[B, n]`` per step (the positions committed then;
+    some decoders record a :class:`~mdmprob.decoders.remask.Trajectory`); ``diagnostics`` named
+    run diagnostics (``[B]`` tensors, or lists of them per window); ``log_q_tokens`` float
+    ``[B, n]``, each position's share of ``log_q`` (sums to it over n).
     """
 
     tokens: torch.Tensor  # long [B, n]
@@ -76,14 +81,23 @@ class DecoderBase:
 
     def run(self, denoiser, num: int = 1, *, seed: int | None = 0, generator=None,
             initial=None, blocks=None, oracle=None, target=None) -> DecodeResult:
+        """Decode ``num`` sequences (B = ``num``) in one batch: a :class:`DecodeResult` with
+        ``tokens`` LongTensor ``[B, n]`` and ``log_q`` ``[B]``. ``initial`` LongTensor ``[n]``,
+        ``[1, n]`` or ``[B, n]`` (the mask id where the decoder writes) is a prompt; ``seed``
+        (default 0; ``None``: fresh randomness) or ``generator`` fixes the random choices."""
         raise NotImplementedError  # pragma: no cover - abstract
 
     def log_prob(self, denoiser, tokens, *, committed=None, initial=None, blocks=None,
                  oracle=None, target=None) -> torch.Tensor:
+        """``tokens`` LongTensor ``[B, n]`` (complete); returns ``[B]`` log-probabilities: log
+        q(x), or with ``committed`` (a run's per-step BoolTensors ``[B, n]``) the log-probability
+        of that trajectory."""
         raise NotImplementedError  # pragma: no cover - abstract
 
     def distribution(self, denoiser, *, initial=None, blocks=None, oracle=None, target=None,
                      max_states: int | None = None) -> torch.Tensor:
+        """The exact law q as log-probabilities of shape ``[V] * n`` (one axis per position;
+        from the prompt ``initial`` LongTensor ``[n]``, q lives on its completions)."""
         raise NotImplementedError  # pragma: no cover - abstract
 
     #: whether a run's ``log_q`` is a joint log q(x, tau) of the output and the trajectory (so
