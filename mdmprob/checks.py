@@ -20,16 +20,18 @@ def check_int(name: str, value, low: int | None = None, high: int | None = None)
 
 
 def check_number(name: str, value, low: float | None = None, high: float | None = None, *,
-                 low_open: bool = False, finite: bool = True) -> float:
+                 low_open: bool = False, high_open: bool = False, finite: bool = True) -> float:
     """``value`` is an ``int`` or ``float`` (not a ``bool``, not NaN; finite unless
-    ``finite=False``) in ``[low, high]`` (``(low, high]`` if ``low_open``); returns it as float."""
+    ``finite=False``) in ``[low, high]`` (open at ``low`` if ``low_open``, at ``high`` if
+    ``high_open``); returns it as float."""
     ok = not isinstance(value, bool) and isinstance(value, int | float) and value == value
     if ok:
         ok = (not finite or math.isfinite(value)) and (
             low is None or (value > low if low_open else value >= low)) and (
-            high is None or value <= high)
+            high is None or (value < high if high_open else value <= high))
     if not ok:
-        raise MdmprobError(f"{name}={value!r} must be a number{_range(low, high, low_open, False)}"
+        raise MdmprobError(f"{name}={value!r} must be a number"
+                           f"{_range(low, high, low_open, False, high_open)}"
                            + (" (finite)" if finite and (high is None or low is None) else ""))
     return float(value)
 
@@ -40,7 +42,8 @@ def check_prob(name: str, value, low: float = 0.0, high: float = 1.0) -> float:
 
 
 def check_seed(seed) -> int:
-    """A seed is a non-negative ``int``; ``None`` is refused (it never silently means 0)."""
+    """A seed that must reproduce a run (a recorded one) is a non-negative ``int``; ``None`` is
+    refused here (it never silently means 0; :func:`generator` takes it as fresh randomness)."""
     if seed is None:
         raise MdmprobError("seed=None: give an integer seed >= 0 (runs are reproducible by "
                            "default; pass e.g. seed=0)")
@@ -48,9 +51,15 @@ def check_seed(seed) -> int:
 
 
 def generator(seed, device: torch.device | str | None = None) -> torch.Generator:
-    """A ``torch.Generator`` on ``device`` (default CPU) seeded with :func:`check_seed` ``(seed)``."""
-    return torch.Generator(device=device if device is not None else "cpu").manual_seed(
-        check_seed(seed))
+    """A ``torch.Generator`` on ``device`` (default CPU): seeded with ``seed`` (an ``int`` >= 0,
+    reproducible), or, for ``seed=None``, from the operating system's entropy (fresh,
+    non-reproducible randomness, as ``torch.Generator().seed()`` and numpy's
+    ``default_rng(None)``). The one place a seed becomes a generator."""
+    gen = torch.Generator(device=device if device is not None else "cpu")
+    if seed is None:
+        gen.seed()
+        return gen
+    return gen.manual_seed(check_seed(seed))
 
 
 def check_device(device=None) -> torch.device:
@@ -112,16 +121,16 @@ def check_match(denoiser, other, what: str = "structure",
                     f"vocab={other.vocab}; use a denoiser of the same structure")
 
 
-def _range(low, high, low_open: bool, integer: bool) -> str:
+def _range(low, high, low_open: bool, integer: bool, high_open: bool = False) -> str:
     if low is None and high is None:
         return ""
     if high is None:
         return f" {'>' if low_open else '>='} {low}"
     if low is None:
-        return f" <= {high}"
+        return f" {'<' if high_open else '<='} {high}"
     if integer:
         return f" in {low}..{high}"
-    return f" in {'(' if low_open else '['}{low}, {high}]"
+    return f" in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
 
 
 # ------------------------------------------------------------------------------ memory

@@ -95,7 +95,7 @@ def evaluate(structure: Structure, decoder: DecoderBase, denoiser: Denoiser, *, 
     nfe = measures.mc_mean(run.nfe.to(torch.float64))
     values["nfe"], values["nfe_se"] = nfe.value, nfe.se
     corrector = {k: torch.cat([t.to(torch.float64).reshape(-1) for t in v]).mean().item()
-                 for k, v in run.corrector.items()}
+                 for k, v in run.diagnostics.items()}
     return Evaluation(values, "exact" if exact else "mc", inc_at, inc_se, samples,
                       time.perf_counter() - start, corrector, notes)
 
@@ -173,7 +173,7 @@ def _trajectory_bounds(structure, decoder, denoiser, oracle, run, engine, log_p,
               target=structure)
     try:
         own = decoder.log_weights(denoiser, run.tokens, committed=run.committed,
-                                  corrector=run.corrector, **kw)
+                                  diagnostics=run.diagnostics, **kw)
     except NotImplementedError:
         return _fallback_bounds(decoder, run, log_p, notes)
     lower, upper = bounds.kl_qp_bounds(own, log_p)

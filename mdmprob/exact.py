@@ -86,9 +86,11 @@ class ExactEngine:
         self.method = method
         self.n = graph.n_tokens
         self.vocab = graph.cards[0] if graph.n_tokens else 0
-        # each factor's table with a leading broadcast batch axis: [1, card(v_1), ...]
-        self._tables = [f.table.to(self.device, self.dtype).unsqueeze(0) for f in graph.factors]
-        self._plan = lru_cache(maxsize=256)(self._make_plan)  # keyed by visibility for MAP
+        #: each factor's log table with a leading broadcast batch axis, ``[1, card(v_1), ...]``
+        self.tables = [f.table.to(self.device, self.dtype).unsqueeze(0) for f in graph.factors]
+        #: ``plan(keep, latents_first, shallow=False, seen=None)``: the elimination plan, cached
+        #: (keyed by visibility for MAP)
+        self.plan = lru_cache(maxsize=256)(self._make_plan)
         self._trees: dict[bool, object] = {}
 
     # ------------------------------------------------------------------ queries
@@ -99,9 +101,9 @@ class ExactEngine:
         returns ``[B]`` log-probabilities (``-inf`` for impossible evidence)."""
         tokens, visible = self.check(tokens, visible)
         with torch.no_grad():
-            evidence = self._evidence(tokens, visible)
+            evidence = self.evidence(tokens, visible)
             if self.method == "messages":
-                self._check_memory(tokens.shape[0], keep=False)
+                self.check_memory(tokens.shape[0], keep=False)
                 return self.message_tree().log_z(evidence) - self.log_normalizer
             return self._log_z(evidence) - self.log_normalizer
 
@@ -113,7 +115,7 @@ class ExactEngine:
             empty = torch.zeros(1, self.n, dtype=torch.long, device=self.device)
             hidden = torch.zeros(1, self.n, dtype=torch.bool, device=self.device)
             with torch.no_grad():
-                log_norm = self._log_z(self._evidence(empty, hidden)).item()
+                log_norm = self._log_z(self.evidence(empty, hidden)).item()
             if not math.isfinite(log_norm):
                 raise StructureError(f"the model's factors have total mass exp({log_norm}); "
                                      "a structure must put positive, finite mass somewhere")
@@ -137,11 +139,11 @@ class ExactEngine:
         """
         tokens, visible = self.check(tokens, visible)
         if self.method == "messages":
-            self._check_memory(tokens.shape[0], keep=True)
+            self.check_memory(tokens.shape[0], keep=True)
             with torch.no_grad():
-                evidence = self._evidence(tokens, visible)
+                evidence = self.evidence(tokens, visible)
                 out, log_z, _, _ = self.message_tree().conditionals(evidence)
-            return self._undefined_rows(out, log_z == -math.inf, evidence, visible)
+            return self.undefined_rows(out, log_z == -math.inf, evidence, visible)
         return self._conditionals_autograd(tokens, visible)
 
     def incremental(self, full_fraction: float = 0.25):
@@ -153,16 +155,18 @@ class ExactEngine:
 
     def _conditionals_autograd(self, tokens, visible) -> torch.Tensor:
         """The reference: conditionals as the gradient of log Z with respect to the evidence."""
-        evidence = self._evidence(tokens, visible).requires_grad_(True)
+        evidence = self.evidence(tokens, visible).requires_grad_(True)
         with torch.enable_grad():
             log_z = self._log_z(evidence)
             (grad,) = torch.autograd.grad(log_z.sum(), evidence)
         out = safe_log(grad.detach().clamp(min=0, max=1))
         out = out - torch.logsumexp(out, -1, keepdim=True).nan_to_num(nan=0.0, neginf=0.0)
-        return self._undefined_rows(out, log_z.detach() == -math.inf, evidence.detach(), visible)
+        return self.undefined_rows(out, log_z.detach() == -math.inf, evidence.detach(), visible)
 
-    def _undefined_rows(self, out, impossible, evidence, visible) -> torch.Tensor:
-        """Rows with impossible evidence: the indicator where visible, uniform where masked."""
+    def undefined_rows(self, out, impossible, evidence, visible) -> torch.Tensor:
+        """``out [B, n, V]`` with the rows whose evidence is impossible (``impossible``, bool
+        ``[B]``) replaced: the evidence indicator ``evidence [B, n, V]`` where ``visible [B, n]``,
+        uniform where masked."""
         undefined = torch.where(visible[..., None], evidence,
                                 out.new_full((), -math.log(self.vocab)))
         return torch.where(impossible[:, None, None], undefined, out)
@@ -207,7 +211,7 @@ class ExactEngine:
             return torch.zeros((0,) + (self.vocab,) * len(positions), device=self.device,
                                dtype=self.dtype)
         with torch.no_grad():
-            terms = self._eliminate(self._evidence(tokens, visible), keep=positions)
+            terms = self._eliminate(self.evidence(tokens, visible), keep=positions)
             table = _combine(terms, positions, tokens.shape[0], self.device, self.dtype)
             flat = table.reshape(table.shape[0], -1)
             log_z = torch.logsumexp(flat, -1, keepdim=True)
@@ -284,7 +288,7 @@ class ExactEngine:
         over the factor's other variables (in order); untouched tables stay ``[1, ...]``."""
         seen, rows = set(seen), torch.arange(tokens.shape[0], device=self.device)
         out = []
-        for f, t in zip(self.graph.factors, self._tables, strict=True):
+        for f, t in zip(self.graph.factors, self.tables, strict=True):
             if seen.isdisjoint(f.variables):
                 out.append(t)
                 continue
@@ -293,7 +297,9 @@ class ExactEngine:
             out.append(t.expand(len(rows), *t.shape[1:])[index])
         return out
 
-    def _check_window(self, window, tokens) -> torch.Tensor:
+    def check_window(self, window, tokens) -> torch.Tensor:
+        """``window`` as a bool tensor of the shape of ``tokens [B, n]`` on the engine's device;
+        otherwise :class:`~mdmprob.errors.EvidenceError`."""
         window = torch.as_tensor(window)
         if window.dtype != torch.bool or window.shape != tokens.shape:
             raise EvidenceError(f"window must be a bool tensor of shape {tuple(tokens.shape)} "
@@ -301,10 +307,11 @@ class ExactEngine:
                                 f"{tuple(window.shape)}")
         return window.to(self.device)
 
-    def _check_memory(self, batch: int, keep: bool) -> None:
-        """A BudgetError, before allocating, when the message tables of ``batch`` sequences
-        cannot fit in the device's free memory (or the largest one is over the budget)."""
-        plan = self._plan((), False)
+    def check_memory(self, batch: int, keep: bool) -> None:
+        """Refuse, before allocating, ``batch`` sequences whose largest elimination table is over
+        the engine's budget (EnumerationError) or whose message tables cannot fit in the device's
+        free memory (BudgetError)."""
+        plan = self.plan((), False)
         if plan.largest * batch > self.budget:
             raise EnumerationError(
                 f"exact elimination needs a table of {plan.largest * batch:.3g} entries "
@@ -331,7 +338,9 @@ class ExactEngine:
         return positions
 
     # ------------------------------------------------------------------ elimination
-    def _evidence(self, tokens, visible) -> torch.Tensor:
+    def evidence(self, tokens, visible) -> torch.Tensor:
+        """The evidence tables ``[B, n, V]`` of ``tokens [B, n]``: log 1 at the token where
+        ``visible [B, n]``, -inf at the other values there, 0 everywhere at masked positions."""
         # a comparison, not one_hot: one_hot builds an int64 table first (5x slower on the CPU)
         onehot = tokens[..., None] == torch.arange(self.vocab, device=tokens.device)
         allowed = onehot | ~visible[..., None]
@@ -403,7 +412,7 @@ class ExactEngine:
 
     def _eliminate(self, evidence, keep, *, maximize=False, latents_first=False, record=None,
                    seen=(), tables=None):
-        plan = self._plan(tuple(keep), latents_first, False, seen)
+        plan = self.plan(tuple(keep), latents_first, False, seen)
         batch = evidence.shape[0]
         if plan.largest * batch > self.budget:
             raise EnumerationError(
@@ -412,7 +421,7 @@ class ExactEngine:
                 "use fewer sequences per call, the Monte Carlo estimators, or a larger budget"
             )
         # unbind: one gradient buffer per position instead of a full-size one per slice
-        tables = list(self._tables if tables is None else tables) + list(evidence.unbind(1))
+        tables = list(self.tables if tables is None else tables) + list(evidence.unbind(1))
         for v, clique, aligned, axis, _ in plan.steps:
             table = None
             for i, perm, shape in aligned:
@@ -433,7 +442,7 @@ class ExactEngine:
                    seen=()):
         record: list = []
         with torch.no_grad():
-            evidence = self._evidence(tokens, visible)
+            evidence = self.evidence(tokens, visible)
             tables = self._conditioned_tables(tokens, seen) if seen else None
             self._eliminate(evidence, keep=(), maximize=maximize, latents_first=latents_first,
                             record=record, seen=seen, tables=tables)

@@ -43,7 +43,7 @@ class MessageTree:
 
     def __init__(self, engine, shallow: bool = True):
         self.engine = engine
-        graph, plan = engine.graph, engine._plan((), False, shallow)
+        graph, plan = engine.graph, engine.plan((), False, shallow)
         self.n, self.vocab = engine.n, engine.vocab
         self.device, self.dtype = engine.device, engine.dtype
         n_factors = len(graph.factors)
@@ -59,7 +59,7 @@ class MessageTree:
             static = None
             for i, perm, shape in aligned:
                 if i < n_factors:
-                    t = engine._tables[i][0].permute(_var_perm(perm)).reshape(shape + (1,))
+                    t = engine.tables[i][0].permute(_var_perm(perm)).reshape(shape + (1,))
                     static = t if static is None else static + t
                 elif i < n_factors + self.n:
                     step.evidence.append((i - n_factors, shape))
@@ -75,7 +75,7 @@ class MessageTree:
             if i in producer:
                 self.roots.append(producer[i])
             elif i < n_factors:
-                self.constant += float(engine._tables[i].sum())
+                self.constant += float(engine.tables[i].sum())
         self.token_step = [-1] * self.n
         for k, step in enumerate(self.steps):
             for c, *_ in step.children:
@@ -252,7 +252,7 @@ class IncrementalConditionals:
         engine = self.engine
         tokens, visible = engine.check(tokens, visible)
         if window is not None:
-            window = engine._check_window(window, tokens)
+            window = engine.check_window(window, tokens)
         return self.update(tokens, visible, window)
 
     def update(self, tokens: torch.Tensor, visible: torch.Tensor, window) -> torch.Tensor:
@@ -300,19 +300,19 @@ class IncrementalConditionals:
         with torch.no_grad():
             fresh = self._code is None or self._code.shape != code.shape
             if fresh or len(positions) > self.full_fraction * tree.n or len(tree.roots) != 1:
-                engine._check_memory(batch, keep=True)
+                engine.check_memory(batch, keep=True)
                 visible = code != V
-                evidence = engine._evidence(code, visible)
+                evidence = engine.evidence(code, visible)
                 out, log_z, up, down = tree.conditionals(evidence)
                 self._reset(code, evidence, up, down)
                 self.recomputed = 2 * len(tree.steps)
-                return engine._undefined_rows(out, log_z == -math.inf, evidence, visible), None
+                return engine.undefined_rows(out, log_z == -math.inf, evidence, visible), None
             self.recomputed = 0
             changed = (code != self._code).any(0).nonzero().flatten()
             if len(changed):
                 now = code[:, changed]
                 self._code[:, changed] = now  # our own copy: a caller may reuse its tensor
-                fresh_ev = engine._evidence(now, now != V)
+                fresh_ev = engine.evidence(now, now != V)
                 self._ev.index_copy_(0, changed, fresh_ev.permute(1, 2, 0))
                 self._invalidate([tree.token_step[i] for i in changed.tolist()])
             if not len(positions):
@@ -325,7 +325,7 @@ class IncrementalConditionals:
                 margs.append(_logsumexp(self._belief(k), others).expand(-1, batch))
             marg = torch.stack(margs).permute(2, 0, 1)  # [B, |positions|, V]
             impossible = (marg == -math.inf).all(-1).any(-1)  # every belief sums to Z
-            return None, engine._undefined_rows(_normalise(marg), impossible,
+            return None, engine.undefined_rows(_normalise(marg), impossible,
                                                 self._ev[positions].permute(2, 0, 1),
                                                 code[:, positions] != V)
 

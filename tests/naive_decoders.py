@@ -119,13 +119,13 @@ class NaiveDecoder:
         log_q_tokens = torch.zeros(num, n, dtype=denoiser.dtype, device=device)
         nfe = torch.zeros(num, dtype=torch.long, device=device)
         committed: list[torch.Tensor] = []
-        info: dict[str, Any] = {}
+        diagnostics: dict[str, Any] = {}
         for window in windows:
             win = torch.zeros(n, dtype=torch.bool, device=device)
             win[window] = True
             if self.corrector is not None:
                 tokens, sel, lq, calls = self.corrector.decode_window(
-                    self, denoiser, tokens, window, generator, target=target, info=info)
+                    self, denoiser, tokens, window, generator, target=target, diagnostics=diagnostics)
                 log_q, nfe = log_q + lq, nfe + calls
                 log_q_tokens[:, window[0]] += lq
                 committed.append(sel)
@@ -149,7 +149,7 @@ class NaiveDecoder:
                                                           torch.zeros_like(lq_tokens))
                 committed.append(sel)
                 step_no = step_no + active.long()
-        return DecodeResult(tokens, log_q, nfe, committed, self.log_q_is_marginal, info,
+        return DecodeResult(tokens, log_q, nfe, committed, self.log_q_is_marginal, diagnostics,
                             log_q_tokens)
 
     def _step(self, step: Step, generator, V):
@@ -218,8 +218,8 @@ class NaiveDecoder:
                         f"{self.name}: the corrector {self.corrector.name!r} is not an exact block "
                         "sampler, so its window's log q is not p(x_B | x_P); use its own decoder "
                         "class (e.g. gibbs_remask()) to replay it")
-                engine = self.corrector._target(denoiser, target)
-                table = self.corrector._block_table(engine, state, window, denoiser.mask_id)
+                engine = self.corrector.target_engine(denoiser, target)
+                table = self.corrector.block_table(engine, state, window, denoiser.mask_id)
                 code = (tokens[:, window] * V ** torch.arange(len(window) - 1, -1, -1,
                                                                device=tokens.device)).sum(-1)
                 log_q = log_q + table.reshape(tokens.shape[0], -1).gather(-1, code[:, None])[:, 0]

@@ -153,11 +153,11 @@ def test_a_well_formed_entry_that_is_not_a_graph_is_rebuilt(disk):
 def test_a_corrupt_plan_is_rebuilt(disk):
     folder, calls = disk
     s = load_model("block_hmm", n_blocks=2, block_size=2)
-    plan = s.engine()._plan((), False, True)
+    plan = s.engine().plan((), False, True)
     (path,) = _files(folder, "plan")
     path.write_bytes(path.read_bytes()[:-7])
     cache.forget()
-    again = load_model("block_hmm", n_blocks=2, block_size=2).engine()._plan((), False, True)
+    again = load_model("block_hmm", n_blocks=2, block_size=2).engine().plan((), False, True)
     assert calls["plan"] == 2 and again == plan
 
 

@@ -35,13 +35,22 @@ def test_check_number_infinite_only_when_allowed():
     assert checks.check_prob("p", 1) == 1.0 and isinstance(checks.check_prob("p", 1), float)
 
 
-def test_generator_is_seeded_and_refuses_none():
+def test_generator_is_seeded_and_none_is_fresh_randomness():
     a = torch.rand(5, generator=checks.generator(7), dtype=torch.float64)
     b = torch.rand(5, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
     assert torch.equal(a, b)
-    for bad in (None, -1, 1.5, True):
+    for bad in (-1, 1.5, True):
         with pytest.raises(MdmprobError, match="seed"):
             checks.generator(bad)
+    # seed=None: seeded from the OS; two generators share their first 8 doubles with
+    # probability ~2^-416 (and never with the seed-0 stream)
+    fresh = [torch.rand(8, generator=checks.generator(None), dtype=torch.float64)
+             for _ in range(2)]
+    assert not torch.equal(fresh[0], fresh[1])
+    assert not torch.equal(fresh[0], torch.rand(8, generator=checks.generator(0),
+                                                dtype=torch.float64))
+    with pytest.raises(MdmprobError, match="seed=None"):
+        checks.check_seed(None)
 
 
 def test_check_match_names_both_shapes_and_the_error_type():

@@ -17,7 +17,7 @@ from mdmprob.decoders.primitives import (
     DrawConfidence,
     EntropyBudget,
     EvenSplit,
-    Factor,
+    FactorRule,
     MaxProb,
     NegEntropy,
     PerStep,
@@ -38,7 +38,7 @@ RULES = [  # (score, commit, window, temperature)
     (SCORES["entropy"](), PerStep(1), "all", 1.0),
     (SCORES["margin"](), PerStep(2), "all", 0.7),
     (MaxProb(), Threshold(0.6), "blocks", 1.0),
-    (MaxProb(), Factor(1.0), "blocks", 0.0),
+    (MaxProb(), FactorRule(1.0), "blocks", 0.0),
     (NegEntropy(), EntropyBudget(0.3), "all", 1.0),
     (DrawConfidence(), EvenSplit(3), "all", 1.0),
     (DrawConfidence(), EvenSplit(2), 2, 0.0),
@@ -81,7 +81,7 @@ def test_replay_equals_the_naive_replay(rule):
         torch.testing.assert_close(new.log_prob(den, run.tokens, blocks=blocks), theirs,
                                    atol=1e-10, rtol=0)
         torch.testing.assert_close(run.log_q, theirs, atol=1e-10, rtol=0)
-    elif not isinstance(new.commit, Threshold | Factor | EntropyBudget):
+    elif not isinstance(new.commit, Threshold | FactorRule | EntropyBudget):
         # the naive replay of sample-then-choose ignores that a score-dependent count also reads
         # the unselected draws; for fixed counts both are exact
         torch.testing.assert_close(ours, theirs, atol=1e-10, rtol=0)

@@ -111,12 +111,12 @@ def test_verified_decoders_are_exact_by_frequencies(decoder):
 def test_rejection_cost_equals_m_and_bounds_prop_5_1(eta):
     s = load_model("parity_block", k=4, eta=eta)
     run = rejection().run(Oracle(s), 20000, seed=5)
-    proposals = torch.cat(run.corrector["proposals"]).double()
-    m = math.exp(run.corrector["log_m"][0][0].item())
+    proposals = torch.cat(run.diagnostics["proposals"]).double()
+    m = math.exp(run.diagnostics["log_m"][0][0].item())
     assert m == pytest.approx(2 * (1 - eta), rel=1e-9)
     est = measures.mc_mean(proposals)
     assert abs(est.value - m) < 4 * est.se
-    tc = run.corrector["forward_tc"][0][0].item()
+    tc = run.diagnostics["forward_tc"][0][0].item()
     assert m >= math.exp(tc) - 1e-12
 
 
@@ -254,7 +254,7 @@ def test_importance_resampling_removes_violations_as_particles_grow():
     for particles in (1, 4, 64):
         run = importance(particles=particles).run(o, 2000, seed=0)
         rates.append(s.violations(run.tokens).double().mean().item())
-        assert run.corrector["ess"].mean().item() <= particles
+        assert run.diagnostics["ess"].mean().item() <= particles
     assert rates[0] == pytest.approx(0.5, abs=0.05) and rates[1] < rates[0] and rates[2] < 1e-3
     with pytest.raises(MdmprobError, match="particles=0"):
         importance(particles=0)

@@ -244,8 +244,8 @@ def test_self_speculative_counts_verification_calls():
     # the first (token): each committed token but the first of its step
     assert torch.equal(per_pass.nfe, steps + verifying)
     assert torch.equal(per_token.nfe, steps + 4 - steps)
-    assert torch.equal(per_pass.corrector["verified"], torch.full_like(steps, 4) - steps)
-    assert (per_pass.corrector["rejected"] <= steps).all()
+    assert torch.equal(per_pass.diagnostics["verified"], torch.full_like(steps, 4) - steps)
+    assert (per_pass.diagnostics["rejected"] <= steps).all()
     # a joint proposal pays one call per conditional after the first
     assert (joint_proposal().run(o, 10, seed=0).nfe == 4).all()
 

@@ -10,13 +10,13 @@ torch.set_num_threads(1)
 
 from mdmprob import measures  # noqa: E402
 from mdmprob.decoders import sequential  # noqa: E402
+from mdmprob.decoders.orders import fixed_decoder  # noqa: E402
 from mdmprob.decoders.primitives import entropy_of  # noqa: E402
 from mdmprob.denoisers import Oracle, Perturbed, Table  # noqa: E402
 from mdmprob.denoisers.perturbed import away_from_mode  # noqa: E402
 from mdmprob.errors import MdmprobError  # noqa: E402
 from mdmprob.experiments import get_experiment, run_sweep  # noqa: E402
 from mdmprob.experiments.order_under_error import A42, parse_structure  # noqa: E402
-from mdmprob.orders import fixed_decoder  # noqa: E402
 from mdmprob.structure import load_model  # noqa: E402
 
 

@@ -166,7 +166,7 @@ def test_remdm_exact_distribution_matches_runs_and_replays(eta, schedule, device
     run = d.run(o, 30000, seed=2)
     assert_frequencies_match(run.tokens, q, 2)
     assert not run.log_q_is_marginal and (run.nfe >= 1).all() and (run.nfe <= 4).all()
-    assert torch.cat(run.corrector["remasked"]).sum() > 0  # remasking happened
+    assert torch.cat(run.diagnostics["remasked"]).sum() > 0  # remasking happened
     sub = slice(0, 512)
     committed = Trajectory([c[sub] for c in run.committed], [t[sub] for t in run.committed.states])
     replay = d.log_prob(o, run.tokens[sub], committed=committed)

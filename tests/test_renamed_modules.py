@@ -13,6 +13,8 @@ MOVED = [
      ["error_by_position_and_ratio", "fit_assumption_4_2", "fit_points", "ErrorTable"]),
     ("mdmprob.denoisers.error", "mdmprob.model_error",
      ["model_error", "ModelError", "masked_pairs"]),
+    ("mdmprob.orders", "mdmprob.decoders.orders",
+     ["FixedOrder", "fixed_decoder", "order_name", "a42_rollout", "GREEDY"]),
 ]
 
 
@@ -32,6 +34,7 @@ def test_new_paths_import_without_a_warning():
             "    warnings.simplefilter('always')\n"
             "    import mdmprob.measures, mdmprob.model_error, mdmprob.denoisers, mdmprob.decoders\n"
             "    import mdmprob.evaluate, mdmprob.blockwise, mdmprob.experiments.learned_block_hmm\n"
+            "    import mdmprob.decoders.orders, mdmprob.experiments.order_under_error\n"
             "print([str(w.message) for w in seen if 'is renamed' in str(w.message)])\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

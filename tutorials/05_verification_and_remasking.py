@@ -76,9 +76,9 @@ rows = []
 for eta in etas:
     s = mdmprob.load_model("parity_block", k=6, eta=eta)
     run = rejection().run(Oracle(s), SEQUENCES, seed=0, target=s)
-    proposals = torch.cat(run.corrector["proposals"]).double()
-    log_m = mean_of(run.corrector["log_m"])
-    tc = mean_of(run.corrector["forward_tc"])
+    proposals = torch.cat(run.diagnostics["proposals"]).double()
+    log_m = mean_of(run.diagnostics["log_m"])
+    tc = mean_of(run.diagnostics["forward_tc"])
     se = proposals.std().item() / math.sqrt(len(proposals))
     rows.append((eta, proposals.mean().item(), se, math.exp(log_m), math.exp(tc)))
     assert abs(math.exp(log_m) - 2 * (1 - eta)) < 1e-9
@@ -169,7 +169,7 @@ for decoder in (mean_field_blocks(), speculative(), verified_blocks()):
 assert abs(evaluate(small, speculative(), Oracle(small), mode="exact", samples=20)["kl_qp"]) < 1e-9
 
 run = speculative().run(oracle, SEQUENCES // 3, seed=0, target=s)
-drafted, accepted = mean_of(run.corrector["drafted"]), mean_of(run.corrector["accepted"])
+drafted, accepted = mean_of(run.diagnostics["drafted"]), mean_of(run.diagnostics["accepted"])
 print(f"Block-HMM, {N_BLOCKS} blocks: speculative NFE {run.nfe.double().mean():.1f} per sequence "
       f"(mean field and verified: {N_BLOCKS}); {accepted:.2f} of {drafted:.2f} drafted tokens "
       f"accepted per block")
@@ -247,7 +247,7 @@ show(fig, "remasking")
 ess, viol, nfe = [], [], []
 for K in PARTICLES:
     run = importance(particles=K).run(oracle, OUTPUTS, seed=0, target=s)
-    ess.append(run.corrector["ess"].double().mean().item())
+    ess.append(run.diagnostics["ess"].double().mean().item())
     viol.append(s.violations(run.tokens).double().mean().item())
     nfe.append(run.nfe.double().mean().item())
     print(f"K={K:4d}: ESS {ess[-1]:.2f}, NFE {nfe[-1]:.0f}, parity violation rate {viol[-1]:.3f}")

@@ -31,6 +31,7 @@ from mdmprob.decoders.core import Decoder
 from mdmprob.decoders.primitives import CommitRule, Step
 from mdmprob.decoders.step import SelectionStep
 from mdmprob.denoisers.base import Denoiser
+from mdmprob.deprecation import renamed_arguments
 from mdmprob.errors import MdmprobError
 from mdmprob.sampling import gumbel_argmax
 
@@ -48,7 +49,7 @@ class Tracked(Denoiser):
         self.structure = getattr(base, "structure", None)
         self.last: tuple[torch.Tensor, torch.Tensor] | None = None
         self.calls: torch.Tensor | None = None
-        self.info: dict[str, list] = {}
+        self.diagnostics: dict[str, list] = {}
 
     @property
     def blocks(self):
@@ -232,7 +233,7 @@ class ComposedDecoder(Decoder):
             out = super().run(den, num, seed=seed, generator=generator, initial=initial,
                               blocks=blocks, oracle=oracle, target=target)
         out.nfe = out.nfe + den.calls
-        out.corrector.update({k: torch.stack(v, -1).sum(-1) for k, v in den.info.items()})
+        out.diagnostics.update({k: torch.stack(v, -1).sum(-1) for k, v in den.diagnostics.items()})
         return out
 
     def log_prob(self, denoiser, tokens, *, committed=None, initial=None, blocks=None,
@@ -247,14 +248,15 @@ class ComposedDecoder(Decoder):
             return super().distribution(den, initial=initial, blocks=blocks, oracle=oracle,
                                         target=target, max_states=max_states)
 
+    @renamed_arguments(corrector="diagnostics")
     def log_weights(self, denoiser, tokens, *, draws: int, generator, committed=None,
-                    corrector=None, initial=None, blocks=None, oracle=None, target=None):
+                    diagnostics=None, initial=None, blocks=None, oracle=None, target=None):
         if not self.kernel.product:
             raise NotImplementedError(f"{self.name} has no trajectory proposal (its values are "
                                       "not a product of marginals)")
         with self.tracking(denoiser) as den:
             return super().log_weights(den, tokens, draws=draws, generator=generator,
-                                       committed=committed, corrector=corrector,
+                                       committed=committed, diagnostics=diagnostics,
                                        initial=initial, blocks=blocks, oracle=oracle,
                                        target=target)
 

@@ -31,6 +31,7 @@ from mdmprob.decoders.protocol import (
 )
 from mdmprob.decoders.step import TIES
 from mdmprob.denoisers.base import Denoiser
+from mdmprob.deprecation import renamed_arguments
 from mdmprob.errors import EnumerationError, MdmprobError, unknown_name
 
 WEIGHT_ROWS = 2 ** 13  # forced replays run in one batch by log_weights
@@ -106,10 +107,13 @@ class Decoder(DecoderBase):
     def run(self, denoiser: Denoiser, num: int = 1, *, seed: int | None = 0,
             generator: torch.Generator | None = None, initial=None, blocks=None,
             oracle: Denoiser | None = None, target=None) -> DecodeResult:
-        """Decode ``num`` sequences in one batch. ``seed`` (or an explicit ``generator`` on the
-        denoiser's device) fixes every random choice; ``initial`` (``[n]`` or ``[num, n]``, mask id
-        where to decode) is a prompt; ``oracle`` supplies exact conditionals for oracle scores;
-        ``target`` (a Structure) is what correctors verify against."""
+        """Decode ``num`` sequences (B = ``num``) in one batch: a :class:`DecodeResult` with
+        ``tokens`` LongTensor ``[B, n]``, ``log_q`` ``[B]`` and ``nfe`` ``[B]``. ``seed``
+        (default 0; an ``int`` >= 0 repeats, ``None`` draws fresh randomness from the operating
+        system) or an explicit ``generator`` on the denoiser's device fixes every random choice;
+        ``initial`` LongTensor ``[n]`` or ``[B, n]`` (the mask id where to decode) is a prompt;
+        ``oracle`` supplies exact conditionals for oracle scores; ``target`` (a Structure) is
+        what correctors verify against."""
         check_num(num, denoiser)
         generator = make_generator(denoiser, seed, generator)
         return drivers.run(self, denoiser, num, generator, self.windows(denoiser, blocks),
@@ -118,9 +122,10 @@ class Decoder(DecoderBase):
     def log_prob(self, denoiser: Denoiser, tokens: torch.Tensor, *, committed=None,
                  initial=None, blocks=None, oracle: Denoiser | None = None,
                  target=None) -> torch.Tensor:
-        """``log q(x)`` of complete sequences ``tokens [B, n]``, exactly (values forced to ``x``,
-        tie-breaks summed over; valid when ``log_q_is_marginal``). With ``committed`` (a run's
-        per-step selections) the log-probability of that trajectory instead, for every decoder."""
+        """``tokens`` LongTensor ``[B, n]`` (complete sequences); returns ``[B]`` log-probabilities
+        log q(x), exactly (values forced to ``x``, tie-breaks summed over; valid when
+        ``log_q_is_marginal``). With ``committed`` (a run's per-step selections, BoolTensor
+        ``[B, n]`` each) the log-probability of that trajectory instead, for every decoder."""
         tokens = check_complete(denoiser, tokens, initial)
         windows = self.windows(denoiser, blocks)
         if committed is not None:
@@ -138,8 +143,9 @@ class Decoder(DecoderBase):
         return drivers.marginal_log_prob(self, denoiser, tokens, start, windows, oracle=oracle,
                                          target=target)
 
+    @renamed_arguments(corrector="diagnostics")
     def log_weights(self, denoiser: Denoiser, tokens: torch.Tensor, *, draws: int, generator,
-                    committed=None, corrector=None, initial=None, blocks=None,
+                    committed=None, diagnostics=None, initial=None, blocks=None,
                     oracle: Denoiser | None = None, target=None):
         """Importance weights log q(x, tau) - log r(tau | x) (:class:`~mdmprob.bounds.LogWeights`)
         with r the decoder replayed with its values forced to x
@@ -169,8 +175,9 @@ class Decoder(DecoderBase):
     def distribution(self, denoiser: Denoiser, *, initial=None, blocks=None,
                      oracle: Denoiser | None = None, target=None,
                      max_states: int | None = None) -> torch.Tensor:
-        """The exact decoder-induced distribution q as a log-table of shape ``[V] * n``
-        (from the prompt ``initial`` if given: q then lives on its completions)."""
+        """The exact decoder-induced distribution q as a log-table of shape ``[V] * n`` (one axis
+        per position; from the prompt ``initial`` LongTensor ``[n]`` if given: q then lives on its
+        completions)."""
         n, V = denoiser.n_tokens, denoiser.vocab
         if V ** n > 2**20:
             raise EnumerationError(f"exact mode enumerates all V^n = {V}^{n} sequences, over the "

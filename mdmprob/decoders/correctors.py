@@ -22,6 +22,7 @@ import torch
 
 from mdmprob import measures
 from mdmprob.decoders.protocol import all_values
+from mdmprob.deprecation import renamed_arguments
 from mdmprob.errors import MdmprobError
 from mdmprob.sampling import gumbel_argmax
 
@@ -48,7 +49,9 @@ class _BlockCorrector:
     name = "corrector"
     log_q_is_marginal = True  # the output is an exact sample of p(x_B | x_P)
 
-    def _target(self, denoiser, target):
+    def target_engine(self, denoiser, target):
+        """The exact engine of ``target`` (default: the denoiser's structure) on the denoiser's
+        device and dtype; refused when there is none or its shape differs from the denoiser's."""
         target = target if target is not None else getattr(denoiser, "structure", None)
         if target is None:
             raise MdmprobError(f"{self.name} verifies against an exact target: pass "
@@ -59,18 +62,21 @@ class _BlockCorrector:
                 f"but the denoiser has {denoiser.n_tokens} over {denoiser.vocab}")
         return target.engine(device=denoiser.device, dtype=denoiser.dtype)
 
-    def _block_table(self, engine, tokens, window, mask_id):
+    def block_table(self, engine, tokens, window, mask_id):
+        """log p(x_window | the visible tokens) of ``tokens [B, n]`` (``mask_id`` marks the
+        masked ones), ``[B, V, ..., V]`` with one axis per position of ``window``."""
         visible = tokens != mask_id
         return engine.block_joint(torch.where(visible, tokens, 0), visible, window)
 
+    @renamed_arguments(info="diagnostics")
     def decode_window(self, decoder, denoiser, tokens, window, generator, target=None,
-                      info: dict[str, Any] | None = None):
+                      diagnostics: dict[str, Any] | None = None):
         """Sample the masked positions of ``window`` in every row from p(x_B | x_P) (tokens of
         the window visible in ``tokens`` are prompt tokens, kept): rows are grouped by which
         window positions are masked. Returns (tokens, committed [B, n], log q [B], nfe [B])."""
         free = free_positions(tokens, window, denoiser.mask_id)
         if free[:, window].all():
-            return self._decode(decoder, denoiser, tokens, window, generator, target, info)
+            return self._decode(decoder, denoiser, tokens, window, generator, target, diagnostics)
         B, device = tokens.shape[0], tokens.device
         out = tokens.clone()
         lq = torch.zeros(B, dtype=denoiser.dtype, device=device)
@@ -82,19 +88,19 @@ class _BlockCorrector:
                 decoder, denoiser, tokens[rows], sub, generator, target, local)
             for key, values in local.items():
                 records.setdefault(key, []).append((rows, values[0]))
-        for key, pieces in records.items() if info is not None else ():
+        for key, pieces in records.items() if diagnostics is not None else ():
             full = torch.zeros(B, dtype=pieces[0][1].dtype, device=device)
             for rows, values in pieces:
                 full[rows] = values
-            self._record(info, key, full)
+            self._record(diagnostics, key, full)
         return out, free, lq, calls
 
     def window_distribution(self, decoder, denoiser, tokens, window, target=None):
         """(values, log prob) of every configuration of ``window`` given ``tokens [1, n]`` (the
         window's visible positions keep their tokens)."""
-        engine = self._target(denoiser, target)
+        engine = self.target_engine(denoiser, target)
         free = [i for i, p in enumerate(window) if int(tokens[0, p]) == denoiser.mask_id]
-        table = self._block_table(engine, tokens, [window[i] for i in free],
+        table = self.block_table(engine, tokens, [window[i] for i in free],
                                   denoiser.mask_id).reshape(-1)
         configs = tokens[0, window].repeat(table.shape[0], 1)
         configs[:, free] = all_values(len(free), denoiser.vocab, tokens.device)
@@ -105,20 +111,20 @@ class _BlockCorrector:
     def window_log_prob(self, denoiser, state, tokens, window, target=None) -> torch.Tensor:
         """log p(x_W | state) ``[B]`` of the window's values in complete ``tokens [B, n]``, the
         positions masked in ``state`` decoded (the others are prompt tokens)."""
-        engine = self._target(denoiser, target)
+        engine = self.target_engine(denoiser, target)
         V = denoiser.vocab
         free = free_positions(state, window, denoiser.mask_id)
         out = torch.zeros(tokens.shape[0], dtype=denoiser.dtype, device=tokens.device)
         for rows, sub in _groups(free, window):
-            table = self._block_table(engine, state[rows], sub, denoiser.mask_id)
+            table = self.block_table(engine, state[rows], sub, denoiser.mask_id)
             code = (tokens[rows][:, sub] * V ** torch.arange(len(sub) - 1, -1, -1,
                                                               device=tokens.device)).sum(-1)
             out[rows] = table.reshape(len(rows), -1).gather(-1, code[:, None])[:, 0]
         return out
 
     @staticmethod
-    def _record(info: dict, key: str, value: torch.Tensor):
-        info.setdefault(key, []).append(value)
+    def _record(diagnostics: dict, key: str, value: torch.Tensor):
+        diagnostics.setdefault(key, []).append(value)
 
 
 class ExactBlock(_BlockCorrector):
@@ -126,9 +132,9 @@ class ExactBlock(_BlockCorrector):
 
     name = "verified"
 
-    def _decode(self, decoder, denoiser, tokens, window, generator, target, info):
-        engine = self._target(denoiser, target)
-        table = self._block_table(engine, tokens, window, denoiser.mask_id).reshape(
+    def _decode(self, decoder, denoiser, tokens, window, generator, target, diagnostics):
+        engine = self.target_engine(denoiser, target)
+        table = self.block_table(engine, tokens, window, denoiser.mask_id).reshape(
             tokens.shape[0], -1)
         choice = gumbel_argmax(table, generator)
         configs = all_values(len(window), denoiser.vocab, tokens.device)
@@ -138,8 +144,8 @@ class ExactBlock(_BlockCorrector):
         sel[:, window] = True
         lq = table.gather(-1, choice[:, None]).squeeze(-1)
         calls = torch.ones(tokens.shape[0], dtype=torch.long, device=tokens.device)
-        if info is not None:
-            self._record(info, "enumerated", torch.full_like(calls, denoiser.vocab ** len(window)))
+        if diagnostics is not None:
+            self._record(diagnostics, "enumerated", torch.full_like(calls, denoiser.vocab ** len(window)))
         return tokens, sel, lq, calls
 
 
@@ -148,10 +154,10 @@ class Rejection(_BlockCorrector):
 
     name = "rejection"
 
-    def _decode(self, decoder, denoiser, tokens, window, generator, target, info):
-        engine = self._target(denoiser, target)
+    def _decode(self, decoder, denoiser, tokens, window, generator, target, diagnostics):
+        engine = self.target_engine(denoiser, target)
         B, k, V = tokens.shape[0], len(window), denoiser.vocab
-        log_p = self._block_table(engine, tokens, window, denoiser.mask_id).reshape(B, -1)
+        log_p = self.block_table(engine, tokens, window, denoiser.mask_id).reshape(B, -1)
         marg = denoiser(tokens)[:, window]  # [B, k, V]
         configs = all_values(k, V, tokens.device)  # [V^k, k]
         log_q = marg.gather(-1, configs.T[None].expand(B, k, -1)).sum(1)  # [B, V^k]
@@ -186,10 +192,10 @@ class Rejection(_BlockCorrector):
         tokens[:, window] = configs[choice]
         sel = torch.zeros_like(tokens, dtype=torch.bool)
         sel[:, window] = True
-        if info is not None:
-            self._record(info, "proposals", proposals)
-            self._record(info, "log_m", log_m)
-            self._record(info, "forward_tc", measures.kl(p=log_p, q=log_q))
+        if diagnostics is not None:
+            self._record(diagnostics, "proposals", proposals)
+            self._record(diagnostics, "log_m", log_m)
+            self._record(diagnostics, "forward_tc", measures.kl(p=log_p, q=log_q))
         lq = log_p.gather(-1, choice[:, None]).squeeze(-1)
         return tokens, sel, lq, torch.ones_like(proposals)
 
@@ -201,8 +207,8 @@ class Speculative(_BlockCorrector):
 
     name = "speculative"
 
-    def _decode(self, decoder, denoiser, tokens, window, generator, target, info):
-        engine = self._target(denoiser, target)
+    def _decode(self, decoder, denoiser, tokens, window, generator, target, diagnostics):
+        engine = self.target_engine(denoiser, target)
         B, mask = tokens.shape[0], denoiser.mask_id
         tokens = tokens.clone()
         calls = torch.zeros(B, dtype=torch.long, device=tokens.device)
@@ -239,7 +245,7 @@ class Speculative(_BlockCorrector):
                 open_ = open_ & ~(need & ~accept)  # a rejection ends this row's round
         sel = torch.zeros_like(tokens, dtype=torch.bool)
         sel[:, window] = True
-        if info is not None:
-            self._record(info, "drafted", drafted)
-            self._record(info, "accepted", accepted_total)
+        if diagnostics is not None:
+            self._record(diagnostics, "drafted", drafted)
+            self._record(diagnostics, "accepted", accepted_total)
         return tokens, sel, lq, calls

@@ -70,7 +70,7 @@ class CMIGraph(GraphSource):
     (None: the denoiser's own structure, e.g. an Oracle's)."""
 
     def __init__(self, threshold: float = 1e-3, structure=None):
-        self.threshold = check_number("cmi threshold", threshold, 0.0)
+        self.threshold = check_number("cmi threshold", threshold, 0)
         self.structure = structure
         self.name = f"cmi(>{threshold:g})"
 
@@ -94,7 +94,7 @@ class AttentionGraph(GraphSource):
     (see :func:`attention_of`)."""
 
     def __init__(self, threshold: float = 0.1):
-        self.threshold = check_number("attention threshold", threshold, 0.0)
+        self.threshold = check_number("attention threshold", threshold, 0)
         self.name = f"attention(>{threshold:g})"
 
     def adjacency(self, state):
@@ -217,7 +217,7 @@ class IndependentSet(_GraphSelector):
 
     def __init__(self, graph: GraphSource, tau: float = 0.0):
         super().__init__(graph)
-        self.tau = check_number("tau", tau, 0.0, 1.0)
+        self.tau = check_number("tau", tau, 0, 1)
         self.name = f"independent_set({graph.name}, tau={tau:g})"
 
     def select(self, state):
@@ -234,9 +234,9 @@ class AnchorRelaxed(_GraphSelector):
 
     def __init__(self, graph: GraphSource, tau_high: float = 0.9, tau_relaxed: float = 0.7,
                  tau_low: float = 0.5):
-        self.tau_high = check_number("tau_high", tau_high, 0.0, 1.0)
-        self.tau_relaxed = check_number("tau_relaxed", tau_relaxed, 0.0, 1.0)
-        self.tau_low = check_number("tau_low", tau_low, 0.0, 1.0)
+        self.tau_high = check_number("tau_high", tau_high, 0, 1)
+        self.tau_relaxed = check_number("tau_relaxed", tau_relaxed, 0, 1)
+        self.tau_low = check_number("tau_low", tau_low, 0, 1)
         if not tau_low <= tau_relaxed <= tau_high:
             raise MdmprobError(f"thresholds must satisfy tau_low <= tau_relaxed <= tau_high; "
                                f"got {tau_low}, {tau_relaxed}, {tau_high}")

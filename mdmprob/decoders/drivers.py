@@ -24,7 +24,7 @@ import torch
 from mdmprob.checks import exact_state_limit
 from mdmprob.decoders.primitives import Step
 from mdmprob.decoders.protocol import DecodeResult, initial_tokens
-from mdmprob.decoders.step import SelectionStep, _scatter_logsumexp
+from mdmprob.decoders.step import SelectionStep, scatter_logsumexp
 from mdmprob.denoisers.base import Denoiser
 from mdmprob.errors import EnumerationError, MdmprobError
 
@@ -69,12 +69,12 @@ def run(decoder, denoiser, num: int, generator, windows, *, initial=None, oracle
     nfe = torch.zeros(num, dtype=torch.long, device=device)
     branched = torch.zeros(num, dtype=torch.bool, device=device)
     committed: list[torch.Tensor] = []
-    info: dict[str, Any] = {}
+    diagnostics: dict[str, Any] = {}
     reference_calls = _reference_calls(decoder, len(windows))
     for window in windows:
         if decoder.corrector is not None:
             tokens, sel, lq, calls = decoder.corrector.decode_window(
-                decoder, denoiser, tokens, window, generator, target=target, info=info)
+                decoder, denoiser, tokens, window, generator, target=target, diagnostics=diagnostics)
             nfe = nfe + calls
             log_q_tokens[:, window[0]] += lq
             committed.append(sel)
@@ -111,7 +111,7 @@ def run(decoder, denoiser, num: int, generator, windows, *, initial=None, oracle
         first = (start[rows] == mask).long().argmax(-1)
         log_q_tokens[rows, first] += exact - log_q[rows]
         log_q = log_q_tokens.sum(-1)
-    return DecodeResult(tokens, log_q, nfe, committed, decoder.log_q_is_marginal, info,
+    return DecodeResult(tokens, log_q, nfe, committed, decoder.log_q_is_marginal, diagnostics,
                         log_q_tokens)
 
 
@@ -120,16 +120,31 @@ def replay(decoder, denoiser, tokens: torch.Tensor, committed, windows, *, initi
            oracle=None, target=None) -> torch.Tensor:
     """log-probability ``[B]`` of the recorded trajectory ``committed`` (per step: bool
     ``[B, n]``) ending in ``tokens``; -inf where it is not a trajectory of the decoder."""
+    def score(step, given, active):
+        return given, step.log_prob(given, tokens)
+
+    return _forced_walk(decoder, denoiser, tokens, windows, score, committed=committed,
+                        initial=initial, oracle=oracle, target=target)
+
+
+def _forced_walk(decoder, denoiser, tokens, windows, on_step, *, committed=None, initial=None,
+                 oracle=None, target=None) -> torch.Tensor:
+    """Walk ``decoder``'s windows from ``initial`` with every committed value forced to
+    ``tokens [B, n]``; returns log q ``[B]`` of the walk. A block corrector's window is committed
+    whole (its exact log q added); each step calls ``on_step(step, given, active)``, ``step`` the
+    step law, ``given`` the recorded selection ``[B, n]`` (from ``committed``; None without) and
+    ``active [B]`` the rows with a candidate left, which returns ``(sel [B, n], log q [B])``."""
     B = tokens.shape[0]
     n, mask, device = denoiser.n_tokens, denoiser.mask_id, tokens.device
     state = initial_tokens(denoiser, initial, B)
     log_q = torch.zeros(B, dtype=denoiser.dtype, device=device)
-    steps = iter(committed)
+    steps = None if committed is None else iter(committed)
     for window in windows:
         if decoder.corrector is not None:
             log_q = log_q + _corrector_window_lp(decoder, denoiser, state, tokens, window, target)
             state[:, window] = tokens[:, window]
-            _next_step(steps)
+            if steps is not None:
+                _next_step(steps)
             continue
         win = _window_mask(window, n, device)
         window_masked = ((state == mask) & win).sum(-1)
@@ -141,8 +156,9 @@ def replay(decoder, denoiser, tokens: torch.Tensor, committed, windows, *, initi
                 break
             view = _view(decoder, denoiser, state, cand, step_no, window_masked, len(windows),
                          oracle)
-            sel = _next_step(steps).to(device) & cand
-            log_q = log_q + step_law(decoder, view).log_prob(sel, tokens)
+            given = None if steps is None else _next_step(steps).to(device) & cand
+            sel, lq = on_step(step_law(decoder, view), given, active)
+            log_q = log_q + lq
             state = torch.where(sel, tokens, state)
             step_no = step_no + active.long()
     return log_q
@@ -175,36 +191,16 @@ def forced(decoder, denoiser, tokens: torch.Tensor, windows, generator, *, commi
     the decoder and log r(tau | x) of the proposal for the trajectory tau taken. With
     ``committed`` (a run's per-step selections) the trajectory is that one, scored under both.
     Exact block correctors are deterministic given x (their window law is p(x_W | x_P))."""
-    B = tokens.shape[0]
-    n, mask, device = denoiser.n_tokens, denoiser.mask_id, tokens.device
-    state = initial_tokens(denoiser, initial, B)
-    log_q = torch.zeros(B, dtype=denoiser.dtype, device=device)
-    log_r = torch.zeros_like(log_q)
-    steps = None if committed is None else iter(committed)
-    for window in windows:
-        if decoder.corrector is not None:
-            log_q = log_q + _corrector_window_lp(decoder, denoiser, state, tokens, window, target)
-            state[:, window] = tokens[:, window]
-            if steps is not None:
-                _next_step(steps)
-            continue
-        win = _window_mask(window, n, device)
-        window_masked = ((state == mask) & win).sum(-1)
-        step_no = torch.zeros(B, dtype=torch.long, device=device)
-        while True:
-            cand = (state == mask) & win
-            active = cand.any(-1)
-            if not active.any():
-                break
-            view = _view(decoder, denoiser, state, cand, step_no, window_masked, len(windows),
-                         oracle)
-            step = step_law(decoder, view)
-            given = None if steps is None else _next_step(steps).to(device) & cand
-            sel, lr = proposal_step(step, tokens, generator, given)
-            log_q = log_q + step.log_prob(sel, tokens)
-            log_r = log_r + torch.where(active, lr, torch.zeros_like(lr))
-            state = torch.where(sel, tokens, state)
-            step_no = step_no + active.long()
+    log_r = torch.zeros(tokens.shape[0], dtype=denoiser.dtype, device=tokens.device)
+
+    def propose(step, given, active):
+        nonlocal log_r
+        sel, lr = proposal_step(step, tokens, generator, given)
+        log_r = log_r + torch.where(active, lr, torch.zeros_like(lr))
+        return sel, step.log_prob(sel, tokens)
+
+    log_q = _forced_walk(decoder, denoiser, tokens, windows, propose, committed=committed,
+                         initial=initial, oracle=oracle, target=target)
     return log_q, log_r
 
 
@@ -242,8 +238,6 @@ def _selection_lp(step: SelectionStep, sel) -> torch.Tensor:
 def _enumerated_proposal(step: SelectionStep, x, generator, given):
     """r(sel) = q(sel, x_sel | state) / sum_sel' q(sel', x_sel' | state) over every subset of
     the candidates."""
-    from mdmprob.decoders.step import _subview
-
     cand = step.view.candidates
     B, n = cand.shape
     device = cand.device
@@ -262,7 +256,7 @@ def _enumerated_proposal(step: SelectionStep, x, generator, given):
         sel.scatter_(1, slots[row], on)
         sel = sel & cand[row]
         valid = ~(bits.repeat(len(part), 1) & ~filled[row]).any(-1)  # no bit on a missing slot
-        sub = step.restricted(_subview(step.view, row))
+        sub = step.restricted(step.view.take_rows(row))
         lp = sub.log_prob(sel, x[row])
         lps.append(torch.where(valid, lp, torch.full_like(lp, -math.inf)).reshape(len(part), S))
     table = torch.cat(lps)  # [B, S]
@@ -286,13 +280,13 @@ def _bernoulli_proposal(step: SelectionStep, x, generator, given):
     <= that of x_i, conditioned on a non-empty selection."""
     view, rule = step.view, step.rule
     cand = view.candidates
-    vkeys = step._value_keys()  # [B, n, V]
+    vkeys = step.value_keys()  # [B, n, V]
     xs = x.clamp(0, vkeys.shape[-1] - 1)[..., None]
     key_x = vkeys.gather(-1, xs)[..., 0]  # [B, n]
     lp_x = step.values_lp.gather(-1, xs)[..., 0]
     prob = step.values_lp.exp()
     if not rule.commit.uses_scores:
-        k = step._count(view, torch.zeros_like(step.values_lp[..., 0]))
+        k = step.count(view, torch.zeros_like(step.values_lp[..., 0]))
         return _ranked_proposal(cand, key_x, lp_x, vkeys, prob, k, generator, given)
     n = cand.shape[-1]
     lose = torch.stack([torch.where(vkeys <= key_x[:, i, None, None], prob, 0.0).sum(-1)
@@ -502,9 +496,9 @@ def enumerate_states(decoder, denoiser, start: torch.Tensor, windows, *, oracle=
     if forced is not None:
         final_seq = torch.cat(done_seq) if done_seq else torch.zeros(0, dtype=torch.long,
                                                                       device=device)
-        return _scatter_logsumexp(final_lq, final_seq, S0)
+        return scatter_logsumexp(final_lq, final_seq, S0)
     codes = (final * V ** torch.arange(n - 1, -1, -1, device=device)).sum(-1)
-    return _scatter_logsumexp(final_lq, codes, V ** n)
+    return scatter_logsumexp(final_lq, codes, V ** n)
 
 
 # ----------------------------------------------------------------------------------- factorised
@@ -739,7 +733,7 @@ def _merge(tokens, w, step, opened, lq, seq):
     size = int(inverse.max()) + 1
     rep = torch.zeros(size, dtype=torch.long, device=seq.device).scatter_(
         0, inverse, torch.arange(seq.shape[0], device=seq.device))
-    lq = _scatter_logsumexp(lq, inverse, size)
+    lq = scatter_logsumexp(lq, inverse, size)
     live = lq > -math.inf
     rep, lq = rep[live], lq[live]
     return tokens[rep], w[rep], step[rep], opened[rep], lq, seq[rep]

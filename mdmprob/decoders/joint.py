@@ -26,7 +26,7 @@ NFE: each sub-state conditional of the joint proposal is one call; a verificatio
 call per step (``verify_cost="pass"``: the reference scores the whole draft in one block-causal
 pass) or one per verified token after the first (``"token"``: a denoiser without a causal mode
 evaluates each prefix). Run records: ``verified`` (positions checked) and ``rejected`` per
-sequence, in ``DecodeResult.corrector``.
+sequence, in ``DecodeResult.diagnostics``.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ import math
 
 import torch
 
+from mdmprob.checks import check_prob
 from mdmprob.decoders.composed import StepState, restrict
 from mdmprob.errors import MdmprobError, unknown_name
 from mdmprob.sampling import gumbel_argmax
@@ -66,9 +67,7 @@ class PrefixKernel:
                                "(logp [B, n, V], sel [B, n]) -> bool [B]")
         if verify_cost not in VERIFY_COSTS:
             raise unknown_name("verify_cost", str(verify_cost), VERIFY_COSTS)
-        if isinstance(route_tau, bool) or not isinstance(route_tau, int | float) or \
-                not 0 <= route_tau <= 1:
-            raise MdmprobError(f"route_tau={route_tau!r} must be a probability in [0, 1]")
+        check_prob("route_tau", route_tau)
         self.mode, self.router, self.route_tau = mode, router, float(route_tau)
         self.verify_cost = verify_cost
         self.joint = mode == "joint"
@@ -163,8 +162,8 @@ class PrefixKernel:
             committed[row[act], pos[act]] = True
             open_ = act & go_on
         if not self.joint:
-            state.denoiser.info.setdefault("verified", []).append(verified)
-            state.denoiser.info.setdefault("rejected", []).append(rejected)
+            state.denoiser.diagnostics.setdefault("verified", []).append(verified)
+            state.denoiser.diagnostics.setdefault("rejected", []).append(rejected)
         return committed, tokens, lp, calls
 
     def log_prob(self, state: StepState, sel, committed, values):

@@ -173,7 +173,7 @@ def train_policy(decoder, denoiser, structure, *, steps: int = 20, num: int = 64
                            "learned_policy(policy)")
     check_int("steps", steps, 1)
     check_int("num", num, 2)
-    check_number("lr", lr, 0.0, low_open=True)
+    check_number("lr", lr, 0, low_open=True)
     engine = structure.engine(device=denoiser.device, dtype=denoiser.dtype)
     params = [p for p in selector.policy.parameters() if p.requires_grad]
     if not params:

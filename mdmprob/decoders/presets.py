@@ -11,7 +11,7 @@ from mdmprob.decoders.primitives import (
     DrawConfidence,
     EntropyBudget,
     EvenSplit,
-    Factor,
+    FactorRule,
     LeftToRight,
     MaxProb,
     NegEntropy,
@@ -39,8 +39,13 @@ def sequential(order: str = "l2r", temperature: float = 1.0, window="all",
                top_p: float | None = None) -> Decoder:
     """One token per step in a given order (l2r, r2l, random, entropy, max_prob, margin, ...).
 
-    Orders: l2r, r2l, random, entropy (Easy-First), max_prob, margin, oracle_entropy, hard_first,
-    confidence (sample, then rank); equal keys broken by ``ties``.
+    Orders: ``l2r``, ``r2l``, ``random`` (fixed or uniformly random); model-ranked, reading the
+    denoiser's p_theta: ``entropy`` (Easy-First on the model's entropy), ``hard_first`` (highest
+    model entropy), ``max_prob``, ``margin``, ``confidence`` (sample, then rank); truth-ranked,
+    reading the true conditionals (pass ``oracle=`` to ``run``): ``oracle_entropy`` (the paper's
+    Easy-First). The paper's Hard-First, ``oracle_hard_first``, is a policy of
+    :func:`mdmprob.decoders.orders.a42_rollout`. Equal keys are broken by ``ties``. The table
+    "Order names and what ranks them" in the decoders guide lists them.
     """
     if order not in SCORES:
         raise unknown_name("order", order, SCORES)
@@ -103,7 +108,7 @@ def fast_dllm_factor(f: float = 1.0, block_length: int | None = None,
     """
     score = _confidence(confidence)
     tag = _tag(confidence) + ("" if variant == "reference" else f", {variant}")
-    return Decoder(f"fast_dllm_factor(f={f}{tag})", score, Factor(f, variant=variant),
+    return Decoder(f"fast_dllm_factor(f={f}{tag})", score, FactorRule(f, variant=variant),
                    "blocks" if block_length is None else block_length, temperature,
                    top_k=top_k, top_p=top_p, ties=ties)
 

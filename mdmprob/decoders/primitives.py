@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from mdmprob.checks import check_int, check_number
 from mdmprob.errors import MdmprobError, unknown_name
 
 
@@ -50,6 +51,14 @@ class Step:
         if self.positions is not None:
             return self.positions
         return torch.arange(self.logp.shape[1], device=self.logp.device)
+
+    def take_rows(self, row: torch.Tensor) -> Step:
+        """The view of the states ``row`` (long ``[K]``, repeats allowed): every per-row tensor
+        indexed by ``row`` (``[K, n, V]``, ``[K, n]``, ``[K]``), the columns unchanged."""
+        return Step(self.logp[row], self.candidates[row], self.step[row],
+                    self.window_masked[row],
+                    None if self.oracle_logp is None else self.oracle_logp[row], self.n_windows,
+                    self.positions, self.length)
 
 
 def entropy_of(logp: torch.Tensor) -> torch.Tensor:
@@ -224,8 +233,7 @@ class EvenSplit(CommitRule):
     PER = {"window": "steps per window", "total": "steps over the whole decode, split across windows"}
 
     def __init__(self, steps: int, per: str = "window"):
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise MdmprobError(f"steps={steps!r} must be an integer >= 1")
+        check_int("steps", steps, 1)
         if per not in self.PER:
             raise unknown_name("steps accounting per", str(per), self.PER)
         self.steps, self.per = steps, per
@@ -257,16 +265,16 @@ class Threshold(CommitRule):
     one."""
 
     def __init__(self, tau: float = 0.9):
-        if isinstance(tau, bool) or not (isinstance(tau, int | float) and 0 < tau <= 1):
-            raise MdmprobError(f"threshold tau={tau!r} must be in (0, 1]")
+        check_number("threshold tau", tau, 0, 1, low_open=True)
         self.tau, self.name = float(tau), f"threshold(tau={tau})"
 
     def count(self, step, ranked_scores, order):
         return (ranked_scores >= self.tau).sum(-1).clamp(min=1)
 
 
-class Factor(CommitRule):
-    """Fast-dLLM factor rule on the ranked confidences c_(1) >= c_(2) >= ...; at least one.
+class FactorRule(CommitRule):
+    """Fast-dLLM factor rule (formerly ``Factor``; not the compiler's factor,
+    :class:`mdmprob.compile.Factor`) on the ranked confidences c_(1) >= c_(2) >= ...; at least one.
 
     ``variant="strict"`` (the paper): the largest n with (n + 1)(1 - c_(n)) < f.
     ``variant="reference"`` (the published code): the largest n with c_(n) >= 1 - f / (n + 1)
@@ -279,8 +287,7 @@ class Factor(CommitRule):
                 "strict": "the paper's rule: largest n with (n + 1)(1 - c_(n)) < f"}
 
     def __init__(self, f: float = 1.0, variant: str = "strict"):
-        if isinstance(f, bool) or not (isinstance(f, int | float) and f > 0 and math.isfinite(f)):
-            raise MdmprobError(f"factor f={f!r} must be a finite number > 0")
+        check_number("factor f", f, 0, low_open=True)
         if variant not in self.VARIANTS:
             raise unknown_name("factor rule variant", str(variant), self.VARIANTS)
         self.f, self.variant = float(f), variant
@@ -352,14 +359,11 @@ class ValueLaw:
     def __init__(self, temperature: float = 1.0, top_k: int | None = None,
                  top_p: float | None = None, nucleus: str = "standard"):
         t = temperature
-        if isinstance(t, bool) or not (isinstance(t, int | float) and t >= 0 and math.isfinite(t)):
-            raise MdmprobError(f"temperature={t!r} must be a finite number >= 0 (0: argmax)")
-        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or
-                                  top_k < 1):
-            raise MdmprobError(f"top_k={top_k!r} must be an integer >= 1 (or None: no cut)")
-        if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, int | float)
-                                  or not 0 < top_p <= 1):
-            raise MdmprobError(f"top_p={top_p!r} must be in (0, 1] (or None: no nucleus)")
+        check_number("temperature", t, 0)
+        if top_k is not None:
+            check_int("top_k", top_k, 1)
+        if top_p is not None:
+            check_number("top_p", top_p, 0, 1.0, low_open=True)
         if nucleus not in self.NUCLEI:
             raise unknown_name("nucleus", str(nucleus), self.NUCLEI)
         self.temperature, self.top_k, self.top_p, self.nucleus = float(t), top_k, top_p, nucleus
@@ -409,3 +413,13 @@ class ValueLaw:
             parts.append(f"top_p={self.top_p:g}" + ("" if self.nucleus == "standard" else
                                                    f" ({self.nucleus})"))
         return ", ".join(parts)
+
+
+def __getattr__(name: str):
+    if name == "Factor":  # the commit rule shared its name with mdmprob.compile.Factor
+        import warnings
+
+        warnings.warn("mdmprob.decoders.primitives.Factor is now FactorRule (mdmprob.compile.Factor "
+                      "is the compiler's factor)", DeprecationWarning, stacklevel=2)
+        return FactorRule
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

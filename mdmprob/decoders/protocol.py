@@ -3,7 +3,9 @@
 A decoder is an inference program over a denoiser. It answers
 
 * ``run(denoiser, num, *, seed | generator, initial=None, blocks=None, ...)`` -> :class:`DecodeResult`
-  (tokens, the exact log-probability of each run, NFE);
+  (tokens, the exact log-probability of each run, NFE); ``seed=0`` by default (runs repeat), an
+  ``int`` >= 0 for another reproducible run, ``None`` for fresh randomness from the operating
+  system (as torch and numpy), or an explicit ``generator`` on the denoiser's device;
 * ``log_prob(denoiser, tokens, *, committed=None, initial=None, blocks=None, ...)`` -> ``[B]``
   (log q(x) by replay, or a recorded trajectory's log-probability);
 * ``distribution(denoiser, *, initial=None, blocks=None, ...)`` -> the exact log q as a table
@@ -23,16 +25,24 @@ from typing import Any
 
 import torch
 
+from mdmprob import checks
+from mdmprob.checks import check_int
+from mdmprob.deprecation import renamed, renamed_arguments
 from mdmprob.errors import MdmprobError
 
 
 @dataclass
 class DecodeResult:
-    """What a batched decoder run returns (B sequences of n tokens).
+    """What a batched decoder run returns (B sequences of n tokens over V values).
 
-    ``log_q`` is the exact log-probability of each run's trajectory (the decoder's random choices);
-    it equals ``log q(tokens)`` when ``log_q_is_marginal`` (the trajectory is a function of the
-    output), otherwise it is a trajectory density.
+    Fields: ``tokens`` LongTensor ``[B, n]`` (complete sequences); ``log_q`` float ``[B]``, the
+    exact log-probability of each run's trajectory (the decoder's random choices), equal to
+    ``log q(tokens)`` when ``log_q_is_marginal`` (the trajectory is a function of the output),
+    otherwise a trajectory density; ``nfe`` LongTensor ``[B]``, denoiser calls per sequence;
+    ``committed`` a list with one BoolTensor ``[B, n]`` per step (the positions committed then;
+    some decoders record a :class:`~mdmprob.decoders.remask.Trajectory`); ``diagnostics`` named
+    run diagnostics (``[B]`` tensors, or lists of them per window); ``log_q_tokens`` float
+    ``[B, n]``, each position's share of ``log_q`` (sums to it over n).
     """
 
     tokens: torch.Tensor  # long [B, n]
@@ -40,12 +50,24 @@ class DecodeResult:
     nfe: torch.Tensor  # long [B]: denoiser calls per sequence
     committed: list[torch.Tensor]  # per step: bool [B, n] positions committed at that step
     log_q_is_marginal: bool
-    corrector: dict[str, Any] = field(default_factory=dict)  # proposals, acceptance, ESS, ...
+    #: run diagnostics by name (proposals, acceptance, ESS, remasked, ...): per window a ``[B]``
+    #: tensor in a list, or one ``[B]`` tensor
+    diagnostics: dict[str, Any] = field(default_factory=dict)
     log_q_tokens: torch.Tensor | None = None  # [B, n]: each token's share of log_q (sums to it)
 
     @property
     def steps(self) -> int:
         return len(self.committed)
+
+    @property
+    def corrector(self) -> dict[str, Any]:
+        """Former name of :attr:`diagnostics` (warns)."""
+        return renamed(self, "corrector", "diagnostics")
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """Another name of :attr:`diagnostics`, kept apart from the ``info`` command (warns)."""
+        return renamed(self, "info", "diagnostics")
 
 
 class DecoderBase:
@@ -59,25 +81,35 @@ class DecoderBase:
 
     def run(self, denoiser, num: int = 1, *, seed: int | None = 0, generator=None,
             initial=None, blocks=None, oracle=None, target=None) -> DecodeResult:
+        """Decode ``num`` sequences (B = ``num``) in one batch: a :class:`DecodeResult` with
+        ``tokens`` LongTensor ``[B, n]`` and ``log_q`` ``[B]``. ``initial`` LongTensor ``[n]``,
+        ``[1, n]`` or ``[B, n]`` (the mask id where the decoder writes) is a prompt; ``seed``
+        (default 0; ``None``: fresh randomness) or ``generator`` fixes the random choices."""
         raise NotImplementedError  # pragma: no cover - abstract
 
     def log_prob(self, denoiser, tokens, *, committed=None, initial=None, blocks=None,
                  oracle=None, target=None) -> torch.Tensor:
+        """``tokens`` LongTensor ``[B, n]`` (complete); returns ``[B]`` log-probabilities: log
+        q(x), or with ``committed`` (a run's per-step BoolTensors ``[B, n]``) the log-probability
+        of that trajectory."""
         raise NotImplementedError  # pragma: no cover - abstract
 
     def distribution(self, denoiser, *, initial=None, blocks=None, oracle=None, target=None,
                      max_states: int | None = None) -> torch.Tensor:
+        """The exact law q as log-probabilities of shape ``[V] * n`` (one axis per position;
+        from the prompt ``initial`` LongTensor ``[n]``, q lives on its completions)."""
         raise NotImplementedError  # pragma: no cover - abstract
 
     #: whether a run's ``log_q`` is a joint log q(x, tau) of the output and the trajectory (so
     #: q(x) >= exp(log_q)); False where it is another density (importance resampling).
     log_q_is_joint: bool = True
 
+    @renamed_arguments(corrector="diagnostics")
     def log_weights(self, denoiser, tokens, *, draws: int, generator, committed=None,
-                    corrector=None, initial=None, blocks=None, oracle=None, target=None):
+                    diagnostics=None, initial=None, blocks=None, oracle=None, target=None):
         """Importance weights of trajectories ending in complete ``tokens [B, n]``, a
         :class:`~mdmprob.bounds.LogWeights`: ``draws`` trajectories per sequence from the
-        decoder's proposal r(tau | x), and (with ``committed`` and ``corrector``, a run's record)
+        decoder's proposal r(tau | x), and (with ``committed`` and ``diagnostics``, a run's record)
         the run's own trajectory. Decoders without a proposal raise NotImplementedError;
         :mod:`mdmprob.bounds` then falls back to the trajectory / cross-entropy bounds."""
         raise NotImplementedError(f"{self.name} has no trajectory proposal")
@@ -92,10 +124,12 @@ WINDOWS = ("blocks", "all")
 
 def check_window(window) -> None:
     """A window policy is ``"blocks"``, ``"all"`` or a block length >= 1."""
-    if isinstance(window, bool) or (isinstance(window, int) and window < 1):
-        raise MdmprobError(f"window={window!r} must be >= 1 positions (or 'blocks' / 'all')")
-    if not isinstance(window, int) and window not in WINDOWS:
-        raise MdmprobError(f"window={window!r} must be 'blocks', 'all' or an int block length")
+    if isinstance(window, str):
+        if window not in WINDOWS:
+            raise MdmprobError(f"window={window!r} must be 'blocks', 'all' or an int block "
+                               "length")
+        return
+    check_int("window", window, 1)
 
 
 def windows_of(window, denoiser, blocks=None) -> list[list[int]]:
@@ -123,21 +157,18 @@ def windows_of(window, denoiser, blocks=None) -> list[list[int]]:
 
 
 def make_generator(denoiser, seed: int | None, generator) -> torch.Generator:
-    """``generator`` if given, else a fresh one on the denoiser's device seeded with ``seed``
-    (None: 0)."""
+    """``generator`` if given, else :func:`mdmprob.checks.generator` ``(seed)`` on the denoiser's
+    device (``seed=None``: fresh, non-reproducible randomness)."""
     if generator is not None:
         return generator
-    gen = torch.Generator(device=denoiser.device)
-    gen.manual_seed(0 if seed is None else seed)
-    return gen
+    return checks.generator(seed, denoiser.device)
 
 
 def check_num(num, denoiser=None) -> None:
     """``num`` sequences is an integer >= 1 whose working memory (about 32 float copies of
     ``[num, n, V]`` for ``denoiser``'s sizes) fits the memory budget: a BudgetError up front, not
     an allocator error mid-run."""
-    if isinstance(num, bool) or not isinstance(num, int) or num < 1:
-        raise MdmprobError(f"num={num!r} sequences must be an integer >= 1")
+    check_int("num", num, 1)
     if denoiser is not None:
         from mdmprob.checks import check_budget, mc_bytes_per_sample
 

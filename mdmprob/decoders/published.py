@@ -19,16 +19,11 @@ from dataclasses import dataclass
 
 import torch
 
+from mdmprob.checks import check_int, check_number
 from mdmprob.decoders.core import Decoder
 from mdmprob.decoders.primitives import CommitRule, EvenSplit, Score, Step, ValueLaw, entropy_of
 from mdmprob.decoders.remask import ReMDM
-from mdmprob.decoders.step import (
-    SelectionStep,
-    _first_only,
-    _product,
-    _scatter_logsumexp,
-    _subview,
-)
+from mdmprob.decoders.step import SelectionStep, first_only, option_product, scatter_logsumexp
 from mdmprob.errors import BudgetError, MdmprobError, unknown_name
 
 DREAM_ALGS = {
@@ -51,18 +46,25 @@ def dream_times(steps: int, eps: float, step: torch.Tensor, dtype) -> tuple:
     return t, s
 
 
-class DreamSchedule(CommitRule):
+class _DreamGrid(CommitRule):
+    """A commit rule on Dream's time grid ``linspace(1, eps, steps + 1)``; ``label`` names it."""
+
+    label = "dream"
+
+    def __init__(self, steps: int, eps: float = 1e-3):
+        self.steps = check_int("steps", steps, 1)
+        self.eps = check_number("eps", eps, 0, 1,
+                                low_open=True, high_open=True)
+        self.name = f"{self.label}(steps={steps})"
+
+
+class DreamSchedule(_DreamGrid):
     """Dream ``diffusion_generate`` count: ``floor(|M| (1 - s/t))`` of the ``|M|`` masks at
     step i with (t, s) consecutive points of ``linspace(1, eps, steps + 1)`` (possibly 0: the
     step only calls the model); every mask at the last step."""
 
     uses_scores = False
-
-    def __init__(self, steps: int, eps: float = 1e-3):
-        _check_steps(steps)
-        _check_eps(eps)
-        self.steps, self.eps = steps, float(eps)
-        self.name = f"dream_count(steps={steps})"
+    label = "dream_count"
 
     def count(self, step, ranked_scores, order):
         t, s = dream_times(self.steps, self.eps, step.step, torch.float64)
@@ -71,17 +73,12 @@ class DreamSchedule(CommitRule):
         return torch.where(step.step >= self.steps - 1, m, k.clamp(min=0))
 
 
-class DreamBernoulli(CommitRule):
+class DreamBernoulli(_DreamGrid):
     """Dream ``origin``: each mask revealed independently with probability ``1 - s/t``
     (1 at the last step) on the grid ``linspace(1, eps, steps + 1)``."""
 
     stochastic = True
-
-    def __init__(self, steps: int, eps: float = 1e-3):
-        _check_steps(steps)
-        _check_eps(eps)
-        self.steps, self.eps = steps, float(eps)
-        self.name = f"dream_origin(steps={steps})"
+    label = "dream_origin"
 
     def probs(self, step: Step) -> torch.Tensor:
         t, s = dream_times(self.steps, self.eps, step.step, step.logp.dtype)
@@ -136,14 +133,9 @@ class PlackettLuceStep(SelectionStep):
         return PlackettLuceStep(self.rule, view, self.alg_temp)
 
     def sample(self, generator: torch.Generator):
-        view, rule = self.view, self.rule
+        view = self.view
         cand = view.candidates
-        if rule.values.deterministic:
-            draws = self.values_lp.argmax(-1)
-        else:
-            from mdmprob.sampling import gumbel_argmax
-
-            draws = gumbel_argmax(self.values_lp, generator)
+        draws = self.draw(generator)
         logw = self._log_weights(view, draws)
         k = self._k(view)
         # Gumbel top-k of the log-weights: a draw without replacement, in order
@@ -153,12 +145,7 @@ class PlackettLuceStep(SelectionStep):
             -1, g.argsort(-1, descending=True), torch.arange(
                 g.shape[-1], device=g.device).expand_as(g).contiguous())
         sel = cand & (rank < k[:, None])
-        value_lp = self.values_lp.gather(-1, draws[..., None]).squeeze(-1)
-        lp_sel = self._selection_lp(sel, draws)
-        lp_tokens = torch.where(sel, value_lp, torch.zeros_like(value_lp))
-        owner = torch.where(sel.any(-1), sel.long().argmax(-1), cand.long().argmax(-1))
-        first = torch.nn.functional.one_hot(owner, sel.shape[-1]).bool() & cand.any(-1)[:, None]
-        lp_tokens = lp_tokens + torch.where(first, lp_sel[:, None], torch.zeros_like(lp_tokens))
+        lp_tokens = self.token_log_probs(sel, draws, self._selection_lp(sel, draws))
         return sel, draws, lp_tokens, torch.zeros_like(cand[:, 0])
 
     def log_prob(self, sel: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
@@ -177,12 +164,12 @@ class PlackettLuceStep(SelectionStep):
         B, n = cand.shape
         if self.draws_random:  # keys read the draws: expand every draw of every candidate first
             opts = torch.where(cand[..., None], self._all_value_options(forced),
-                               _first_only(self.values_lp))
-            row, draws, lp = _product(opts)
+                               first_only(self.values_lp))
+            row, draws, lp = option_product(opts)
         else:
             row = torch.arange(B, device=cand.device)
             draws, lp = None, torch.zeros(B, dtype=self.values_lp.dtype, device=cand.device)
-        sub = _subview(view, row)
+        sub = view.take_rows(row)
         logw = self._log_weights(sub, draws)
         k = self._k(sub)
         parent, sel, slp = _subsets(sub.candidates, k, logw)
@@ -190,8 +177,8 @@ class PlackettLuceStep(SelectionStep):
         if self.draws_random:
             return row, sel, draws[parent], lp
         values_lp = self._all_value_options(forced)[row]
-        par2, values, vlp = _product(torch.where(sel[..., None], values_lp,
-                                                 _first_only(values_lp)))
+        par2, values, vlp = option_product(torch.where(sel[..., None], values_lp,
+                                                 first_only(values_lp)))
         return row[par2], sel[par2], values, lp[par2] + vlp
 
     # ------------------------------------------------------------------------------- helpers
@@ -223,11 +210,11 @@ class PlackettLuceStep(SelectionStep):
         hot = torch.nn.functional.one_hot(forced, self.values_lp.shape[-1]).bool()
         opts = torch.where(sel[..., None], self.values_lp.masked_fill(~hot, -math.inf),
                            self.values_lp)
-        opts = torch.where(view.candidates[..., None], opts, _first_only(opts))
-        row, draws, lp = _product(torch.where(sel[..., None], _zero_at(opts), opts))
-        sub = _subview(view, row)
+        opts = torch.where(view.candidates[..., None], opts, first_only(opts))
+        row, draws, lp = option_product(torch.where(sel[..., None], _zero_at(opts), opts))
+        sub = view.take_rows(row)
         lp = lp + _set_lp(sel[row], sub.candidates, self._log_weights(sub, draws), k[row])
-        return _scatter_logsumexp(lp, row, sel.shape[0])
+        return scatter_logsumexp(lp, row, sel.shape[0])
 
 
 def _zero_at(opts: torch.Tensor) -> torch.Tensor:
@@ -298,10 +285,7 @@ class RandomizedPositions(Decoder):
     def __post_init__(self):
         super().__post_init__()
         t = self.alg_temp
-        if isinstance(t, bool) or not isinstance(t, int | float) or not (
-                math.isfinite(t) and t >= 0):
-            raise MdmprobError(f"alg_temp={t!r} must be a finite number >= 0 (0: the top-k "
-                               "positions)")
+        check_number("alg_temp", t, 0)
         if t > 0 and (self.commit.stochastic or self.commit.uses_scores):
             raise MdmprobError(f"alg_temp needs a count known before the draws; the commit rule "
                                f"{self.commit.name} has none")
@@ -345,9 +329,9 @@ class DilatedOrder(Score):
 
     def __init__(self, block_length: int | None = None, base: int = 2, skip: int = 1):
         if block_length is not None:
-            _check_int("block_length", block_length, 1)
-        _check_int("base", base, 2)
-        _check_int("skip", skip, 1)
+            check_int("block_length", block_length, 1)
+        check_int("base", base, 2)
+        check_int("skip", skip, 1)
         self.block_length, self.base, self.skip = block_length, base, skip
         self.name = f"dilated(base={base})"
 
@@ -388,11 +372,8 @@ class PositionCalibrated(Score):
     uses_draws = True
 
     def __init__(self, lam: float = 0.25, alpha: float = 10.0, background=None):
-        for label, x in (("lam", lam), ("alpha", alpha)):
-            if isinstance(x, bool) or not isinstance(x, int | float) or not math.isfinite(x) \
-                    or x < 0 or (label == "alpha" and x == 0):
-                raise MdmprobError(f"{label}={x!r} must be a finite number "
-                                   f"{'> 0' if label == 'alpha' else '>= 0'}")
+        check_number("lam", lam, 0)
+        check_number("alpha", alpha, 0, low_open=True)
         self.lam, self.alpha = float(lam), float(alpha)
         self.background = None if background is None else torch.as_tensor(
             background, dtype=torch.float64)
@@ -434,9 +415,10 @@ class EarlyCommit(CommitRule):
 
     def __init__(self, base: EvenSplit, gaps=(7.5, 5.0, 2.5)):
         gaps = tuple(gaps)
-        if len(gaps) != 3 or any(isinstance(g, bool) or not isinstance(g, int | float) or
-                                 not g >= 0 for g in gaps):
+        if len(gaps) != 3:
             raise MdmprobError(f"gaps={gaps!r} must be three numbers >= 0 (nats)")
+        for g in gaps:
+            check_number("gaps", g, 0, finite=False)
         self.base, self.gaps = base, tuple(float(g) for g in gaps)
         self.name = f"early_commit({base.name}, gaps={gaps})"
 
@@ -466,8 +448,7 @@ class ReMDMLoop(ReMDM):
                  nucleus: str = "standard"):
         super().__init__(steps, eta, "cap", temperature, top_k, top_p, nucleus)
         for label, x in (("t_on", t_on), ("t_off", t_off), ("alpha_on", alpha_on)):
-            if isinstance(x, bool) or not isinstance(x, int | float) or not 0 < x < 1:
-                raise MdmprobError(f"{label}={x!r} must be in (0, 1)")
+            check_number(label, x, 0, 1, low_open=True, high_open=True)
         if not t_off < t_on:
             raise MdmprobError(f"t_off={t_off!r} must be below t_on={t_on!r} (the loop runs "
                                "from t_on down to t_off)")
@@ -493,21 +474,6 @@ class ReMDMLoop(ReMDM):
         a_s = 1.0 if j == self.steps else self.alpha(1 - j / self.steps)
         sigma = self.eta if a_s == a_t else 0.0
         return sigma, (a_s - (1 - sigma) * a_t) / (1 - a_t)
-
-
-# ----------------------------------------------------------------------------------- checks
-def _check_int(label, x, low):
-    if isinstance(x, bool) or not isinstance(x, int) or x < low:
-        raise MdmprobError(f"{label}={x!r} must be an integer >= {low}")
-
-
-def _check_steps(steps):
-    _check_int("steps", steps, 1)
-
-
-def _check_eps(eps):
-    if isinstance(eps, bool) or not isinstance(eps, int | float) or not 0 < eps < 1:
-        raise MdmprobError(f"eps={eps!r} must be in (0, 1) (Dream's final time; default 1e-3)")
 
 
 __all__ = ["DREAM_ALGS", "BestTied", "DilatedOrder", "DreamBernoulli", "DreamSchedule",

@@ -41,6 +41,7 @@ from typing import Any
 
 import torch
 
+from mdmprob.checks import check_int, check_prob
 from mdmprob.decoders import drivers
 from mdmprob.decoders.correctors import free_positions
 from mdmprob.decoders.primitives import ValueLaw
@@ -56,6 +57,7 @@ from mdmprob.decoders.protocol import (
     windows_of,
 )
 from mdmprob.denoisers.base import Denoiser
+from mdmprob.deprecation import renamed_arguments
 from mdmprob.errors import EnumerationError, MdmprobError, unknown_name
 from mdmprob.sampling import gumbel_argmax
 
@@ -115,11 +117,8 @@ class Remask:
     def __init__(self, kernel: str = "random", k: int = 2, sweeps: int = 1):
         if kernel not in KERNELS:
             raise unknown_name("remasking kernel", str(kernel), KERNELS)
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise MdmprobError(f"remask k={k!r} must be an integer >= 1 (positions remasked per "
-                               "kernel step)")
-        if isinstance(sweeps, bool) or not isinstance(sweeps, int) or sweeps < 0:
-            raise MdmprobError(f"remask sweeps={sweeps!r} must be an integer >= 0")
+        check_int("remask k", k, 1)
+        check_int("remask sweeps", sweeps, 0)
         self.kernel, self.k, self.sweeps = kernel, k, sweeps
         self.name = f"remask({kernel}, k={k}, sweeps={sweeps})"
 
@@ -210,9 +209,10 @@ class Remask:
         return tokens, subset, lp_s + lp_v, nfe_s + nfe_v
 
     # ------------------------------------------------------------------ corrector interface
+    @renamed_arguments(info="diagnostics")
     def decode_window(self, decoder: DecoderBase, denoiser: Denoiser, tokens: torch.Tensor,
                       window: list[int], generator: torch.Generator, target=None,
-                      info: dict[str, Any] | None = None, trace: Trajectory | None = None
+                      diagnostics: dict[str, Any] | None = None, trace: Trajectory | None = None
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Proposal + ``sweeps`` kernel steps on ``window``: (tokens, committed [B, n],
         trajectory log q [B], nfe [B]). With ``trace`` every step's (positions, state) is
@@ -227,8 +227,8 @@ class Remask:
             lq, nfe = lq + lp, nfe + calls
             if trace is not None:
                 trace.append_step(subset, tokens)
-        if info is not None:
-            info.setdefault("remask_changed", []).append(
+        if diagnostics is not None:
+            diagnostics.setdefault("remask_changed", []).append(
                 (tokens[:, window] != proposal).sum(-1))
         return tokens, sel, lq, nfe
 
@@ -353,7 +353,7 @@ class Remask:
                 yield tuple(values), lp
 
     # Decoder.log_prob's corrector branch replays exact-block correctors; say what to do instead.
-    def _target(self, denoiser, target):
+    def target_engine(self, denoiser, target):
         raise MdmprobError(f"{self.name} is a trajectory corrector: build the decoder with "
                            "gibbs_remask() (a RemaskDecoder) to replay runs with log_prob")
 
@@ -380,8 +380,8 @@ class RemaskDecoder(DecoderBase):
     def run(self, denoiser: Denoiser, num: int = 1, *, seed: int | None = 0,
             generator: torch.Generator | None = None, initial=None, blocks=None,
             oracle: Denoiser | None = None, target=None) -> DecodeResult:
-        """Decode ``num`` sequences (see the decoder protocol); ``committed`` is a
-        :class:`Trajectory`."""
+        """Decode ``num`` sequences (see the decoder protocol; ``seed=None``: fresh randomness);
+        ``committed`` is a :class:`Trajectory`."""
         check_num(num, denoiser)
         generator = make_generator(denoiser, seed, generator)
         device, n = denoiser.device, denoiser.n_tokens
@@ -390,13 +390,14 @@ class RemaskDecoder(DecoderBase):
         log_q_tokens = torch.zeros(num, n, dtype=denoiser.dtype, device=device)
         nfe = torch.zeros(num, dtype=torch.long, device=device)
         trace = Trajectory()
-        info: dict[str, Any] = {}
+        diagnostics: dict[str, Any] = {}
         for window in self.windows(denoiser, blocks):
             tokens, _, lq, calls = self.corrector.decode_window(
-                self, denoiser, tokens, window, generator, target=target, info=info, trace=trace)
+                self, denoiser, tokens, window, generator, target=target,
+                diagnostics=diagnostics, trace=trace)
             log_q, nfe = log_q + lq, nfe + calls
             log_q_tokens[:, window[0]] += lq
-        return DecodeResult(tokens, log_q, nfe, trace, False, info, log_q_tokens)
+        return DecodeResult(tokens, log_q, nfe, trace, False, diagnostics, log_q_tokens)
 
     def distribution(self, denoiser: Denoiser, *, initial=None, blocks=None,
                      oracle: Denoiser | None = None, target=None,
@@ -458,11 +459,8 @@ class ReMDM(DecoderBase):
     def __init__(self, steps: int = 4, eta: float = 0.1, schedule: str = "cap",
                  temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
                  nucleus: str = "standard"):
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise MdmprobError(f"steps={steps!r} must be an integer >= 1")
-        if isinstance(eta, bool) or not isinstance(eta, int | float) or not 0 <= eta <= 1:
-            raise MdmprobError(f"eta={eta!r} must be a number in [0, 1] (the remasking "
-                               "probability scale)")
+        check_int("steps", steps, 1)
+        check_prob("eta", eta)
         if schedule not in SCHEDULES:
             raise unknown_name("ReMDM schedule", str(schedule), SCHEDULES)
         self.values = ValueLaw(temperature, top_k, top_p, nucleus)
@@ -507,8 +505,9 @@ class ReMDM(DecoderBase):
     def run(self, denoiser: Denoiser, num: int = 1, *, seed: int | None = 0,
             generator: torch.Generator | None = None, initial=None, blocks=None,
             oracle: Denoiser | None = None, target=None) -> DecodeResult:
-        """Decode ``num`` sequences in one batch; ``committed`` is a :class:`Trajectory` (per step
-        the newly unmasked positions and the state after the step)."""
+        """Decode ``num`` sequences in one batch (``seed`` as the decoder protocol: default 0,
+        ``None`` fresh randomness); ``committed`` is a :class:`Trajectory` (per step the newly
+        unmasked positions and the state after the step)."""
         check_num(num, denoiser)
         device, mask = denoiser.device, denoiser.mask_id
         generator = make_generator(denoiser, seed, generator)
@@ -538,8 +537,8 @@ class ReMDM(DecoderBase):
             remasked.append(remask.sum(-1))
             trace.append_step(unmask, new)
             tokens = new
-        info = {"remasked": remasked}
-        return DecodeResult(tokens, log_q_tokens.sum(-1), nfe, trace, False, info, log_q_tokens)
+        diagnostics = {"remasked": remasked}
+        return DecodeResult(tokens, log_q_tokens.sum(-1), nfe, trace, False, diagnostics, log_q_tokens)
 
     def log_prob(self, denoiser: Denoiser, tokens: torch.Tensor, *, committed=None,
                  initial=None, blocks=None, oracle: Denoiser | None = None,

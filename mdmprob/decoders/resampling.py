@@ -15,6 +15,7 @@ import math
 
 import torch
 
+from mdmprob.checks import check_int
 from mdmprob.decoders.protocol import (
     DecoderBase,
     DecodeResult,
@@ -22,6 +23,7 @@ from mdmprob.decoders.protocol import (
     initial_tokens,
     make_generator,
 )
+from mdmprob.deprecation import renamed_arguments
 from mdmprob.errors import EnumerationError, MdmprobError
 from mdmprob.sampling import gumbel_argmax
 
@@ -30,8 +32,7 @@ class ImportanceResampling(DecoderBase):
     """SIR with ``particles`` proposals from ``proposal`` per output sequence."""
 
     def __init__(self, proposal: DecoderBase, particles: int = 8):
-        if isinstance(particles, bool) or not isinstance(particles, int) or particles < 1:
-            raise MdmprobError(f"particles={particles!r} must be an integer >= 1")
+        check_int("particles", particles, 1)
         if not proposal.log_q_is_marginal:
             raise MdmprobError(f"importance weights need the proposal's log q(x); {proposal.name} "
                                "only has a trajectory density")
@@ -63,21 +64,22 @@ class ImportanceResampling(DecoderBase):
                           torch.zeros_like(norm[:, 0]))
         pick = gumbel_argmax(log_w, generator)
         rows = torch.arange(num, device=log_w.device) * K + pick
-        info = {"ess": ess, "particles": torch.full_like(ess, K),
+        diagnostics = {"ess": ess, "particles": torch.full_like(ess, K),
                 "log_mean_weight": (norm[:, 0] - math.log(K))}
         committed = [c[rows] for c in inner.committed]
         return DecodeResult(inner.tokens[rows], inner.log_q[rows], inner.nfe.reshape(num, K).sum(-1),
-                            committed, False, info, inner.log_q_tokens[rows])
+                            committed, False, diagnostics, inner.log_q_tokens[rows])
 
     log_q_is_joint = False  # a run's log q is the proposal's, not a joint with the particles
 
+    @renamed_arguments(corrector="diagnostics")
     def log_weights(self, denoiser, tokens, *, draws: int, generator, committed=None,
-                    corrector=None, initial=None, blocks=None, oracle=None, target=None):
+                    diagnostics=None, initial=None, blocks=None, oracle=None, target=None):
         """Importance weights of the SIR trajectory tau = (the other particles, the index of x)
         (:class:`~mdmprob.bounds.LogWeights`). Joint law: q(x, tau) = q0(x) prod_k q0(y_k)
         w(x) / (w(x) + sum_k w(y_k)), w = p / q0; proposal r(tau | x): the index uniform, the
         other particles from q0; so q(x, tau) / r(tau | x) = q0(x) w(x) / mean(w over the
-        particles). ``draws`` particle sets per row; the run's own set from ``corrector``'s
+        particles). ``draws`` particle sets per row; the run's own set from ``diagnostics``'s
         ``log_mean_weight``."""
         from mdmprob.bounds import LogWeights, check_draws
 
@@ -107,10 +109,10 @@ class ImportanceResampling(DecoderBase):
         proposed = torch.where(reach[:, None] & (log_wx[:, None] > -math.inf),
                                log_p[:, None] - log_mean, ninf)
         own = None
-        if corrector is not None and "log_mean_weight" in corrector:
-            mean = torch.cat([t.reshape(-1) for t in corrector["log_mean_weight"]]) \
-                if isinstance(corrector["log_mean_weight"], list) else \
-                corrector["log_mean_weight"].reshape(-1)
+        if diagnostics is not None and "log_mean_weight" in diagnostics:
+            mean = torch.cat([t.reshape(-1) for t in diagnostics["log_mean_weight"]]) \
+                if isinstance(diagnostics["log_mean_weight"], list) else \
+                diagnostics["log_mean_weight"].reshape(-1)
             own = log_p - mean.to(log_p.device, log_p.dtype)
         return LogWeights(proposed, own)
 

@@ -202,7 +202,8 @@ class StateDecoder(DecoderBase):
     # ------------------------------------------------------------------------ protocol
     def run(self, denoiser, num: int = 1, *, seed: int | None = 0, generator=None,
             initial=None, blocks=None, oracle=None, target=None) -> DecodeResult:
-        """Decode ``num`` sequences in one batch; ``committed`` is a
+        """Decode ``num`` sequences in one batch (``seed`` as the decoder protocol: default 0,
+        ``None`` fresh randomness); ``committed`` is a
         :class:`~mdmprob.decoders.remask.Trajectory` (per step the newly unmasked positions and
         the tokens after the step)."""
         check_num(num, denoiser)
@@ -494,7 +495,7 @@ class KLASS(StateDecoder):
                  ties: str = "random", steps_per: str = "total", top_k: int | None = None,
                  top_p: float | None = None):
         check_prob("conf_threshold", conf_threshold)
-        check_number("kl_threshold", kl_threshold, 0.0, low_open=True, finite=False)
+        check_number("kl_threshold", kl_threshold, 0, low_open=True, finite=False)
         check_int("history", history, 1)
         if ties not in TIES:
             raise unknown_name("ties", str(ties), TIES)
@@ -670,10 +671,7 @@ class WINO(StateDecoder):
         state.extra["last"] = torch.where(moved, WINO_LAST_ACCEPT, state.extra["last"])
 
     def law(self, denoiser, state, wmask):
-        mask = denoiser.mask_id
-        tokens = state.tokens
-        logp = denoiser(tokens)
-        loo = denoiser.leave_one_out(tokens)
+        mask, tokens, logp, loo = _answers(denoiser, state)
         V = logp.shape[-1]
         cand = (tokens == mask) & wmask[state.w]
         drafted = (tokens != mask) & wmask[state.w] & ~state.extra["fixed"]
@@ -742,7 +740,7 @@ class P2(StateDecoder):
                  temperature: float = 0.0, top_k: int | None = None,
                  top_p: float | None = None):
         self.steps = check_int("steps", steps, 1)
-        self.eta = check_number("eta", eta, 0.0, low_open=True)
+        self.eta = check_number("eta", eta, 0, low_open=True)
         self.alpha = check_prob("alpha", alpha)
         self.values = ValueLaw(temperature, top_k, top_p)
         self.name = f"p2(steps={steps}, eta={eta:g}, alpha={alpha:g})"
@@ -764,10 +762,7 @@ class P2(StateDecoder):
         return score + self.alpha * logq if self.alpha > 0 else score
 
     def law(self, denoiser, state, wmask):
-        mask = denoiser.mask_id
-        tokens = state.tokens
-        logp = denoiser(tokens)
-        loo = denoiser.leave_one_out(tokens)
+        mask, tokens, logp, loo = _answers(denoiser, state)
         V = logp.shape[-1]
         fixed = state.extra["fixed"]
         cand = tokens == mask
@@ -794,6 +789,13 @@ class P2(StateDecoder):
 
 
 # ======================================================================================= helpers
+def _answers(denoiser, state):
+    """``(mask_id, tokens [B, n], logp [B, n, V], leave-one-out logp [B, n, V])`` at ``state``:
+    what the revoking laws read."""
+    tokens = state.tokens
+    return denoiser.mask_id, tokens, denoiser(tokens), denoiser.leave_one_out(tokens)
+
+
 def _round(keys: torch.Tensor) -> torch.Tensor:
     """Keys rounded to :data:`~mdmprob.decoders.step.KEY_QUANTUM` (round-off never decides)."""
     return torch.where(torch.isfinite(keys), torch.round(keys / KEY_QUANTUM) * KEY_QUANTUM, keys)

@@ -61,10 +61,7 @@ class SelectionStep:
         marks rows whose selection was a random choice among tied keys."""
         view, rule = self.view, self.rule
         cand = view.candidates
-        if rule.values.deterministic:
-            draws = self.values_lp.argmax(-1)
-        else:
-            draws = gumbel_argmax(self.values_lp, generator)
+        draws = self.draw(generator)
         branched = torch.zeros(cand.shape[0], dtype=torch.bool, device=cand.device)
         if rule.commit.stochastic:
             probs = rule.commit.probs(view)
@@ -74,18 +71,33 @@ class SelectionStep:
             lp_sel = _bernoulli_lp(probs, sel, cand)
         else:
             keys = self._keys(view, draws)
-            count = self._count(view, keys)
+            count = self.count(view, keys)
             above, tied, r = _boundary(keys, cand, count)
             sel, lp_sel = _pick(above, tied, r, self.random_ties, generator)
             branched = lp_sel < 0
             if self.draws_random:
                 lp_sel = self._draw_selection_lp(sel, draws)
+        return sel, draws, self.token_log_probs(sel, draws, lp_sel), branched
+
+    def draw(self, generator: torch.Generator) -> torch.Tensor:
+        """A value at every position, long ``[B, n]``: the argmax of the value law when it is
+        deterministic, else a draw from it."""
+        if self.rule.values.deterministic:
+            return self.values_lp.argmax(-1)
+        return gumbel_argmax(self.values_lp, generator)
+
+    def token_log_probs(self, sel: torch.Tensor, draws: torch.Tensor,
+                        lp_sel: torch.Tensor) -> torch.Tensor:
+        """An outcome's log-probability spread over positions, ``[B, n]``: each committed
+        value's log-probability under the value law at ``sel [B, n]`` (values ``draws [B, n]``),
+        plus the selection's ``lp_sel [B]`` on the first committed position (the first candidate
+        when nothing is committed); sums to log Pr[outcome]."""
+        cand = self.view.candidates
         value_lp = self.values_lp.gather(-1, draws[..., None]).squeeze(-1)
         lp_tokens = torch.where(sel, value_lp, torch.zeros_like(value_lp))
         owner = torch.where(sel.any(-1), sel.long().argmax(-1), cand.long().argmax(-1))
         first = torch.nn.functional.one_hot(owner, sel.shape[-1]).bool() & cand.any(-1)[:, None]
-        lp_tokens = lp_tokens + torch.where(first, lp_sel[:, None], torch.zeros_like(lp_tokens))
-        return sel, draws, lp_tokens, branched
+        return lp_tokens + torch.where(first, lp_sel[:, None], torch.zeros_like(lp_tokens))
 
     # ------------------------------------------------------------------------------- log_prob
     def log_prob(self, sel: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
@@ -105,7 +117,7 @@ class SelectionStep:
         else:
             draws = self.values_lp.argmax(-1) if rule.score.uses_draws else None
             keys = self._keys(view, draws)
-            lp = lp + _selection_lp(keys, cand, sel, self._count(view, keys), self.random_ties)
+            lp = lp + _selection_lp(keys, cand, sel, self.count(view, keys), self.random_ties)
         return torch.where(cand.any(-1), lp, torch.zeros_like(lp))
 
     # ------------------------------------------------------------------------------- enumerate
@@ -120,25 +132,25 @@ class SelectionStep:
         V = self.values_lp.shape[-1]
         lp = torch.zeros(B, dtype=self.values_lp.dtype, device=device)
         if rule.commit.stochastic:
-            row, out, lp = _product(self.outcome_factors(forced))
+            row, out, lp = option_product(self.outcome_factors(forced))
             return row, out < V, out, lp
         if self.draws_random:
             if forced is not None:
                 raise ValueError("sample-then-choose steps are not replayed with forced values")
-            row, draws, lp = _product(torch.where(cand[..., None], self.values_lp,
-                                                  _first_only(self.values_lp)))
-            sub = _subview(view, row)
+            row, draws, lp = option_product(torch.where(cand[..., None], self.values_lp,
+                                                  first_only(self.values_lp)))
+            sub = view.take_rows(row)
             keys = self._keys(sub, draws)
-            above, tied, r = _boundary(keys, sub.candidates, self._count(sub, keys))
+            above, tied, r = _boundary(keys, sub.candidates, self.count(sub, keys))
             parent, sel, slp = _tie_subsets(above, tied, r, self.random_ties)
             return row[parent], sel, draws[parent], lp[parent] + slp
         draws = self.values_lp.argmax(-1) if rule.score.uses_draws else None
         keys = self._keys(view, draws)
-        above, tied, r = _boundary(keys, cand, self._count(view, keys))
+        above, tied, r = _boundary(keys, cand, self.count(view, keys))
         row, sel, lp = _tie_subsets(above, tied, r, self.random_ties)
         values_lp = self._all_value_options(forced)[row]
-        parent, values, vlp = _product(torch.where(sel[..., None], values_lp,
-                                                   _first_only(values_lp)))
+        parent, values, vlp = option_product(torch.where(sel[..., None], values_lp,
+                                                   first_only(values_lp)))
         return row[parent], sel[parent], values, lp[parent] + vlp
 
     def outcome_factors(self, forced: torch.Tensor | None = None) -> torch.Tensor:
@@ -186,7 +198,7 @@ class SelectionStep:
             keys = score(view, draws).to(view.logp.dtype)
         return _round(keys).masked_fill(~view.candidates, -math.inf)
 
-    def _count(self, view: Step, keys: torch.Tensor) -> torch.Tensor:
+    def count(self, view: Step, keys: torch.Tensor) -> torch.Tensor:
         """How many candidates the commit rule keeps, ``[B]`` (ranked in lowest-position order
         among ties)."""
         order = torch.sort(keys, dim=-1, descending=True, stable=True).indices
@@ -199,14 +211,15 @@ class SelectionStep:
         the candidates left masked are summed out exactly."""
         commit = self.rule.commit
         if not commit.uses_scores:
-            count = self._count(self.view, torch.zeros_like(self.view.logp[..., 0]))
+            count = self.count(self.view, torch.zeros_like(self.view.logp[..., 0]))
             return self._fixed_count_lp(sel, values, count)
         if isinstance(commit, Threshold):
             return self._threshold_lp(sel, values, commit.tau)
         return self._enumerated_selection_lp(sel, values)
 
-    def _value_keys(self) -> torch.Tensor:
-        """The key each value would have at each position, ``[B, n, V]`` (rounded)."""
+    def value_keys(self) -> torch.Tensor:
+        """The key each value would have at each position, ``[B, n, V]`` (rounded to
+        :data:`KEY_QUANTUM`), for scores that read the drawn value."""
         return _round(self.rule.score.value_keys(self.view).to(self.view.logp.dtype))
 
     def _fixed_count_lp(self, sel, values, count) -> torch.Tensor:
@@ -215,7 +228,7 @@ class SelectionStep:
         cand = self.view.candidates
         n = cand.shape[-1]
         pos = torch.arange(n, device=cand.device)
-        vkeys = self._value_keys()
+        vkeys = self.value_keys()
         sel_keys = vkeys.gather(-1, values[..., None]).squeeze(-1)
         w = torch.where(sel, sel_keys, torch.full_like(sel_keys, math.inf)).amin(-1)
         prob = self.values_lp.exp()
@@ -251,7 +264,7 @@ class SelectionStep:
         """Threshold rule: either every selected key is >= tau and every other candidate draws a
         key < tau, or one candidate is selected (the best, below tau) as with a count of 1."""
         cand = self.view.candidates
-        vkeys = self._value_keys()
+        vkeys = self.value_keys()
         sel_keys = vkeys.gather(-1, values[..., None]).squeeze(-1)
         prob = self.values_lp.exp()
         all_above = sel.any(-1) & (~sel | (sel_keys >= tau)).all(-1)
@@ -283,15 +296,15 @@ class SelectionStep:
             if not unsel[:, p].any():
                 continue
             opts = self._value_options(row, p, None)
-            opts = torch.where(unsel[row, p][:, None], opts, _first_only(opts))
+            opts = torch.where(unsel[row, p][:, None], opts, first_only(opts))
             parent, choice, olp = _branch(opts)
             row, draws, lp = row[parent], draws[parent], lp[parent] + olp
             draws[:, p] = torch.where(unsel[row, p], choice, draws[:, p])
-        sub = _subview(view, row)
+        sub = view.take_rows(row)
         keys = self._keys(sub, draws)
-        lp = lp + _selection_lp(keys, sub.candidates, sel[row], self._count(sub, keys),
+        lp = lp + _selection_lp(keys, sub.candidates, sel[row], self.count(sub, keys),
                                 self.random_ties)
-        return _scatter_logsumexp(lp, row, B)
+        return scatter_logsumexp(lp, row, B)
 
 
 # ----------------------------------------------------------------------------------- kernels
@@ -411,14 +424,15 @@ def _branch(options_lp: torch.Tensor):
     return parent, choice, options_lp[parent, choice]
 
 
-def _first_only(opts: torch.Tensor) -> torch.Tensor:
-    """One certain option (index 0): a position the expansion passes over."""
+def first_only(opts: torch.Tensor) -> torch.Tensor:
+    """Options ``[..., C]`` of the same shape as ``opts`` with one certain option, index 0
+    (log-probability 0, the others -inf): a position an expansion passes over."""
     out = torch.full_like(opts, -math.inf)
     out[..., 0] = 0.0
     return out
 
 
-def _product(options_lp: torch.Tensor):
+def option_product(options_lp: torch.Tensor):
     """Every combination of one option per position, per row: ``options_lp [B, n, C]`` ->
     ``(row [K], choice [K, n], lp [K])`` over the options with positive probability. The K
     outcomes are decoded from a mixed-radix counter (no intermediate expansions)."""
@@ -454,14 +468,9 @@ def _log_comb(n: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     return torch.lgamma(n + 1) - torch.lgamma(k + 1) - torch.lgamma(n - k + 1)
 
 
-def _subview(view: Step, row: torch.Tensor) -> Step:
-    return Step(view.logp[row], view.candidates[row], view.step[row], view.window_masked[row],
-                None if view.oracle_logp is None else view.oracle_logp[row], view.n_windows,
-                view.positions, view.length)
-
-
-def _scatter_logsumexp(lp: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:
-    """``out[i] = logsumexp(lp[index == i])`` (-inf for empty groups)."""
+def scatter_logsumexp(lp: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:
+    """``out [size]`` with ``out[i] = logsumexp(lp[index == i])`` for ``lp [K]`` and long
+    ``index [K]`` in ``0..size-1`` (-inf for empty groups)."""
     top = torch.full((size,), -math.inf, dtype=lp.dtype, device=lp.device)
     top = top.scatter_reduce(0, index, lp, reduce="amax")
     safe = torch.where(top > -math.inf, top, torch.zeros_like(top))
@@ -469,4 +478,5 @@ def _scatter_logsumexp(lp: torch.Tensor, index: torch.Tensor, size: int) -> torc
     return torch.where(top > -math.inf, total.log() + safe, top)
 
 
-__all__ = ["KEY_QUANTUM", "TIES", "SelectionStep"]
+__all__ = ["KEY_QUANTUM", "TIES", "SelectionStep", "first_only", "option_product",
+           "scatter_logsumexp"]

@@ -36,9 +36,10 @@ class Denoiser:
         return None if structure is None else [list(b) for b in structure.blocks]
 
     def __call__(self, tokens: torch.Tensor, window: torch.Tensor | None = None) -> torch.Tensor:
-        """``log p_theta(x_i | x_visible)``, ``[B, n, V]``; visible rows are their point mass.
+        """``tokens`` LongTensor ``[B, n]`` (the mask id V at masked positions); returns ``[B, n, V]``
+        log-probabilities ``log p_theta(x_i | x_visible)``; visible rows are their point mass.
 
-        ``window`` (optional ``BoolTensor[B, n]``) marks the positions whose rows the caller
+        ``window`` (optional BoolTensor ``[B, n]``) marks the positions whose rows the caller
         needs; the other rows may hold any finite values or the full answer. A denoiser that
         can answer a window for less (the oracle) overrides :meth:`predict_window`."""
         tokens = self.check(tokens)
@@ -51,8 +52,9 @@ class Denoiser:
         return torch.where(visible[..., None], point, out)
 
     def rows(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """The rows of :meth:`__call__` at ``positions`` only: ``[B, w, V]`` for ``positions``
-        a ``LongTensor[w]`` of distinct positions (shared by every sequence). Visible rows are
+        """The rows of :meth:`__call__` at ``positions`` only: ``tokens`` LongTensor ``[B, n]``
+        and ``positions`` LongTensor ``[w]`` of distinct positions (shared by every sequence);
+        returns ``[B, w, V]`` log-probabilities. Visible rows are
         their point mass; the masked rows are what ``self(tokens)[:, positions]`` holds there. A
         decoder working one window at a time asks this, so a denoiser that answers a window for
         less (the oracle, by :meth:`predict_rows`) costs what the window costs. The decoder
@@ -66,6 +68,9 @@ class Denoiser:
         return torch.where((seen != self.mask_id)[..., None], point, out)
 
     def predict(self, tokens: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        """What a denoiser implements: ``tokens`` LongTensor ``[B, n]`` (checked, the mask id V
+        at masked positions); returns ``[B, n, V]`` log-probabilities of every row (only the
+        masked rows are read; :meth:`__call__` writes the visible ones)."""
         raise NotImplementedError
 
     def predict_window(self, tokens: torch.Tensor, window: torch.Tensor) -> torch.Tensor:

@@ -8,9 +8,9 @@ orders differ. Two kinds of settings:
 * **error families** (``family`` in :data:`~mdmprob.denoisers.FAMILIES`, strength ``level``): the
   denoiser is ``Perturbed(Oracle(structure), family, level)`` and q is
   :meth:`Decoder.distribution` for the named orders and, when ``n <= all_orders_max_n``, for
-  every one of the n! fixed orders (:class:`mdmprob.orders.FixedOrder`).
+  every one of the n! fixed orders (:class:`mdmprob.decoders.orders.FixedOrder`).
 * **§4-F error model** (``family = "assumption_4_2"``, ``level = lambda``): Assumption 4.2 met with
-  equality along every path, rolled out exactly by :func:`mdmprob.orders.a42_rollout`.
+  equality along every path, rolled out exactly by :func:`mdmprob.decoders.orders.a42_rollout`.
 
 Per setting the records are: ``J`` per named order (column ``order``), ``J_fixed`` per fixed order
 (``order`` = the positions in decoding order, e.g. ``"0-1-2-3-4"``), ``J_min`` / ``J_median`` /
@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 from mdmprob.checks import check_number
+from mdmprob.decoders.orders import a42_rollout, fixed_decoder, order_name
 from mdmprob.errors import MdmprobError
 from mdmprob.experiments.base import (
     Experiment,
@@ -43,7 +44,6 @@ from mdmprob.experiments.base import (
     record,
 )
 from mdmprob.experiments.plotting import panels, series
-from mdmprob.orders import a42_rollout, fixed_decoder, order_name
 
 A42 = "assumption_4_2"  # the family name of the §4-F path-dependent error model
 TIE = 1e-10  # nats: J values this close count as equal when ranking orders

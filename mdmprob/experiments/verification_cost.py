@@ -179,7 +179,7 @@ class VerificationCost(Experiment):
         s = load_model("block_hmm", eta=setting["eta"], n_blocks=blocks_run,
                        block_size=setting["block_size"])
         run = rejection().run(Oracle(s), samples, seed=seed, blocks=s.blocks, target=s)
-        proposals = torch.stack([p.to(torch.float64) for p in run.corrector["proposals"]])
+        proposals = torch.stack([p.to(torch.float64) for p in run.diagnostics["proposals"]])
         out = []
         for m in range(blocks_run):
             est = measures.mc_mean(proposals[m])
