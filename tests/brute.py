@@ -242,3 +242,25 @@ def networks():
                        draw(st.booleans()), draw(st.booleans()), coupling)
 
     return strategy()
+
+
+def chi_square_p(tokens: torch.Tensor, q: torch.Tensor, vocab: int) -> tuple[float, float, int]:
+    """Goodness of fit of sampled sequences ``tokens [N, n]`` to the law ``q`` (flat ``[V^n]``,
+    probabilities, codes most significant position first): ``(p-value, statistic, df)``, cells
+    with expected count < 5 pooled into one. Also asserts that no sample falls outside the
+    support of ``q``."""
+    from scipy.stats import chi2
+
+    n = tokens.shape[1]
+    num = tokens.shape[0]
+    codes = (tokens.cpu() * vocab ** torch.arange(n - 1, -1, -1)).sum(-1)
+    observed = torch.bincount(codes, minlength=vocab ** n).double()
+    expected = q.cpu().double() * num
+    assert observed[expected == 0].sum() == 0, "a sample outside the support of q"
+    big = expected >= 5
+    obs = torch.cat([observed[big], observed[~big].sum()[None]])
+    exp = torch.cat([expected[big], expected[~big].sum()[None]])
+    keep = exp > 0
+    stat = float(((obs[keep] - exp[keep]) ** 2 / exp[keep]).sum())
+    df = max(int(keep.sum()) - 1, 1)
+    return float(chi2.sf(stat, df)), stat, df
