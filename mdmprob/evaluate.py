@@ -28,6 +28,7 @@ from mdmprob import bounds, measures
 from mdmprob.decoders.core import Decoder
 from mdmprob.decoders.protocol import DecoderBase
 from mdmprob.denoisers.base import Denoiser
+from mdmprob.deprecation import renamed
 from mdmprob.errors import EnumerationError, MdmprobError
 from mdmprob.structure import Structure
 
@@ -44,8 +45,13 @@ class Evaluation(Mapping):
     incoherence_at_se: dict[float, float | None] = field(default_factory=dict)
     samples: int = 0
     wall_time: float = 0.0
-    corrector: dict[str, float] = field(default_factory=dict)
+    diagnostics: dict[str, float] = field(default_factory=dict)  # run diagnostics, averaged
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def corrector(self) -> dict[str, float]:
+        """Former name of :attr:`diagnostics` (warns)."""
+        return renamed(self, "corrector", "diagnostics")
 
     def __getitem__(self, key: str):
         return self.metrics[key]
@@ -94,10 +100,10 @@ def evaluate(structure: Structure, decoder: DecoderBase, denoiser: Denoiser, *, 
     _fill_bounds(values)
     nfe = measures.mc_mean(run.nfe.to(torch.float64))
     values["nfe"], values["nfe_se"] = nfe.value, nfe.se
-    corrector = {k: torch.cat([t.to(torch.float64).reshape(-1) for t in v]).mean().item()
-                 for k, v in run.diagnostics.items()}
+    diagnostics = {k: torch.cat([t.to(torch.float64).reshape(-1) for t in v]).mean().item()
+                   for k, v in run.diagnostics.items()}
     return Evaluation(values, "exact" if exact else "mc", inc_at, inc_se, samples,
-                      time.perf_counter() - start, corrector, notes)
+                      time.perf_counter() - start, diagnostics, notes)
 
 
 def _exact(structure, decoder, denoiser, oracle, taus, tau):

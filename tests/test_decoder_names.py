@@ -57,3 +57,13 @@ def test_run_diagnostics_and_their_former_names():
         seen: dict = {}
         dec.corrector.decode_window(dec, den, tokens, window, gen, target=s, info=seen)
     assert seen["enumerated"][0].tolist() == [2 ** 3] * 2
+
+
+def test_evaluation_diagnostics_keep_their_former_name():
+    from mdmprob.evaluate import evaluate
+
+    s = load_model("block_hmm", n_blocks=2, block_size=2, eta=0.05)
+    ev = evaluate(s, get_decoder("rejection"), Oracle(s), samples=64, seed=0)
+    assert ev.diagnostics and "proposals" in str(sorted(ev.diagnostics))
+    with pytest.warns(DeprecationWarning, match="corrector is now diagnostics"):
+        assert ev.corrector == ev.diagnostics
