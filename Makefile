@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_decoders.py
 	$(BIN)/python bench/bench_dependency_aware.py
 	$(BIN)/python bench/bench_neural.py
+	$(BIN)/python bench/bench_arithmetic_training.py
 	$(BIN)/python bench/bench_cli.py
 
 clean:
