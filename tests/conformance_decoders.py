@@ -87,6 +87,16 @@ def _tie_orders(positions, ties, conf=None):
     return [([i for perm in combo for i in perm], weight) for combo in itertools.product(*parts)]
 
 
+def top_commits(tokens, masked, key, count, draw, ties):
+    """Each way of committing the ``count`` masks with the largest ``key`` to their drawn
+    values, over the orders of tied keys: (new tokens as a tuple, probability of that order)."""
+    for order, weight in _tie_orders(masked, ties, key):
+        new = list(tokens)
+        for i in _ranked(masked, key, order)[:count]:
+            new[i] = draw[i]
+        yield tuple(new), weight
+
+
 def _draws(model, tokens, positions, temperature, top_k, top_p, nucleus):
     """Every joint draw at ``positions``: (dict position -> value, probability)."""
     P = model.probs(tokens)

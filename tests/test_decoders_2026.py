@@ -123,11 +123,8 @@ def dream_ref(model, steps, alg, temperature=0.0, top_k=None, top_p=None, alg_te
                         new[j] = draw[j]
                     out[tuple(new)] += prob * pd * pw
                 continue
-            for order, pw in ref._tie_orders(masked, ties, key):
-                new = list(tokens)
-                for j in ref._ranked(masked, key, order)[:k]:
-                    new[j] = draw[j]
-                out[tuple(new)] += prob * pd * pw
+            for new, pw in ref.top_commits(tokens, masked, key, k, draw, ties):
+                out[new] += prob * pd * pw
 
     level = {start: 1.0}  # the law of the state after each step (equal states merged)
     for i in range(steps):
@@ -272,11 +269,8 @@ def pc_ref(model, steps, lam, alpha, background, temperature, ties="random") -> 
         for draw, pd in ref._draws(model, tokens, masked, temperature, None, None, "standard"):
             key = {i: math.exp(-lam * i) * min(alpha, P[i][draw[i]] * -math.log(bg[draw[i]]))
                    for i in masked}
-            for order, pw in ref._tie_orders(masked, ties, key):
-                new = list(tokens)
-                for i in ref._ranked(masked, key, order)[:counts[j]]:
-                    new[i] = draw[i]
-                go(tuple(new), j + 1, counts, prob * pd * pw)
+            for new, pw in ref.top_commits(tokens, masked, key, counts[j], draw, ties):
+                go(new, j + 1, counts, prob * pd * pw)
 
     go((model.mask,) * n, 0, [n // steps + (s < n % steps) for s in range(steps)], 1.0)
     return dict(out)
@@ -323,11 +317,8 @@ def prophet_ref(model, steps, gaps, temperature, ties="random") -> dict:
                 go(tuple(draw.get(i, x) for i, x in enumerate(tokens)), j + 1, counts, prob * pd)
                 continue
             conf = {i: P[i][draw[i]] for i in masked}
-            for order, pw in ref._tie_orders(masked, ties, conf):
-                new = list(tokens)
-                for i in ref._ranked(masked, conf, order)[:counts[j]]:
-                    new[i] = draw[i]
-                go(tuple(new), j + 1, counts, prob * pd * pw)
+            for new, pw in ref.top_commits(tokens, masked, conf, counts[j], draw, ties):
+                go(new, j + 1, counts, prob * pd * pw)
 
     go((model.mask,) * n, 0, [n // steps + (s < n % steps) for s in range(steps)], 1.0)
     return dict(out)
