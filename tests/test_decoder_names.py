@@ -44,9 +44,8 @@ def test_run_diagnostics_and_their_former_names():
     den = Oracle(s)
     run = verified_blocks().run(den, 4, target=s)
     assert run.diagnostics["enumerated"][0].tolist() == [2 ** 3] * 4  # V^|block| values
-    for old in ("corrector", "info"):
-        with pytest.warns(DeprecationWarning, match=f"DecodeResult.{old} is now diagnostics"):
-            assert getattr(run, old) is run.diagnostics
+    with pytest.warns(DeprecationWarning, match="DecodeResult.corrector is now diagnostics"):
+        assert run.corrector is run.diagnostics
     # the corrector's former argument name still records into the same dict
     dec = verified_blocks()
     window = s.blocks[0]

@@ -31,7 +31,6 @@ from mdmprob.decoders.core import Decoder
 from mdmprob.decoders.primitives import CommitRule, Step
 from mdmprob.decoders.step import SelectionStep
 from mdmprob.denoisers.base import Denoiser
-from mdmprob.deprecation import renamed_arguments
 from mdmprob.errors import MdmprobError
 from mdmprob.sampling import gumbel_argmax
 
@@ -248,7 +247,6 @@ class ComposedDecoder(Decoder):
             return super().distribution(den, initial=initial, blocks=blocks, oracle=oracle,
                                         target=target, max_states=max_states)
 
-    @renamed_arguments(corrector="diagnostics")
     def log_weights(self, denoiser, tokens, *, draws: int, generator, committed=None,
                     diagnostics=None, initial=None, blocks=None, oracle=None, target=None):
         if not self.kernel.product:

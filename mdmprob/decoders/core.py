@@ -31,7 +31,6 @@ from mdmprob.decoders.protocol import (
 )
 from mdmprob.decoders.step import TIES
 from mdmprob.denoisers.base import Denoiser
-from mdmprob.deprecation import renamed_arguments
 from mdmprob.errors import EnumerationError, MdmprobError, unknown_name
 
 WEIGHT_ROWS = 2 ** 13  # forced replays run in one batch by log_weights
@@ -143,7 +142,6 @@ class Decoder(DecoderBase):
         return drivers.marginal_log_prob(self, denoiser, tokens, start, windows, oracle=oracle,
                                          target=target)
 
-    @renamed_arguments(corrector="diagnostics")
     def log_weights(self, denoiser: Denoiser, tokens: torch.Tensor, *, draws: int, generator,
                     committed=None, diagnostics=None, initial=None, blocks=None,
                     oracle: Denoiser | None = None, target=None):

@@ -27,6 +27,7 @@ from mdmprob.decoders.protocol import DecodeResult, initial_tokens
 from mdmprob.decoders.step import SelectionStep, scatter_logsumexp
 from mdmprob.denoisers.base import Denoiser
 from mdmprob.errors import EnumerationError, MdmprobError
+from mdmprob.sampling import gumbel_argmax
 
 CALL_CHUNK = 2 ** 14  # states per denoiser call in exact mode
 
@@ -262,7 +263,7 @@ def _enumerated_proposal(step: SelectionStep, x, generator, given):
     table = torch.cat(lps)  # [B, S]
     log_z = torch.logsumexp(table, -1)
     if given is None:
-        pick = _gumbel_pick(table, generator)
+        pick = gumbel_argmax(table, generator)
         on = bits[pick] & filled
         given = torch.zeros(B, n, dtype=torch.bool, device=device).scatter_(1, slots, on) & cand
         lp_sel = table.gather(-1, pick[:, None])[:, 0]
@@ -331,7 +332,7 @@ def _ranked_proposal(cand, key_x, lp_x, vkeys, prob, k, generator, given):
                             torch.full_like(log_total, ninf))
     log_z = torch.logsumexp(log_total, -1)
     if given is None:
-        m = _gumbel_pick(log_total, generator)
+        m = gumbel_argmax(log_total, generator)
         chosen = torch.zeros(B, n, dtype=torch.bool, device=device)
         chosen[torch.arange(B, device=device), m] = True
         # the k - 1 others among the positions ranked above m, backwards through the programme
@@ -406,12 +407,6 @@ def _independent(log_w, cand, generator, given):
     lp = torch.where(cand, torch.where(given, log_p, log_1mp), torch.zeros_like(log_p)).sum(-1)
     lp = torch.where(given.any(-1), lp - log_some, torch.full_like(lp, -math.inf))
     return given, lp
-
-
-def _gumbel_pick(table, generator):
-    from mdmprob.sampling import gumbel_argmax
-
-    return gumbel_argmax(table, generator)
 
 
 # ----------------------------------------------------------------------------------- exact mode
@@ -719,17 +714,12 @@ def _advance(tokens, w, step, opened, wmask, mask):
 
 
 def _merge(tokens, w, step, opened, lq, seq):
-    """Merge equal states (same sequence id, tokens and counters), summing their probability.
-    States are keyed by one int64 mixed-radix code when it fits (a 1-D sort), else row-wise."""
+    """Merge equal states (same sequence id, tokens and counters), summing their probability
+    (states keyed by :func:`_unique_rows`)."""
     if tokens.shape[0] <= 1:
         return tokens, w, step, opened, lq, seq
     cols = torch.cat([seq[:, None], tokens, w[:, None], step[:, None], opened[:, None]], -1)
-    radix = cols.amax(0) + 1
-    if float(radix.double().log2().sum()) < 62:
-        weight = torch.cat([radix.flip(0).cumprod(0).flip(0)[1:], radix.new_ones(1)])
-        _, inverse = torch.unique((cols * weight).sum(-1), return_inverse=True)
-    else:
-        _, inverse = torch.unique(cols, dim=0, return_inverse=True)
+    _, inverse = _unique_rows(cols)
     size = int(inverse.max()) + 1
     rep = torch.zeros(size, dtype=torch.long, device=seq.device).scatter_(
         0, inverse, torch.arange(seq.shape[0], device=seq.device))

@@ -26,8 +26,8 @@ from typing import Any
 import torch
 
 from mdmprob import checks
-from mdmprob.checks import check_int
-from mdmprob.deprecation import renamed, renamed_arguments
+from mdmprob.checks import check_budget, check_int, mc_bytes_per_sample
+from mdmprob.deprecation import renamed
 from mdmprob.errors import MdmprobError
 
 
@@ -64,11 +64,6 @@ class DecodeResult:
         """Former name of :attr:`diagnostics` (warns)."""
         return renamed(self, "corrector", "diagnostics")
 
-    @property
-    def info(self) -> dict[str, Any]:
-        """Another name of :attr:`diagnostics`, kept apart from the ``info`` command (warns)."""
-        return renamed(self, "info", "diagnostics")
-
 
 class DecoderBase:
     """The protocol (see the module docstring); subclasses implement the four members."""
@@ -104,7 +99,6 @@ class DecoderBase:
     #: q(x) >= exp(log_q)); False where it is another density (importance resampling).
     log_q_is_joint: bool = True
 
-    @renamed_arguments(corrector="diagnostics")
     def log_weights(self, denoiser, tokens, *, draws: int, generator, committed=None,
                     diagnostics=None, initial=None, blocks=None, oracle=None, target=None):
         """Importance weights of trajectories ending in complete ``tokens [B, n]``, a
@@ -170,7 +164,6 @@ def check_num(num, denoiser=None) -> None:
     an allocator error mid-run."""
     check_int("num", num, 1)
     if denoiser is not None:
-        from mdmprob.checks import check_budget, mc_bytes_per_sample
 
         check_budget(f"decoding num={num} sequences", num,
                      mc_bytes_per_sample(denoiser.n_tokens, denoiser.vocab),

@@ -23,7 +23,13 @@ from mdmprob.checks import check_int, check_number
 from mdmprob.decoders.core import Decoder
 from mdmprob.decoders.primitives import CommitRule, EvenSplit, Score, Step, ValueLaw, entropy_of
 from mdmprob.decoders.remask import ReMDM
-from mdmprob.decoders.step import SelectionStep, first_only, option_product, scatter_logsumexp
+from mdmprob.decoders.step import (
+    EXPANSION_BUDGET,
+    SelectionStep,
+    first_only,
+    option_product,
+    scatter_logsumexp,
+)
 from mdmprob.errors import BudgetError, MdmprobError, unknown_name
 
 DREAM_ALGS = {
@@ -127,7 +133,6 @@ class PlackettLuceStep(SelectionStep):
     def __init__(self, rule, view: Step, alg_temp: float):
         super().__init__(rule, view)
         self.alg_temp = alg_temp
-        self.draws_random = rule.score.uses_draws and not rule.values.deterministic
 
     def restricted(self, view: Step) -> PlackettLuceStep:
         return PlackettLuceStep(self.rule, view, self.alg_temp)
@@ -202,7 +207,7 @@ class PlackettLuceStep(SelectionStep):
         unsel = view.candidates & ~sel
         size = (self.values_lp > -math.inf).sum(-1).clamp(min=1).to(torch.float64)
         total = torch.where(unsel, size.log(), torch.zeros_like(size)).sum(-1).exp().sum()
-        if total > 2 ** 22:
+        if total > EXPANSION_BUDGET:
             raise BudgetError(f"{self.rule.name}: alg_temp with sample-then-choose keys sums "
                               f"over {total:.3g} draws of the positions left masked; use "
                               "temperature=0 or fewer positions")
@@ -259,7 +264,7 @@ def _subsets(cand, k, logw):
     B, n = cand.shape
     rows, sels = [], []
     for size in torch.unique(k).tolist():
-        if math.comb(n, size) * B > 2 ** 22:
+        if math.comb(n, size) * B > EXPANSION_BUDGET:
             raise BudgetError(f"alg_temp: {math.comb(n, size)} subsets of {n} positions per "
                               "state; use alg_temp=0 or fewer positions")
         combos = torch.zeros(math.comb(n, size), n, dtype=torch.bool, device=cand.device)
@@ -334,6 +339,7 @@ class DilatedOrder(Score):
         check_int("skip", skip, 1)
         self.block_length, self.base, self.skip = block_length, base, skip
         self.name = f"dilated(base={base})"
+        self._levels = None  # (length, dtype, device) and the level of every position
 
     def levels(self, n: int) -> list[int]:
         """The level of every position 0..n-1."""
@@ -348,9 +354,11 @@ class DilatedOrder(Score):
 
     def __call__(self, step, draws=None):
         B, n = step.candidates.shape
-        lv = torch.tensor(self.levels(step.sequence_length), dtype=step.logp.dtype,
-                          device=step.logp.device)
-        return (-lv[step.position_index()]).expand(B, n)
+        key = (step.sequence_length, step.logp.dtype, step.logp.device)
+        if self._levels is None or self._levels[0] != key:  # fixed by the length: built once
+            self._levels = (key, torch.tensor(self.levels(key[0]), dtype=key[1],
+                                              device=key[2]))
+        return (-self._levels[1][step.position_index()]).expand(B, n)
 
 
 class BestTied(CommitRule):

@@ -56,6 +56,7 @@ from mdmprob.decoders.protocol import (
     make_generator,
     windows_of,
 )
+from mdmprob.decoders.step import log_comb
 from mdmprob.denoisers.base import Denoiser
 from mdmprob.deprecation import renamed_arguments
 from mdmprob.errors import EnumerationError, MdmprobError, unknown_name
@@ -161,7 +162,7 @@ class Remask:
             keys = torch.rand(B, W, generator=generator, device=device, dtype=torch.float64)
             keys = torch.where(free_w, keys, torch.full_like(keys, -1.0))
             order = keys.argsort(dim=-1, descending=True, stable=True)
-            lp = -_log_comb_t(c, take).to(denoiser.dtype)
+            lp = -log_comb(c, take).to(denoiser.dtype)
             nfe = torch.zeros(B, dtype=torch.long, device=device)
         else:
             order = self._lowest(denoiser, tokens, window, free_w)
@@ -255,7 +256,7 @@ class Remask:
             ok &= (subset <= win).all(-1)
             if self.kernel == "random":
                 ok &= subset.sum(-1) == take
-                lq = lq - _log_comb_t(c, take).to(lq.dtype)
+                lq = lq - log_comb(c, take).to(lq.dtype)
             else:
                 expect, _, _ = self.choose(denoiser, prev, window, None, win)
                 ok &= (expect == subset).all(-1)
@@ -480,15 +481,15 @@ class ReMDM(DecoderBase):
         sigma = min(self.eta, sigma_max) if self.schedule == "cap" else self.eta * sigma_max
         return sigma, (1.0 + sigma * (j - 1)) / (self.steps - j + 1)
 
-    def _step_log_probs(self, logp: torch.Tensor, tokens: torch.Tensor, j: int, mask: int,
+    def _step_log_probs(self, tempered: torch.Tensor, tokens: torch.Tensor, j: int, mask: int,
                         prompt: torch.Tensor):
-        """Per-position outcome log-probabilities ``[B, n, V + 1]`` (last = mask) of step j;
-        ``prompt`` (bool, broadcast to ``[B, n]``) marks prompt tokens, kept with certainty."""
+        """Per-position outcome log-probabilities ``[B, n, V + 1]`` (last = mask) of step j,
+        from the value law's ``tempered [B, n, V]`` at ``tokens``; ``prompt`` (bool, broadcast
+        to ``[B, n]``) marks prompt tokens, kept with certainty."""
         sigma, u = self.rates(j)
-        V = logp.shape[-1]
-        dtype, device = logp.dtype, logp.device
+        V = tempered.shape[-1]
+        dtype, device = tempered.dtype, tempered.device
         visible = tokens != mask
-        tempered = self.values.log_probs(logp)
         log_sigma = torch.tensor(sigma, dtype=dtype, device=device).log()
         log_keep = torch.tensor(-sigma, dtype=dtype, device=device).log1p()
         log_u = torch.tensor(u, dtype=dtype, device=device).log()
@@ -532,7 +533,7 @@ class ReMDM(DecoderBase):
             unmask = masked & (coin < u)
             new = torch.where(remask, torch.full_like(tokens, mask),
                               torch.where(unmask, values, tokens))
-            outcome = self._step_log_probs(logp, tokens, j, mask, prompt).to(dtype)
+            outcome = self._step_log_probs(tempered, tokens, j, mask, prompt).to(dtype)
             log_q_tokens = log_q_tokens + outcome.gather(-1, new[..., None]).squeeze(-1)
             remasked.append(remask.sum(-1))
             trace.append_step(unmask, new)
@@ -558,7 +559,8 @@ class ReMDM(DecoderBase):
         ok = torch.ones(tokens.shape[0], dtype=torch.bool, device=tokens.device)
         for j, (sel, nxt) in enumerate(zip(record, record.states, strict=True), start=1):
             nxt = nxt.to(tokens.device)
-            outcome = self._step_log_probs(denoiser(state), state, j, mask, prompt)
+            outcome = self._step_log_probs(self.values.log_probs(denoiser(state)), state, j,
+                                           mask, prompt)
             log_q = log_q + outcome.gather(-1, nxt[..., None]).squeeze(-1).sum(-1)
             ok &= (sel.to(tokens.device) == ((state == mask) & (nxt != mask))).all(-1)
             state = nxt
@@ -593,7 +595,8 @@ class ReMDM(DecoderBase):
             new = torch.full_like(log_p, -math.inf)
             for part in live.split(chunk):
                 src = states[part]
-                outcome = self._step_log_probs(denoiser(src), src, j, mask, prompt)  # [F, n, V+1]
+                outcome = self._step_log_probs(self.values.log_probs(denoiser(src)), src, j, mask,
+                                              prompt)  # [F, n, V+1]
                 per = outcome.permute(1, 2, 0)  # [n, V+1, F]
                 lp = log_p[part][None, :] + per[0]
                 for i in range(1, n):  # outer sum over positions, row-major like `states`
@@ -625,11 +628,6 @@ def _lowest_k(conf: torch.Tensor, k: int) -> torch.Tensor:
 
 def _log_comb(n: int, k: int) -> float:
     return math.log(math.comb(n, k))
-
-
-def _log_comb_t(n: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    n, k = n.to(torch.float64), k.to(torch.float64)
-    return torch.lgamma(n + 1) - torch.lgamma(k + 1) - torch.lgamma(n - k + 1)
 
 
 def _onehot(index: torch.Tensor, V: int, dtype) -> torch.Tensor:

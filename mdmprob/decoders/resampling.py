@@ -23,7 +23,6 @@ from mdmprob.decoders.protocol import (
     initial_tokens,
     make_generator,
 )
-from mdmprob.deprecation import renamed_arguments
 from mdmprob.errors import EnumerationError, MdmprobError
 from mdmprob.sampling import gumbel_argmax
 
@@ -72,7 +71,6 @@ class ImportanceResampling(DecoderBase):
 
     log_q_is_joint = False  # a run's log q is the proposal's, not a joint with the particles
 
-    @renamed_arguments(corrector="diagnostics")
     def log_weights(self, denoiser, tokens, *, draws: int, generator, committed=None,
                     diagnostics=None, initial=None, blocks=None, oracle=None, target=None):
         """Importance weights of the SIR trajectory tau = (the other particles, the index of x)

@@ -127,10 +127,7 @@ class SelectionStep:
         whose committed values agree with it (the replay of a given sequence)."""
         view, rule = self.view, self.rule
         cand = view.candidates
-        B, n = cand.shape
-        device = cand.device
         V = self.values_lp.shape[-1]
-        lp = torch.zeros(B, dtype=self.values_lp.dtype, device=device)
         if rule.commit.stochastic:
             row, out, lp = option_product(self.outcome_factors(forced))
             return row, out < V, out, lp
@@ -179,14 +176,9 @@ class SelectionStep:
         hot = torch.nn.functional.one_hot(forced.clamp(0, V - 1), V).bool()
         return self.values_lp.masked_fill(~hot, -math.inf)
 
-    def _value_options(self, row, p, forced) -> torch.Tensor:
+    def _value_options(self, row, p) -> torch.Tensor:
         """log-probability ``[K, V]`` of each value at position ``p`` for states ``row``."""
-        opts = self.values_lp[row, p]
-        if forced is not None:
-            hot = torch.nn.functional.one_hot(forced[row, p].clamp(0, opts.shape[-1] - 1),
-                                              opts.shape[-1]).bool()
-            opts = opts.masked_fill(~hot, -math.inf)
-        return opts
+        return self.values_lp[row, p]
 
     def _keys(self, view: Step, draws) -> torch.Tensor:
         """Rounded keys ``[B, n]``, -inf off the candidates (random scores: all equal)."""
@@ -295,7 +287,7 @@ class SelectionStep:
         for p in range(n):
             if not unsel[:, p].any():
                 continue
-            opts = self._value_options(row, p, None)
+            opts = self._value_options(row, p)
             opts = torch.where(unsel[row, p][:, None], opts, first_only(opts))
             parent, choice, olp = _branch(opts)
             row, draws, lp = row[parent], draws[parent], lp[parent] + olp
@@ -333,7 +325,7 @@ def _pick(above, tied, r, random_ties: bool, generator):
         rank = torch.empty_like(order).scatter_(-1, order, torch.arange(
             order.shape[-1], device=order.device).expand_as(order))
         t = tied.sum(-1)
-        lp = -_log_comb(t, r)
+        lp = -log_comb(t, r)
     else:
         rank = tied.long().cumsum(-1) - 1
         lp = torch.zeros(tied.shape[0], dtype=torch.float64, device=tied.device)
@@ -346,7 +338,7 @@ def _selection_lp(keys, cand, sel, count, random_ties: bool) -> torch.Tensor:
     ok = ((above & ~sel).sum(-1) == 0) & ((sel & ~(above | tied)).sum(-1) == 0) & \
         (sel.sum(-1) == count)
     if random_ties:
-        lp = -_log_comb(tied.sum(-1), r)
+        lp = -log_comb(tied.sum(-1), r)
     else:
         lowest = tied & (tied.long().cumsum(-1) - 1 < r[:, None])
         ok = ok & ((sel & tied) == lowest).all(-1)
@@ -380,7 +372,7 @@ def _tie_subsets(above, tied, r, random_ties: bool):
         taken = taken[parent] + tree.last_choice
     took, _ = tree.columns(n, 0)
     row = tree.row
-    return row, above[row] | (took == 1), -_log_comb(tied.sum(-1)[row], r[row])
+    return row, above[row] | (took == 1), -log_comb(tied.sum(-1)[row], r[row])
 
 
 class _Tree:
@@ -463,7 +455,8 @@ def _bernoulli_lp(probs, sel, cand) -> torch.Tensor:
                        torch.zeros_like(probs)).sum(-1)
 
 
-def _log_comb(n: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+def log_comb(n: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """``log C(n, k)`` elementwise, float64 (tensors of counts)."""
     n, k = n.to(torch.float64), k.to(torch.float64)
     return torch.lgamma(n + 1) - torch.lgamma(k + 1) - torch.lgamma(n - k + 1)
 
