@@ -45,7 +45,11 @@ from typing import Any
 import torch
 
 from mdmprob.errors import BudgetError, MdmprobError
+from mdmprob.evaluate import block_log_p
 from mdmprob.lm import OracleLM, SamplerError, SamplerTimeout
+from mdmprob.outputs import dumps as json_dumps
+from mdmprob.outputs import loads as json_loads
+from mdmprob.outputs import write_text
 
 ALPHA = 1e-3  # default significance of every statistical detector
 TAUS = tuple(10.0 ** -k for k in range(1, 13))
@@ -240,22 +244,21 @@ def audit(sampler, structure, *, samples: int = 1000, batch: int = 100,
     else:
         metrics["entropy_p"] = float(-(table.exp() * table.nan_to_num(neginf=0)).sum())
     target = _fit("target p", tokens, log_p, table, seed)
-    fits = []
+    fits, tables = [], {}
+    code = _codes(tokens, V)
     for spec in presets:
         try:
             q = preset_table(spec, structure, device=lm.device, denoiser=denoiser,
-                             prompt=prompt)
+                             prompt=prompt).reshape(-1)
         except BudgetError as e:
             notes.append(f"preset {spec} skipped: {e}")
             continue
-        code = _codes(tokens, V)
-        fits.append(_fit(spec, tokens, q.reshape(-1)[code], q.reshape(-1), seed))
+        tables[spec] = q
+        fits.append(_fit(spec, tokens, q[code], q, seed))
     fits.sort(key=lambda f: -f.mean_log if math.isfinite(f.mean_log) else math.inf)
     ref_fit = target if reference == "target" else next((f for f in fits if f.name == reference),
                                                           None)
-    ref_table = table if reference == "target" else (
-        None if ref_fit is None else preset_table(reference, structure, device=lm.device,
-                                                  denoiser=denoiser, prompt=prompt).reshape(-1))
+    ref_table = table if reference == "target" else tables.get(reference)
     findings.append(_tail(tokens, ref_table, ref_fit, V, alpha))
     findings.append(_seed(calls, alpha))
     findings.append(_batch(calls, singles, alpha))
@@ -263,7 +266,7 @@ def audit(sampler, structure, *, samples: int = 1000, batch: int = 100,
     report = AuditReport(name, structure.name, len(outputs), tokens, log_p, metrics,
                          target, fits, findings, reference, notes)
     if out is not None:
-        (Path(out) / "report.json").write_text(json.dumps(report.as_json(), indent=2))
+        write_text(Path(out) / "report.json", json_dumps(report.as_json(), indent=2))
     return report
 
 
@@ -468,7 +471,7 @@ def _metrics(structure, engine, tokens, log_p, tau, calls) -> dict[str, float | 
     from mdmprob import measures
 
     ce = measures.mc_mean(-log_p)
-    block_lp = _block_log_p(structure, engine, tokens)
+    block_lp = block_log_p(structure, engine, tokens)
     inc = measures.mc_rate((block_lp <= math.log(tau)).double().mean(-1))
     viol = structure.violations(tokens)
     vio = None if viol is None else measures.mc_mean(viol.double().reshape(len(tokens), -1).mean(-1))
@@ -480,19 +483,6 @@ def _metrics(structure, engine, tokens, log_p, tau, calls) -> dict[str, float | 
             "violation_se": None if vio is None else vio.se,
             "nfe": float((per_call * weights).sum() / weights.sum()),
             "calls_per_batch": sum(c["calls"] for c in calls) / len(calls), "entropy_p": None}
-
-
-def _block_log_p(structure, engine, xs) -> torch.Tensor:
-    """log p(x_B | x_P) per sequence and decoding block, ``[N, M]`` (P = the earlier blocks)."""
-    out, visible = [], torch.zeros_like(xs, dtype=torch.bool)
-    before = engine.log_prob_visible(xs, visible)
-    for block in structure.blocks:
-        visible = visible.clone()
-        visible[:, block] = True
-        now = engine.log_prob_visible(xs, visible)
-        out.append(now - before)
-        before = now
-    return torch.stack(out, -1)
 
 
 def _log_prompt(engine, prompt, n) -> torch.Tensor | float:
@@ -801,13 +791,13 @@ def _resumable(out, name, structure, params, prompt, seed, batch, lm_options) ->
            "lm_options": repr(sorted((lm_options or {}).items()))}
     meta = folder / "audit.json"
     if meta.exists():
-        old = json.loads(meta.read_text())
+        old = json_loads(meta.read_text())
         if old != key:
             diff = [k for k in key if old.get(k) != key[k]]
             raise MdmprobError(f"{folder} holds an audit with other settings ({', '.join(diff)});"
                                " use another --out folder or delete it")
     else:
-        meta.write_text(json.dumps(key, indent=2))
+        write_text(meta, json_dumps(key, indent=2))
     path = folder / "calls.pt"
     return list(torch.load(path, weights_only=True)) if path.exists() else []
 
@@ -817,26 +807,14 @@ def _save(out, calls) -> None:
         return
     path = Path(out) / "calls.pt"
     tmp = path.with_suffix(".tmp")
-    torch.save([{k: v for k, v in c.items()} for c in calls], tmp)
+    torch.save(list(calls), tmp)
     tmp.replace(path)
 
 
 # ------------------------------------------------------------------------------ formatting
-def _scalar(text: str):
-    if text in ("None", "none", "null"):
-        return None
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
-
-
 def _num(v):
-    if isinstance(v, float) and not math.isfinite(v):
-        return str(v)
-    return v
+    """NaN (an undefined statistic) as None; +-inf are written by :mod:`mdmprob.outputs`."""
+    return None if isinstance(v, float) and math.isnan(v) else v
 
 
 def _fmt(v) -> str:

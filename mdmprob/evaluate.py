@@ -117,7 +117,7 @@ def _exact(structure, decoder, denoiser, oracle, taus, tau):
     values: dict[str, float | None] = {
         "kl_qp": measures.kl(q=log_q, p=log_p).item(), "kl_pq": measures.kl(p=log_p, q=log_q).item(),
         "tv": measures.tv(q=log_q, p=log_p).item()}
-    block_lp = _block_log_p(structure, engine, xs)  # [N, M]
+    block_lp = block_log_p(structure, engine, xs)  # [N, M]
     inc_at = {t: measures.expectation(log_q, (block_lp <= math.log(t)).double().mean(-1)).item()
               for t in taus}
     values["incoherence"] = inc_at[tau]
@@ -156,7 +156,7 @@ def _monte_carlo(structure, decoder, denoiser, oracle, run, samples, seed, taus,
     values["tv"], values["tv_se"] = None, None  # TV needs q(x) at p-samples and vice versa
     if values["kl_qp"] is not None and values["kl_qp"] == 0 and values["kl_pq"] == 0:
         values["tv"] = 0.0
-    block_lp = _block_log_p(structure, engine, xs)
+    block_lp = block_log_p(structure, engine, xs)
     inc_at, inc_se = {}, {}
     for t in taus:
         est = measures.mc_mean((block_lp <= math.log(t)).double().mean(-1))
@@ -239,8 +239,9 @@ def _fill_bounds(values) -> None:
                 values[k + side], values[k + side + "_se"] = values[k], values[k + "_se"]
 
 
-def _block_log_p(structure, engine, xs) -> torch.Tensor:
-    """log p(x_{B_m} | x_{P_m}) for every sequence and block, ``[N, M]``."""
+def block_log_p(structure, engine, xs) -> torch.Tensor:
+    """log p(x_{B_m} | x_{P_m}) for every sequence ``xs [N, n]`` and decoding block, ``[N, M]``
+    (P_m = the earlier blocks); -inf from the first block that is impossible on."""
     out, visible = [], torch.zeros_like(xs, dtype=torch.bool)
     before = torch.zeros(len(xs), dtype=engine.dtype, device=engine.device)
     for block in structure.blocks:
