@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mdmprob import load_model, measures
+from mdmprob import dependency, load_model, measures
 from mdmprob.catalog import decoders as listed_decoders
 from mdmprob.decoders import (
     dapd,
@@ -214,6 +214,11 @@ def test_cmi_graph_matches_brute_force_and_dapd_commits_independent_sets():
     edges = ref2.JointTable(s).graph(1e-3)
     assert edges((s.vocab,) * 4) == {frozenset(e) for e in
                                     itertools.combinations(range(4), 2)}  # all dependent
+    # the exact CMI graph the decoders read agrees with the brute-force one, partly visible too
+    for state in [(s.vocab,) * 4, (1, s.vocab, s.vocab, 0), (s.vocab, 0, s.vocab, s.vocab)]:
+        cmi = dependency.pairwise_cmi(s, torch.tensor([state]))[0]
+        got = {frozenset((i, j)) for i, j in (cmi > 1e-3).nonzero().tolist() if i < j}
+        assert got == edges(state), state
     run = dapd(threshold=1e-3).run(o, 200, seed=0)
     assert (run.committed[0].sum(-1) == 1).all()  # everything depends: one at a time first
     # block_hmm with eta ~ 0 within-block copies: cross-block CMI small, so tighter graphs
@@ -345,4 +350,6 @@ def test_errors():
     with pytest.raises(NotImplementedError):
         joint_proposal(2).log_weights(den, torch.zeros(1, 4, dtype=torch.long), draws=2,
                                       generator=torch.Generator())
-    CMIGraph(structure=_hmm())  # a structure given explicitly is accepted
+    # a structure given explicitly serves a denoiser that has none (a table of the same shape)
+    run = dapd(CMIGraph(1e-3, structure=_hmm())).run(_generic(), 8, seed=0)
+    assert (run.tokens < 2).all() and (run.committed[0].sum(-1) == 1).all()

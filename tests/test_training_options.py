@@ -134,9 +134,9 @@ def test_export_checkpoint_and_shipped_models(tmp_path):
     assert trained == 0 and loss == hist[-1]["loss"] and not (tmp_path / "cache").exists()
     torch.testing.assert_close(got(tokens), model(tokens), atol=0, rtol=0)
     # another budget is trained (the shipped 30-step weights cannot be continued)
-    _, _, trained = train_cached(s, tiny(steps=5), lambda n: f"s{n}", tmp_path / "cache",
-                                 tmp_path / "ship")
-    assert trained == 5 and math.isfinite(loss)
+    _, loss5, trained = train_cached(s, tiny(steps=5), lambda n: f"s{n}", tmp_path / "cache",
+                                     tmp_path / "ship")
+    assert trained == 5 and math.isfinite(loss5)
 
 
 def test_learning_rates():

@@ -99,8 +99,9 @@ class DecoderFrontier(Experiment):
         # regret within the decoder's own windows (a decoder without them: anywhere)
         anywhere = [list(range(s.n_tokens))]
         blocks = decoder.windows(oracle, s.blocks) if hasattr(decoder, "windows") else anywhere
-        points = _frontier(setting["structure"], s, blocks) if config.frontier else None
-        if points and ev.mode == "exact":
+        exact = config.frontier and ev.mode == "exact"
+        points = _frontier(setting["structure"], s, blocks) if exact else None
+        if points:
             from mdmprob import schedule
 
             out.append(record(setting, "regret", schedule.regret(points, ev["nfe"], ev["kl_qp"]),
