@@ -103,7 +103,7 @@ class ExactEngine:
         with torch.no_grad():
             evidence = self.evidence(tokens, visible)
             if self.method == "messages":
-                self.check_memory(tokens.shape[0], keep=False)
+                self.check_memory(tokens.shape[0])
                 return self.message_tree().log_z(evidence) - self.log_normalizer
             return self._log_z(evidence) - self.log_normalizer
 
@@ -139,7 +139,7 @@ class ExactEngine:
         """
         tokens, visible = self.check(tokens, visible)
         if self.method == "messages":
-            self.check_memory(tokens.shape[0], keep=True)
+            self.check_memory(tokens.shape[0])
             with torch.no_grad():
                 evidence = self.evidence(tokens, visible)
                 out, log_z, _, _ = self.message_tree().conditionals(evidence)
@@ -307,11 +307,12 @@ class ExactEngine:
                                 f"{tuple(window.shape)}")
         return window.to(self.device)
 
-    def check_memory(self, batch: int, keep: bool) -> None:
+    def check_memory(self, batch: int, shallow: bool = True) -> None:
         """Refuse, before allocating, ``batch`` sequences whose largest elimination table is over
         the engine's budget (EnumerationError) or whose message tables cannot fit in the device's
-        free memory (BudgetError)."""
-        plan = self.plan((), False)
+        free memory (BudgetError); sized on the plan of the message tree that runs
+        (:meth:`message_tree`, ``shallow``)."""
+        plan = self.plan((), False, shallow)
         if plan.largest * batch > self.budget:
             raise EnumerationError(
                 f"exact elimination needs a table of {plan.largest * batch:.3g} entries "
@@ -356,7 +357,8 @@ class ExactEngine:
         """:meth:`_build_plan`, through the caches of :mod:`mdmprob.cache` (in the process and
         on disk) when the graph came from them (its ``cache_key``)."""
         args = (tuple(keep), bool(latents_first), bool(shallow), tuple(seen))
-        if getattr(self.graph, "cache_key", None) is None:
+        if getattr(self.graph, "cache_key", None) is None or seen:
+            # no key, or one of up to 2^n visibility patterns: not worth a file each
             return self._build_plan(*args)
         from mdmprob import cache
         from mdmprob import graph as graph_module

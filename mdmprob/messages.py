@@ -300,7 +300,7 @@ class IncrementalConditionals:
         with torch.no_grad():
             fresh = self._code is None or self._code.shape != code.shape
             if fresh or len(positions) > self.full_fraction * tree.n or len(tree.roots) != 1:
-                engine.check_memory(batch, keep=True)
+                engine.check_memory(batch, shallow=False)
                 visible = code != V
                 evidence = engine.evidence(code, visible)
                 out, log_z, up, down = tree.conditionals(evidence)
