@@ -29,7 +29,7 @@ import torch
 from mdmprob.decoders import drivers
 from mdmprob.decoders.core import Decoder
 from mdmprob.decoders.primitives import CommitRule, Step
-from mdmprob.decoders.step import SelectionStep
+from mdmprob.decoders.step import SelectionStep, first_only, option_product, scatter_logsumexp
 from mdmprob.denoisers.base import Denoiser
 from mdmprob.errors import MdmprobError
 from mdmprob.sampling import gumbel_argmax
@@ -152,7 +152,7 @@ class ComposedStep:
         else:
             row, sel, slp = self.selector.outcomes(self.state)
             lp = slp + self.kernel.log_prob(self.state.rows(row), sel, committed[row], values[row])
-            lp = group_logsumexp(lp, row, cand.shape[0])
+            lp = scatter_logsumexp(lp, row, cand.shape[0])
         return torch.where(cand.any(-1), lp, torch.zeros_like(lp))
 
     def enumerate(self, forced: torch.Tensor | None = None):
@@ -360,33 +360,11 @@ def restrict(options_lp: torch.Tensor, forced: torch.Tensor | None) -> torch.Ten
 def expand(options_lp: torch.Tensor, active: torch.Tensor, tokens: torch.Tensor):
     """Every combination of one value per ``active`` position, per row: ``(parent [K'],
     values [K', n] (``tokens`` elsewhere), lp [K'])``, the values of positive probability."""
-    K, n, _ = options_lp.shape
-    parent = torch.arange(K, device=tokens.device)
-    values = tokens.clone()
-    lp = torch.zeros(K, dtype=options_lp.dtype, device=tokens.device)
-    for p in range(n):
-        on = active[parent, p]
-        if not on.any():
-            continue
-        opts = options_lp[parent, p]
-        keep = torch.where(on[:, None], opts > -math.inf, torch.arange(
-            opts.shape[-1], device=opts.device)[None] == 0)
-        src, choice = keep.nonzero(as_tuple=True)
-        gain = torch.where(on[src], opts[src, choice], torch.zeros_like(lp[src]))
-        parent, values, lp = parent[src], values[src], lp[src] + gain
-        values[:, p] = torch.where(on[src], choice, values[:, p])
-    return parent, values, lp
-
-
-def group_logsumexp(lp: torch.Tensor, group: torch.Tensor, size: int) -> torch.Tensor:
-    """``out[g] = log sum exp(lp[group == g])`` (-inf for an empty group)."""
-    top = torch.full((size,), -math.inf, dtype=lp.dtype, device=lp.device)
-    top = top.scatter_reduce(0, group, lp, reduce="amax")
-    shift = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
-    mass = torch.zeros_like(top).index_add(0, group, (lp - shift[group]).exp())
-    return mass.log() + shift
+    parent, choice, lp = option_product(torch.where(active[..., None], options_lp,
+                                                    first_only(options_lp)))
+    return parent, torch.where(active[parent], choice, tokens[parent]), lp
 
 
 __all__ = ["ComposedDecoder", "ComposedRule", "ComposedStep", "DeterministicSelector",
-           "ProductKernel", "RuleSelector", "StepState", "Tracked", "expand", "group_logsumexp",
+           "ProductKernel", "RuleSelector", "StepState", "Tracked", "expand",
            "restrict"]

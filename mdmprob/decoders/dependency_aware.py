@@ -42,7 +42,7 @@ import torch
 
 from mdmprob.checks import check_number
 from mdmprob.decoders.composed import DeterministicSelector, StepState
-from mdmprob.decoders.step import KEY_QUANTUM
+from mdmprob.decoders.step import round_keys
 from mdmprob.errors import MdmprobError, unknown_name
 
 GRAPHS = {
@@ -186,7 +186,7 @@ class _GraphSelector(DeterministicSelector):
     def keys_and_graph(self, state):
         cand = state.view.candidates
         conf = state.view.logp.amax(-1).exp()
-        conf = torch.round(conf / KEY_QUANTUM) * KEY_QUANTUM
+        conf = round_keys(conf)
         conf = conf.masked_fill(~cand, -1.0)
         adj = self.graph.adjacency(state).to(cand.device)
         eye = torch.eye(cand.shape[-1], dtype=torch.bool, device=cand.device)

@@ -40,12 +40,18 @@ from mdmprob.decoders.protocol import (
     windows_of,
 )
 from mdmprob.decoders.remask import ReMDM, Trajectory
-from mdmprob.decoders.step import KEY_QUANTUM, TIES, SelectionStep
+from mdmprob.decoders.step import (
+    TIES,
+    SelectionStep,
+    first_only,
+    option_product,
+    round_keys,
+    scatter_logsumexp,
+)
 from mdmprob.errors import BudgetError, EnumerationError, MdmprobError, unknown_name
 from mdmprob.sampling import gumbel_argmax
 
 DRAW_BUDGET = 2 ** 16  # joint draws one sample-then-choose step may enumerate per row
-EXPANSION_BUDGET = 2 ** 22  # outcomes one exact step may expand into, over all its states
 NO_STATE = -1  # a history slot before the first step
 
 
@@ -78,34 +84,6 @@ class State:
 
     def __len__(self) -> int:
         return self.tokens.shape[0]
-
-
-def expand_options(opts: torch.Tensor):
-    """Every combination of one option per position, per row: ``opts [B, n, C]`` (log-probs,
-    -inf = impossible) -> ``(row [K], choice [K, n], lp [K])``."""
-    B, n, C = opts.shape
-    total = float((opts > -math.inf).sum(-1).double().log().sum(-1).exp().sum())
-    if total > EXPANSION_BUDGET:
-        raise EnumerationError(f"exact enumeration of one step has {total:.3g} outcomes, over "
-                               f"the budget of {EXPANSION_BUDGET}; use Monte Carlo mode or "
-                               "smaller structures")
-    row = torch.arange(B, device=opts.device)
-    choice = torch.zeros(B, 0, dtype=torch.long, device=opts.device)
-    lp = torch.zeros(B, dtype=opts.dtype, device=opts.device)
-    for p in range(n):
-        parent, c = (opts[row, p] > -math.inf).nonzero(as_tuple=True)
-        lp = lp[parent] + opts[row[parent], p, c]
-        row, choice = row[parent], torch.cat([choice[parent], c[:, None]], -1)
-    return row, choice, lp
-
-
-def group_logsumexp(lp: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:
-    """``out[i] = logsumexp(lp[index == i])``, -inf for empty groups."""
-    top = torch.full((size,), -math.inf, dtype=lp.dtype, device=lp.device)
-    top = top.scatter_reduce(0, index, lp, reduce="amax")
-    shift = torch.where(top > -math.inf, top, torch.zeros_like(top))
-    total = torch.zeros_like(top).index_add_(0, index, (lp - shift[index]).exp())
-    return total.log() + shift
 
 
 # ======================================================================================= engine
@@ -321,9 +299,9 @@ class StateDecoder(DecoderBase):
         lqs = torch.cat([d[1] for d in done]) if done else lq[:0]
         if forced is not None:
             seqs = torch.cat([d[2] for d in done]) if done else state.seq[:0]
-            return group_logsumexp(lqs, seqs, start.shape[0])
+            return scatter_logsumexp(lqs, seqs, start.shape[0])
         codes = (tokens * V ** torch.arange(n - 1, -1, -1, device=tokens.device)).sum(-1)
-        return group_logsumexp(lqs, codes, V ** n)
+        return scatter_logsumexp(lqs, codes, V ** n)
 
     def _merge(self, state: State, lq: torch.Tensor):
         if len(state) <= 1:
@@ -334,7 +312,7 @@ class StateDecoder(DecoderBase):
         size = int(inverse.max()) + 1
         rep = torch.zeros(size, dtype=torch.long, device=lq.device).scatter_(
             0, inverse, torch.arange(len(state), device=lq.device))
-        lq = group_logsumexp(lq, inverse, size)
+        lq = scatter_logsumexp(lq, inverse, size)
         live = lq > -math.inf
         return state.take(rep[live]), lq[live]
 
@@ -376,7 +354,7 @@ class FactorLaw:
         return self.opts.gather(-1, nxt[..., None]).squeeze(-1).sum(-1)
 
     def enumerate(self):
-        return expand_options(self.opts)
+        return option_product(self.opts)
 
 
 class DrawDecideLaw:
@@ -399,9 +377,7 @@ class DrawDecideLaw:
             hot = torch.nn.functional.one_hot(forced.clamp(max=opts.shape[-1] - 1),
                                               opts.shape[-1]).bool()
             opts = torch.where(shown[..., None] & ~hot, torch.full_like(opts, -math.inf), opts)
-        first = torch.full_like(opts, -math.inf)
-        first[..., 0] = 0.0
-        return torch.where(self.cand[..., None], opts, first)
+        return torch.where(self.cand[..., None], opts, first_only(opts))
 
     def _expand(self, forced=None):
         opts = self._options(forced)
@@ -410,7 +386,7 @@ class DrawDecideLaw:
             raise BudgetError(f"{self.name}: the step's law sums over {float(size.max()):.3g} "
                               f"joint draws of the masked positions, over the budget of "
                               f"{DRAW_BUDGET}; use temperature=0 or smaller windows")
-        row, draws, lp = expand_options(opts)
+        row, draws, lp = option_product(opts)
         return row, self.decide(row, draws), lp
 
     def sample(self, generator):
@@ -423,7 +399,7 @@ class DrawDecideLaw:
     def log_prob(self, nxt):
         row, out, lp = self._expand(nxt)
         hit = (out == nxt[row]).all(-1)
-        return group_logsumexp(lp[hit], row[hit], nxt.shape[0])
+        return scatter_logsumexp(lp[hit], row[hit], nxt.shape[0])
 
     def enumerate(self):
         row, out, lp = self._expand()
@@ -675,13 +651,13 @@ class WINO(StateDecoder):
         V = logp.shape[-1]
         cand = (tokens == mask) & wmask[state.w]
         drafted = (tokens != mask) & wmask[state.w] & ~state.extra["fixed"]
-        back = _round(loo.gather(-1, tokens.clamp(max=V - 1)[..., None]).squeeze(-1).exp())
+        back = round_keys(loo.gather(-1, tokens.clamp(max=V - 1)[..., None]).squeeze(-1).exp())
         last = state.extra["last"]
         pos = torch.arange(tokens.shape[1], device=tokens.device)
 
         def decide(row, draws):
             c = cand[row]
-            conf = _round(logp[row].gather(-1, draws[..., None]).squeeze(-1).exp())
+            conf = round_keys(logp[row].gather(-1, draws[..., None]).squeeze(-1).exp())
             conf = torch.where(c, conf, torch.full_like(conf, -math.inf))
             m = c.sum(-1)
             cap = (m * 7 // 10).clamp(min=5, max=20)
@@ -774,7 +750,7 @@ class P2(StateDecoder):
 
         def decide(row, draws):
             score = torch.where(cand[row], self._score(logp[row], draws), gen_score[row])
-            score = torch.where(fixed[row], torch.full_like(score, math.inf), _round(score))
+            score = torch.where(fixed[row], torch.full_like(score, math.inf), round_keys(score))
             # ascending, later positions first among equals
             masked = _rank(score, -pos, descending=False) < n_mask[row][:, None]
             masked = masked & ~fixed[row]
@@ -796,11 +772,6 @@ def _answers(denoiser, state):
     return denoiser.mask_id, tokens, denoiser(tokens), denoiser.leave_one_out(tokens)
 
 
-def _round(keys: torch.Tensor) -> torch.Tensor:
-    """Keys rounded to :data:`~mdmprob.decoders.step.KEY_QUANTUM` (round-off never decides)."""
-    return torch.where(torch.isfinite(keys), torch.round(keys / KEY_QUANTUM) * KEY_QUANTUM, keys)
-
-
 def _rank(keys: torch.Tensor, tiebreak: torch.Tensor, descending: bool) -> torch.Tensor:
     """The rank ``[B, n]`` of each key (0 = first), equal keys ordered by ``tiebreak``
     ascending."""
@@ -812,6 +783,5 @@ def _rank(keys: torch.Tensor, tiebreak: torch.Tensor, descending: bool) -> torch
         keys.shape[-1], device=keys.device).expand_as(order).contiguous())
 
 
-__all__ = ["DRAW_BUDGET", "EXPANSION_BUDGET", "KLASS", "P2", "WINO", "DrawDecideLaw",
-           "FactorLaw", "KLASSCommit", "KLASSScore", "ReMDMConf", "SelectionLaw", "State",
-           "StateDecoder", "expand_options", "group_logsumexp"]
+__all__ = ["DRAW_BUDGET", "KLASS", "P2", "WINO", "DrawDecideLaw", "FactorLaw", "KLASSCommit",
+           "KLASSScore", "ReMDMConf", "SelectionLaw", "State", "StateDecoder"]

@@ -188,7 +188,7 @@ class SelectionStep:
                                device=view.logp.device)
         else:
             keys = score(view, draws).to(view.logp.dtype)
-        return _round(keys).masked_fill(~view.candidates, -math.inf)
+        return round_keys(keys).masked_fill(~view.candidates, -math.inf)
 
     def count(self, view: Step, keys: torch.Tensor) -> torch.Tensor:
         """How many candidates the commit rule keeps, ``[B]`` (ranked in lowest-position order
@@ -212,7 +212,7 @@ class SelectionStep:
     def value_keys(self) -> torch.Tensor:
         """The key each value would have at each position, ``[B, n, V]`` (rounded to
         :data:`KEY_QUANTUM`), for scores that read the drawn value."""
-        return _round(self.rule.score.value_keys(self.view).to(self.view.logp.dtype))
+        return round_keys(self.rule.score.value_keys(self.view).to(self.view.logp.dtype))
 
     def _fixed_count_lp(self, sel, values, count) -> torch.Tensor:
         """A count known before the draws: every unselected candidate's key must lose to the
@@ -300,7 +300,8 @@ class SelectionStep:
 
 
 # ----------------------------------------------------------------------------------- kernels
-def _round(keys: torch.Tensor) -> torch.Tensor:
+def round_keys(keys: torch.Tensor) -> torch.Tensor:
+    """Keys rounded to :data:`KEY_QUANTUM`, so that float round-off never decides a tie."""
     return torch.where(torch.isfinite(keys), torch.round(keys / KEY_QUANTUM) * KEY_QUANTUM, keys)
 
 
@@ -472,4 +473,4 @@ def scatter_logsumexp(lp: torch.Tensor, index: torch.Tensor, size: int) -> torch
 
 
 __all__ = ["KEY_QUANTUM", "TIES", "SelectionStep", "first_only", "option_product",
-           "scatter_logsumexp"]
+           "round_keys", "scatter_logsumexp"]
