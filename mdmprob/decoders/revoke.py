@@ -48,6 +48,7 @@ from mdmprob.decoders.step import (
     round_keys,
     scatter_logsumexp,
 )
+from mdmprob.denoisers.base import point_mass
 from mdmprob.errors import BudgetError, EnumerationError, MdmprobError, unknown_name
 from mdmprob.sampling import gumbel_argmax
 
@@ -769,7 +770,10 @@ def _answers(denoiser, state):
     """``(mask_id, tokens [B, n], logp [B, n, V], leave-one-out logp [B, n, V])`` at ``state``:
     what the revoking laws read."""
     tokens = state.tokens
-    return denoiser.mask_id, tokens, denoiser(tokens), denoiser.leave_one_out(tokens)
+    loo = denoiser.leave_one_out(tokens)  # its masked rows are the denoiser's answer there
+    visible = tokens != denoiser.mask_id
+    point = point_mass(tokens.clamp(max=denoiser.vocab - 1), denoiser.vocab, loo.dtype)
+    return denoiser.mask_id, tokens, torch.where(visible[..., None], point, loo), loo
 
 
 def _rank(keys: torch.Tensor, tiebreak: torch.Tensor, descending: bool) -> torch.Tensor:

@@ -106,16 +106,15 @@ class Denoiser:
 
     def leave_one_out(self, tokens: torch.Tensor) -> torch.Tensor:
         """``log p_theta(x_i | x_{visible \\ i})`` at every visible position (masked rows as in
-        ``__call__``), by one batched call with each visible position masked in turn."""
+        ``__call__``: the copy that masks an already masked position is the state itself), by
+        one batched call with each position masked in turn."""
         tokens = self.check(tokens)
         batch, n = tokens.shape
         eye = torch.eye(n, dtype=torch.bool, device=tokens.device)
         hidden = torch.where(eye[None], torch.full_like(tokens[:, None, :], self.mask_id),
                              tokens[:, None, :].expand(batch, n, n))
         preds = self(hidden.reshape(batch * n, n)).reshape(batch, n, n, self.vocab)
-        loo = preds.diagonal(dim1=1, dim2=2).movedim(-1, 1)  # [B, n, V]: row i from copy i
-        visible = tokens != self.mask_id
-        return torch.where(visible[..., None], loo, self(tokens))
+        return preds.diagonal(dim1=1, dim2=2).movedim(-1, 1)  # [B, n, V]: row i from copy i
 
     def check(self, tokens) -> torch.Tensor:
         """Validate ``tokens [B, n]`` with values in ``0..V`` (V = mask) and move them."""
