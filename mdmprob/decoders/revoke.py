@@ -53,7 +53,7 @@ from mdmprob.errors import BudgetError, EnumerationError, MdmprobError, unknown_
 from mdmprob.sampling import gumbel_argmax
 
 DRAW_BUDGET = 2 ** 16  # joint draws one sample-then-choose step may enumerate per row
-NO_STATE = -1  # a history slot before the first step
+NO_STATE = -1  # the previous state before the first step
 
 
 # ======================================================================================= state
@@ -91,12 +91,11 @@ class State:
 class StateDecoder(DecoderBase):
     """A decoder given by its step law over :class:`State` (see the module docstring).
 
-    Subclasses set ``name``, ``window``, ``revokes`` and implement :meth:`begin_extra`,
+    Subclasses set ``name``, ``window`` and implement :meth:`begin_extra`,
     :meth:`law`, :meth:`after_extra` and :meth:`key`; :meth:`finished` and :meth:`on_window`
     have defaults for window-by-window decoders."""
 
     window: str | int = "all"
-    revokes = True
     prompt = True  # whether initial= (a prompt) is supported
 
     @property
@@ -461,11 +460,10 @@ class KLASS(StateDecoder):
     fallback step commits at least one position (the even split's count is at least 1, where the
     reference's can be 0); ties among equal confidences follow ``ties``.
 
-    State: the tokens and the last H token states (the distributions q^{t-1}, ..., q^{t-H} are
-    the denoiser at those states, so exact mode merges on them).
+    State: the tokens, the previous step's state and answer q^{t-1} (kept, not recomputed: one
+    model call per step) and the last H KL values; exact mode merges on the tokens, the previous
+    state and the KLs.
     """
-
-    revokes = False
 
     def __init__(self, steps: int = 8, conf_threshold: float = 0.9, kl_threshold: float = 0.01,
                  history: int = 2, block_length: int | None = None, temperature: float = 0.0,
@@ -491,19 +489,18 @@ class KLASS(StateDecoder):
 
     def begin_extra(self, denoiser, tokens):
         B, n = tokens.shape
-        return {"history": torch.full((B, self.H, n), NO_STATE, dtype=torch.long,
-                                      device=tokens.device),
+        return {"prev": torch.full((B, n), NO_STATE, dtype=torch.long, device=tokens.device),
+                "prev_logp": torch.zeros((B, n, denoiser.vocab), dtype=denoiser.dtype,
+                                         device=tokens.device),
                 "kl": torch.full((B, self.H, n), math.inf, dtype=denoiser.dtype,
                                  device=tokens.device)}
 
     def law(self, denoiser, state, wmask):
         mask = denoiser.mask_id
         logp = denoiser(state.tokens)
-        prev = state.extra["history"][:, -1]
-        has_prev = (prev != NO_STATE).all(-1)
-        prev_logp = denoiser(torch.where(has_prev[:, None], prev, torch.full_like(prev, mask)))
+        has_prev = (state.extra["prev"] != NO_STATE).all(-1)
         p = logp.exp()
-        kl = torch.where(p > 0, p * (logp - prev_logp), torch.zeros_like(p)).sum(-1)
+        kl = torch.where(p > 0, p * (logp - state.extra["prev_logp"]), torch.zeros_like(p)).sum(-1)
         kl = torch.where(has_prev[:, None], kl, torch.full_like(kl, math.inf))
         kl_hist = torch.cat([state.extra["kl"][:, 1:], kl[:, None]], 1)
         cand = (state.tokens == mask) & wmask[state.w]
@@ -512,15 +509,17 @@ class KLASS(StateDecoder):
         view = KLASSView(logp, cand, state.step, state.opened, None, wmask.shape[0] - 1,
                          ready=ready)
         law = SelectionLaw(SelectionStep(self, view), state.tokens, mask)
-        law.kl_hist = kl_hist
+        law.kl_hist, law.logp = kl_hist, logp
         return law
 
     def after_extra(self, state, law, row, nxt):
-        hist = torch.cat([state.extra["history"][:, 1:], state.tokens[:, None]], 1)
-        return {"history": hist[row], "kl": law.kl_hist[row]}
+        # what the next steps read: this step's answer (the next KL's reference) and the last H
+        # KLs; the token states behind them need not be kept
+        return {"prev": state.tokens[row], "prev_logp": law.logp[row], "kl": law.kl_hist[row]}
 
     def key(self, state):
-        return [state.tokens, state.w, state.step, state.opened, state.extra["history"]]
+        return [state.tokens, state.w, state.step, state.opened, state.extra["prev"],
+                state.extra["kl"]]
 
 
 # ======================================================================================= ReMDM conf
