@@ -86,8 +86,13 @@ class Decoder(DecoderBase):
 
     @property
     def values(self) -> ValueLaw:
-        """The law of a drawn value (temperature, top-k, top-p)."""
-        return ValueLaw(self.temperature, self.top_k, self.top_p, self.nucleus)
+        """The law of a drawn value (temperature, top-k, top-p); built once per setting (it is
+        read several times per step)."""
+        key = (self.temperature, self.top_k, self.top_p, self.nucleus)
+        held = getattr(self, "_values", None)
+        if held is None or held[0] != key:
+            held = self._values = (key, ValueLaw(*key))
+        return held[1]
 
     @property
     def log_q_is_marginal(self) -> bool:

@@ -106,9 +106,15 @@ class DreamScore(Score):
         self.law = ValueLaw(values.temperature if values.temperature > 0 else 1.0,
                             values.top_k, values.top_p, values.nucleus)
         self.uses_draws = alg == "maskgit_plus" and values.temperature > 0
+        self._last: tuple | None = None  # (logp, its law): keys and value keys read one step
+
+    def _law_at(self, logp: torch.Tensor) -> torch.Tensor:
+        if self._last is None or self._last[0] is not logp:
+            self._last = (logp, self.law.log_probs(logp))
+        return self._last[1]
 
     def __call__(self, step, draws=None):
-        logq = self.law.log_probs(step.logp)
+        logq = self._law_at(step.logp)
         if self.uses_draws:
             return logq.gather(-1, draws[..., None]).squeeze(-1).exp()
         if self.alg == "maskgit_plus":
@@ -120,7 +126,7 @@ class DreamScore(Score):
 
     def value_keys(self, step):
         """p(v) under the drawing law, ``[B, n, V]`` (sample-then-choose)."""
-        return self.law.log_probs(step.logp).exp()
+        return self._law_at(step.logp).exp()
 
 
 class PlackettLuceStep(SelectionStep):
