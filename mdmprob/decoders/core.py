@@ -24,6 +24,7 @@ from mdmprob.decoders.protocol import (
     all_values,
     check_complete,
     check_num,
+    check_table_size,
     check_window,
     initial_tokens,
     make_generator,
@@ -31,7 +32,7 @@ from mdmprob.decoders.protocol import (
 )
 from mdmprob.decoders.step import TIES
 from mdmprob.denoisers.base import Denoiser
-from mdmprob.errors import EnumerationError, MdmprobError, unknown_name
+from mdmprob.errors import MdmprobError, unknown_name
 
 WEIGHT_ROWS = 2 ** 13  # forced replays run in one batch by log_weights
 
@@ -182,9 +183,7 @@ class Decoder(DecoderBase):
         per position; from the prompt ``initial`` LongTensor ``[n]`` if given: q then lives on its
         completions)."""
         n, V = denoiser.n_tokens, denoiser.vocab
-        if V ** n > 2**20:
-            raise EnumerationError(f"exact mode enumerates all V^n = {V}^{n} sequences, over the "
-                              "budget of 2^20; use Monte Carlo mode (evaluate(..., mode='mc'))")
+        check_table_size(denoiser)
         start = initial_tokens(denoiser, initial, 1)
         table = drivers.enumerate_states(self, denoiser, start, self.windows(denoiser, blocks),
                                          oracle=oracle, target=target, max_states=max_states)

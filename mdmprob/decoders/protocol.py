@@ -28,7 +28,7 @@ import torch
 from mdmprob import checks
 from mdmprob.checks import check_budget, check_int, mc_bytes_per_sample
 from mdmprob.deprecation import renamed
-from mdmprob.errors import MdmprobError
+from mdmprob.errors import EnumerationError, MdmprobError
 
 
 @dataclass
@@ -169,6 +169,18 @@ def check_num(num, denoiser=None) -> None:
                      mc_bytes_per_sample(denoiser.n_tokens, denoiser.vocab),
                      "decode fewer sequences per call (several calls with different seeds), or "
                      "raise MDMPROB_MEMORY_BUDGET")
+
+
+EXACT_TABLE = 2 ** 20  # sequences an exact output table may have
+
+
+def check_table_size(denoiser) -> None:
+    """Refuse (EnumerationError, so that evaluate falls back to Monte Carlo) an exact output
+    table over all V^n sequences larger than :data:`EXACT_TABLE`."""
+    n, V = denoiser.n_tokens, denoiser.vocab
+    if V ** n > EXACT_TABLE:
+        raise EnumerationError(f"exact mode enumerates all V^n = {V}^{n} sequences, over the "
+                               "budget of 2^20; use Monte Carlo mode (evaluate(..., mode='mc'))")
 
 
 def initial_tokens(denoiser, initial, num: int) -> torch.Tensor:

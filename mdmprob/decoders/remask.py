@@ -51,6 +51,7 @@ from mdmprob.decoders.protocol import (
     all_values,
     check_complete,
     check_num,
+    check_table_size,
     check_window,
     initial_tokens,
     make_generator,
@@ -407,9 +408,7 @@ class RemaskDecoder(DecoderBase):
         every prefix (the windows are decoded in order); from the prompt ``initial`` if given
         (q then lives on its completions)."""
         n, V = denoiser.n_tokens, denoiser.vocab
-        if V ** n > 2**20:
-            raise EnumerationError(f"exact mode enumerates all V^n = {V}^{n} sequences, over the "
-                              "budget of 2^20; use Monte Carlo mode (evaluate(..., mode='mc'))")
+        check_table_size(denoiser)
         start = initial_tokens(denoiser, initial, 1)
         return drivers.enumerate_states(self, denoiser, start, self.windows(denoiser, blocks),
                                         target=target, max_states=max_states).reshape([V] * n)

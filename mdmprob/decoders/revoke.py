@@ -34,6 +34,7 @@ from mdmprob.decoders.protocol import (
     DecodeResult,
     check_complete,
     check_num,
+    check_table_size,
     check_window,
     initial_tokens,
     make_generator,
@@ -261,9 +262,7 @@ class StateDecoder(DecoderBase):
         n, V = denoiser.n_tokens, denoiser.vocab
         if max_states is None:
             max_states = exact_state_limit(n, V)
-        if V ** n > 2 ** 20:
-            raise EnumerationError(f"exact mode enumerates all V^n = {V}^{n} sequences, over the "
-                                   "budget of 2^20; use Monte Carlo mode")
+        check_table_size(denoiser)
         start = self._start(denoiser, initial, 1)
         table = self._walk(denoiser, start, self._wmask(denoiser, blocks), None, max_states)
         return table.reshape([V] * n)
