@@ -78,20 +78,9 @@ def train(structure_or_sampler, config: NeuralConfig | None = None, out_dir=None
         torch.manual_seed(config.seed + 1)  # dropout draws from the global generator
         if path is not None and resume and path.exists():
             ckpt = _read(path, device)
-            saved = NeuralConfig.from_dict(ckpt["config"])
-            free = {"steps": config.steps, "decay_steps": config.decay_steps}
-            if {**saved.as_dict(), **free} != config.as_dict():
-                diff = {k: (v, getattr(config, k)) for k, v in saved.as_dict().items()
-                        if k not in free and v != getattr(config, k)}
-                raise MdmprobError(f"{path} was trained with a different config "
-                                   f"(field: (checkpoint, requested)) {diff}; use another "
-                                   "output folder or resume=False")
-            if not same_schedule(saved, config, int(ckpt["step"])):
-                raise MdmprobError(f"{path} was trained with other learning rates in its first "
-                                   f"{ckpt['step']} steps (steps={saved.steps}, decay_steps="
-                                   f"{saved.decay_steps}, {saved.lr_schedule}) than steps="
-                                   f"{config.steps}, decay_steps={config.decay_steps} give; use "
-                                   "another output folder or resume=False")
+            problem = _resume_problem(path, ckpt, config)
+            if problem is not None:
+                raise MdmprobError(problem)
             if ckpt["step"] > config.steps:
                 raise MdmprobError(f"{path} is already at step {ckpt['step']} > steps="
                                    f"{config.steps}; ask for at least {ckpt['step']} steps")
@@ -109,10 +98,11 @@ def train(structure_or_sampler, config: NeuralConfig | None = None, out_dir=None
         if progress is not None:
             progress(step, config.steps)
         net.train()
+        pos = _positions(config, device)
         while step < config.steps:
             for group in opt.param_groups:
                 group["lr"] = learning_rate(config, step)
-            loss = _step(net, opt, sampler, gen, config, device)
+            loss = _step(net, opt, sampler, gen, config, device, pos)
             step += 1
             history.append({"step": step, "loss": loss})
             if path is not None and (step % checkpoint_every == 0 or step == config.steps):
@@ -146,15 +136,21 @@ def _source(obj, device) -> tuple[Any, Sampler, torch.device]:
                        f"{type(obj).__name__}")
 
 
+def _positions(config: NeuralConfig, device: torch.device) -> torch.Tensor:
+    """The positions training masks and scores: ``config.train_positions``, or all."""
+    if config.train_positions is None:
+        return torch.arange(config.n_tokens, device=device)
+    return torch.tensor(config.train_positions, device=device)
+
+
 def _step(net, opt, sampler: Sampler, gen: torch.Generator, config: NeuralConfig,
-          device: torch.device) -> float:
+          device: torch.device, pos: torch.Tensor) -> float:
+    """One optimizer step on a fresh batch, masking among the positions ``pos`` only."""
     B, n, V = config.batch_size, config.n_tokens, config.vocab
     x = sampler(B, gen).to(device, torch.long)
     if x.shape != (B, n) or ((x < 0) | (x >= V)).any():
         raise MdmprobError(f"the sampler returned shape {tuple(x.shape)} or values outside "
                            f"0..{V - 1}; it must return LongTensor[{B}, {n}]")
-    pos = (torch.arange(n, device=device) if config.train_positions is None
-           else torch.tensor(config.train_positions, device=device))
     m_pos = len(pos)
     t = 1 - torch.rand(B, 1, generator=gen, device=device)  # U(0, 1]
     sub = torch.rand(B, m_pos, generator=gen, device=device) < t
@@ -198,11 +194,12 @@ def train_cached(source, config: NeuralConfig, folder: Callable[[int], str], roo
     if out is not None:
         path = out / CHECKPOINT
         if not path.exists():
-            shorter = [s for s in range(steps - 1, 0, -1) if (root / folder(s) / CHECKPOINT).exists()
-                       and _continues(root / folder(s) / CHECKPOINT, config)]
-            if shorter:
+            shorter = next((s for s in range(steps - 1, 0, -1)
+                            if (root / folder(s) / CHECKPOINT).exists()
+                            and _continues(root / folder(s) / CHECKPOINT, config)), None)
+            if shorter is not None:  # the largest one that continues
                 out.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(root / folder(shorter[0]) / CHECKPOINT, path)
+                shutil.copyfile(root / folder(shorter) / CHECKPOINT, path)
         if path.exists():
             start = checkpoint_step(path)
     model, history = train(source, config, out_dir=out, resume=True)
@@ -237,12 +234,27 @@ def same_schedule(a: NeuralConfig, b: NeuralConfig, steps: int) -> bool:
     return all(learning_rate(a, t) == learning_rate(b, t) for t in range(steps))
 
 
+def _resume_problem(path: Path, ckpt: dict, config: NeuralConfig) -> str | None:
+    """Why the checkpoint ``ckpt`` (read from ``path``) cannot be continued as ``config``: another
+    config (beyond its budget) or other learning rates in the steps it has done; None if it can."""
+    saved = NeuralConfig.from_dict(ckpt["config"])
+    free = {"steps": config.steps, "decay_steps": config.decay_steps}
+    if {**saved.as_dict(), **free} != config.as_dict():
+        diff = {k: (v, getattr(config, k)) for k, v in saved.as_dict().items()
+                if k not in free and v != getattr(config, k)}
+        return (f"{path} was trained with a different config (field: (checkpoint, requested)) "
+                f"{diff}; use another output folder or resume=False")
+    if not same_schedule(saved, config, int(ckpt["step"])):
+        return (f"{path} was trained with other learning rates in its first {ckpt['step']} steps "
+                f"(steps={saved.steps}, decay_steps={saved.decay_steps}, {saved.lr_schedule}) "
+                f"than steps={config.steps}, decay_steps={config.decay_steps} give; use another "
+                "output folder or resume=False")
+    return None
+
+
 def _continues(path: Path, config: NeuralConfig) -> bool:
     ckpt = _read(path, torch.device("cpu"))
-    saved = NeuralConfig.from_dict(ckpt["config"])
-    same = {**saved.as_dict(), "steps": config.steps, "decay_steps": config.decay_steps}
-    return (bool(ckpt["optimizer"]) and same == config.as_dict()
-            and same_schedule(saved, config, int(ckpt["step"])))
+    return bool(ckpt["optimizer"]) and _resume_problem(path, ckpt, config) is None
 
 
 def config_device(source) -> torch.device:

@@ -10,6 +10,7 @@ from mdmprob import load_model
 from mdmprob.denoisers.neural import NeuralConfig, build_network
 from mdmprob.errors import MdmprobError
 from mdmprob.training import (
+    _positions,
     _step,
     export_checkpoint,
     learning_rate,
@@ -53,7 +54,8 @@ def test_only_train_positions_are_masked_and_scored(weighting):
         t_gen = torch.Generator().manual_seed(0)
         t_gen.set_state(gen.get_state())  # the sampler below draws nothing: t comes first
         t = 1 - torch.rand(32, 1, generator=t_gen)  # in the default dtype, as training
-        loss = _step(spy, opt, lambda b, g: truth[:b], gen, cfg, torch.device("cpu"))
+        loss = _step(spy, opt, lambda b, g: truth[:b], gen, cfg, torch.device("cpu"),
+                     _positions(cfg, torch.device("cpu")))
         x, logits = spy.calls[-1]
         hidden = x == 3
         assert not hidden[:, [0, 2]].any() and hidden.any(-1).all()  # a prompt, never masked
