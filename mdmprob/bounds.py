@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from mdmprob import measures
-from mdmprob.errors import MdmprobError
+from mdmprob.checks import check_int
 
 DEFAULT_DRAWS = 16  # proposal trajectories per sequence (K) for the lower side
 
@@ -51,9 +51,8 @@ def iw_lower(log_w: torch.Tensor) -> torch.Tensor:
 
 
 def check_draws(draws) -> None:
-    if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
-        raise MdmprobError(f"draws={draws!r} proposal trajectories per sequence must be an "
-                           f"integer >= 1 (default {DEFAULT_DRAWS}; more closes the KL bounds)")
+    """``draws`` proposal trajectories per sequence: an integer >= 1 (more closes the bounds)."""
+    check_int("draws", draws, 1)
 
 
 def kl_qp_bounds(weights: LogWeights, log_p: torch.Tensor):

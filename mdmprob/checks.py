@@ -111,6 +111,18 @@ def check_tokens(tokens, length: int, name: str = "tokens", *, one_row: bool = F
     return tokens
 
 
+def check_window_mask(window, tokens: torch.Tensor, device=None) -> torch.Tensor:
+    """``window`` as a bool tensor of the shape of ``tokens [B, n]`` (on ``device``, default the
+    tokens'); otherwise :class:`~mdmprob.errors.EvidenceError`."""
+    from mdmprob.errors import EvidenceError
+
+    window = torch.as_tensor(window)
+    if window.dtype != torch.bool or window.shape != tokens.shape:
+        raise EvidenceError(f"window must be a bool tensor of shape {tuple(tokens.shape)} "
+                            f"(the tokens' shape), got {window.dtype} {tuple(window.shape)}")
+    return window.to(tokens.device if device is None else device)
+
+
 def check_match(denoiser, other, what: str = "structure",
                 error: type[MdmprobError] = MdmprobError) -> None:
     """``denoiser`` and ``other`` (a structure, engine or denoiser) have the same number of tokens

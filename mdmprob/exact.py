@@ -23,7 +23,7 @@ from functools import lru_cache
 import torch
 from pyro.ops.special import safe_log
 
-from mdmprob.checks import check_device, check_dtype, check_tokens
+from mdmprob.checks import check_device, check_dtype, check_tokens, check_window_mask
 from mdmprob.compile import FactorGraph
 from mdmprob.errors import BudgetError, EnumerationError, EvidenceError, MdmprobError, StructureError
 from mdmprob.graph import elimination_order, shallow_elimination_order
@@ -300,12 +300,7 @@ class ExactEngine:
     def check_window(self, window, tokens) -> torch.Tensor:
         """``window`` as a bool tensor of the shape of ``tokens [B, n]`` on the engine's device;
         otherwise :class:`~mdmprob.errors.EvidenceError`."""
-        window = torch.as_tensor(window)
-        if window.dtype != torch.bool or window.shape != tokens.shape:
-            raise EvidenceError(f"window must be a bool tensor of shape {tuple(tokens.shape)} "
-                                f"(the tokens' shape), got {window.dtype} "
-                                f"{tuple(window.shape)}")
-        return window.to(self.device)
+        return check_window_mask(window, tokens, self.device)
 
     def check_memory(self, batch: int, shallow: bool = True) -> None:
         """Refuse, before allocating, ``batch`` sequences whose largest elimination table is over

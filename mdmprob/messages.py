@@ -42,7 +42,6 @@ class MessageTree:
     """
 
     def __init__(self, engine, shallow: bool = True):
-        self.engine = engine
         graph, plan = engine.graph, engine.plan((), False, shallow)
         self.n, self.vocab = engine.n, engine.vocab
         self.device, self.dtype = engine.device, engine.dtype

@@ -13,6 +13,7 @@ import math
 
 import torch
 
+from mdmprob.checks import check_window_mask
 from mdmprob.errors import EvidenceError
 
 
@@ -98,11 +99,7 @@ class Denoiser:
 
     def check_window(self, window, tokens: torch.Tensor) -> torch.Tensor:
         """Validate a window: a bool tensor of the tokens' shape ``[B, n]``."""
-        window = torch.as_tensor(window)
-        if window.dtype != torch.bool or window.shape != tokens.shape:
-            raise EvidenceError(f"window must be a bool tensor of shape {tuple(tokens.shape)} "
-                                f"(the tokens' shape), got {window.dtype} {tuple(window.shape)}")
-        return window.to(tokens.device)
+        return check_window_mask(window, tokens)
 
     def leave_one_out(self, tokens: torch.Tensor) -> torch.Tensor:
         """``log p_theta(x_i | x_{visible \\ i})`` at every visible position (masked rows as in

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+from mdmprob.checks import check_match
 from mdmprob.denoisers.base import Denoiser
 from mdmprob.errors import MdmprobError
 
@@ -41,8 +42,5 @@ def load_denoiser(spec: str, structure) -> Denoiser:
     den = fn(structure)
     if not isinstance(den, Denoiser):
         raise MdmprobError(f"{spec} returned {type(den).__name__}, not a Denoiser")
-    if (den.vocab, den.n_tokens) != (structure.vocab, structure.n_tokens):
-        raise MdmprobError(f"{spec} returned a denoiser with vocab={den.vocab}, n_tokens="
-                           f"{den.n_tokens}; the structure has vocab={structure.vocab}, "
-                           f"n_tokens={structure.n_tokens}")
+    check_match(den, structure)
     return den
