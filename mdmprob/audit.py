@@ -44,6 +44,7 @@ from typing import Any
 
 import torch
 
+from mdmprob.checks import check_int, check_match, check_number
 from mdmprob.errors import BudgetError, MdmprobError
 from mdmprob.evaluate import block_log_p
 from mdmprob.lm import OracleLM, SamplerError, SamplerTimeout
@@ -182,17 +183,12 @@ def audit(sampler, structure, *, samples: int = 1000, batch: int = 100,
         raise MdmprobError(f"structure must be a Structure or a model name, got "
                            f"{type(structure).__name__}")
     for name, v, lo in (("samples", samples, 2), ("batch", batch, 1), ("size_check", size_check, 0)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-            raise MdmprobError(f"{name}={v!r} must be an integer >= {lo}")
-    if not (0 < alpha < 1):
-        raise MdmprobError(f"alpha={alpha!r} must be in (0, 1)")
+        check_int(name, v, lo)
+    check_number("alpha", alpha, 0, 1, low_open=True, high_open=True)
     fn, name = load_sampler(sampler)
     params = dict(params or {})
-    if denoiser is not None and (denoiser.vocab, denoiser.n_tokens) != (structure.vocab,
-                                                                         structure.n_tokens):
-        raise MdmprobError(f"denoiser {denoiser!r} has vocab={denoiser.vocab}, n_tokens="
-                           f"{denoiser.n_tokens}; the structure has vocab={structure.vocab}, "
-                           f"n_tokens={structure.n_tokens}")
+    if denoiser is not None:
+        check_match(denoiser, structure)
     lm = OracleLM(structure if denoiser is None else denoiser, device=device,
                   **(lm_options or {}))
     n, V = structure.n_tokens, structure.vocab

@@ -36,7 +36,7 @@ from types import SimpleNamespace
 
 import torch
 
-from mdmprob.checks import check_tokens
+from mdmprob.checks import check_number, check_tokens
 from mdmprob.errors import EvidenceError, MdmprobError
 
 
@@ -105,8 +105,7 @@ class OracleLM(torch.nn.Module):
         if max(used + prefix) >= size:
             raise MdmprobError(f"id {max(used + prefix)} is outside vocab_size={size}; raise "
                                "vocab_size or use smaller ids")
-        if not (isinstance(special_mass, int | float) and 0 <= special_mass < 1):
-            raise MdmprobError(f"special_mass={special_mass!r} must be in [0, 1)")
+        check_number("special_mass", special_mass, 0, 1, high_open=True)
         if dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
             raise MdmprobError(f"dtype={dtype} must be a floating dtype (float32, float64, ...)")
         self.token_ids, self.mask_id, self.special_tokens = ids, mask, specials
