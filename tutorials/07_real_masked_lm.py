@@ -29,9 +29,6 @@
 #    its attention say which ones are (the graph attention-based samplers such as DAPD read)?
 
 # %%
-import os
-import sys
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
@@ -46,21 +43,9 @@ from mdmprob.decoders import (
 )
 from mdmprob.denoisers.antiberty import AMINO_ACIDS, antiberty, attention_graph
 from mdmprob.pairwise import pairwise_orders
+from mdmprob.tutorial import setup, show
 
-SMOKE = "CI" in os.environ or os.environ.get("MDMPROB_SMOKE")  # shrink everything to a quick check
-if SMOKE or "ipykernel" not in sys.modules:
-    plt.switch_backend("Agg")  # no display: plt.show() is a no-op
-torch.set_num_threads(int(os.environ.get("MDMPROB_THREADS", "1")))
-FIGDIR = os.environ.get("MDMPROB_FIGDIR")  # a folder to also save the figures in, as PNG
-
-
-def show(fig, name):
-    """Display the figure (inline in a notebook; nothing under Agg), optionally save it, free it."""
-    if FIGDIR:
-        Path(FIGDIR).mkdir(parents=True, exist_ok=True)
-        fig.savefig(Path(FIGDIR) / f"{name}.png", dpi=100, bbox_inches="tight")
-    plt.show()
-    plt.close(fig)
+SMOKE = setup()  # smoke mode shrinks everything; one torch thread; figures via show()
 
 
 # %% [markdown]
