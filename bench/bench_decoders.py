@@ -93,11 +93,6 @@ LLADA_LOOP = {"steps_per": "window", "ties": "lowest_position"}  # the loop's co
 
 
 # ---------------------------------------------------------------------- helpers
-def _timed(fn, device: torch.device):
-    """(seconds, result) of one call, CUDA synchronised on both sides."""
-    wall, _, out = timed(fn, device)
-    return wall, out
-
 
 # ---------------------------------------------------------------------- the baseline loops
 # One sequence at a time, as reference implementations decode: x is [1, n], the denoiser is
@@ -201,8 +196,8 @@ def check_same_algorithm(name, det_decoder, loop, oracle, m: int, device) -> dic
     """At T = 0 both are deterministic: the loop's sequence must equal every row of the batched
     run (m rows). Returns the check's record; the caller fails the run on a mismatch."""
     gen = torch.Generator(device=device).manual_seed(0)
-    dt_loop, ref = _timed(lambda: loop(oracle, 0.0, gen), device)
-    dt_ours, res = _timed(lambda: det_decoder.run(oracle, m, seed=0), device)
+    dt_loop, _, ref = timed(lambda: loop(oracle, 0.0, gen), device)
+    dt_ours, _, res = timed(lambda: det_decoder.run(oracle, m, seed=0), device)
     ours = res.tokens
     mismatch = (ours != ref[None, :]).any(-1)
     ok = not bool(mismatch.any())
@@ -224,10 +219,10 @@ def check_same_algorithm(name, det_decoder, loop, oracle, m: int, device) -> dic
 def bench_one(name, decoder, loop, structure, oracle, args, device) -> dict:
     n, m = args.n, args.m
     # ours: one batched run of N sequences, median of repeats after one warm-up run
-    warm, _ = _timed(lambda: decoder.run(oracle, n, seed=args.seed), device)
+    warm, _, _ = timed(lambda: decoder.run(oracle, n, seed=args.seed), device)
     times, res = [], None
     for _ in range(args.repeats):
-        dt, res = _timed(lambda: decoder.run(oracle, n, seed=args.seed), device)
+        dt, _, res = timed(lambda: decoder.run(oracle, n, seed=args.seed), device)
         times.append(dt)
     ours_batch = statistics.median(times)
     ours_seq = ours_batch / n
@@ -238,7 +233,7 @@ def bench_one(name, decoder, loop, structure, oracle, args, device) -> dict:
     gen = torch.Generator(device=device).manual_seed(args.seed)
     loop_times, outs = [], []
     for _ in range(m):
-        dt, x = _timed(lambda: loop(oracle, 1.0, gen), device)
+        dt, _, x = timed(lambda: loop(oracle, 1.0, gen), device)
         loop_times.append(dt)
         outs.append(x)
     loop_seq = sum(loop_times) / m

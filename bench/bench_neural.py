@@ -55,10 +55,6 @@ QUICK = {"model": "markov_chain", "params": {}, "d_model": 32, "n_layers": 2, "n
          "steps": 20, "batch": 64, "decode": 32, "repeats": 1, "error_num": 500}
 
 
-def _timed(fn, device: torch.device):
-    wall, _, out = timed(fn, device)
-    return wall, out
-
 
 def bench(settings: dict, device: torch.device) -> dict:
     structure = mdmprob.load_model(settings["model"], **settings["params"])
@@ -68,7 +64,7 @@ def bench(settings: dict, device: torch.device) -> dict:
                           steps=settings["steps"], batch_size=settings["batch"], seed=0)
     # warm-up (allocator, kernels), then the timed run
     train(structure, NeuralConfig(**{**config.as_dict(), "steps": 2}), device=device)
-    seconds, (neural, history) = _timed(lambda: train(structure, config, device=device), device)
+    seconds, _, (neural, history) = timed(lambda: train(structure, config, device=device), device)
     tokens = config.steps * config.batch_size * n
     out = {"structure": structure.name, "n_tokens": n, "vocab": vocab,
            "blocks": len(structure.blocks), "config": config.as_dict(),
@@ -88,7 +84,7 @@ def bench(settings: dict, device: torch.device) -> dict:
         decoder.run(neural, num, seed=0)  # warm-up
         times, run = [], None
         for r in range(settings["repeats"]):
-            t, run = _timed(lambda d=decoder, r=r: d.run(neural, num, seed=r), device)
+            t, _, run = timed(lambda d=decoder, r=r: d.run(neural, num, seed=r), device)
             times.append(t)
         median = statistics.median(times)
         out["decode"][name] = {"num": num, "seconds": median, "seq_per_s": num / median,
