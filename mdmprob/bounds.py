@@ -59,8 +59,8 @@ def kl_qp_bounds(weights: LogWeights, log_p: torch.Tensor):
     """``(lower, upper)`` :class:`~mdmprob.measures.Estimate` of KL(q‖p) from weights at B
     q-samples and their exact ``log_p`` ``[B]`` (``upper`` is None without the run's own
     trajectories)."""
-    lower = measures.mc_mean(_q_side(iw_lower(weights.proposed), log_p))
-    upper = None if weights.own is None else measures.mc_mean(_q_side(weights.own, log_p))
+    lower = measures.mc_mean(q_side(iw_lower(weights.proposed), log_p))
+    upper = None if weights.own is None else measures.mc_mean(q_side(weights.own, log_p))
     return lower, upper
 
 
@@ -73,7 +73,7 @@ def kl_pq_upper(weights: LogWeights, log_p: torch.Tensor) -> measures.Estimate:
     return measures.mc_mean(torch.where(lower_q == -math.inf, torch.full_like(diff, math.inf), diff))
 
 
-def _q_side(log_q: torch.Tensor, log_p: torch.Tensor) -> torch.Tensor:
+def q_side(log_q: torch.Tensor, log_p: torch.Tensor) -> torch.Tensor:
     """log q - log p at samples of q: +inf where p vanishes (q does not there)."""
     diff = log_q - log_p
     return torch.where(log_p == -math.inf, torch.full_like(diff, math.inf), diff)

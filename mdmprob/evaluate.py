@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import torch
 
 from mdmprob import bounds, measures
+from mdmprob.checks import generator
 from mdmprob.decoders.core import Decoder
 from mdmprob.decoders.protocol import DecoderBase
 from mdmprob.denoisers.base import Denoiser
@@ -143,9 +144,7 @@ def _monte_carlo(structure, decoder, denoiser, oracle, run, samples, seed, taus,
     elif run.log_q_is_marginal:
         est = measures.mc_kl(run.log_q, log_p)
         values["kl_qp"], values["kl_qp_se"] = est.value, est.se
-        gen = torch.Generator(device=engine.device).manual_seed(seed + 1)
-        masked = torch.zeros_like(xs)
-        p_xs = engine.sample(masked, torch.zeros_like(xs, dtype=torch.bool), generator=gen)
+        p_xs = _p_samples(engine, xs, seed)
         log_q_p = decoder.log_prob(denoiser, p_xs, blocks=structure.blocks, oracle=oracle,
                                    target=structure)
         est = measures.mc_kl(engine.log_prob(p_xs), log_q_p)
@@ -183,9 +182,7 @@ def _trajectory_bounds(structure, decoder, denoiser, oracle, run, engine, log_p,
     except NotImplementedError:
         return _fallback_bounds(decoder, run, log_p, notes)
     lower, upper = bounds.kl_qp_bounds(own, log_p)
-    gen_p = torch.Generator(device=engine.device).manual_seed(seed + 1)
-    p_xs = engine.sample(torch.zeros_like(run.tokens),
-                         torch.zeros_like(run.tokens, dtype=torch.bool), generator=gen_p)
+    p_xs = _p_samples(engine, run.tokens, seed)
     at_p = decoder.log_weights(denoiser, p_xs, **kw)
     pq = bounds.kl_pq_upper(at_p, engine.log_prob(p_xs))
     out = {"kl_qp_lower": lower.value, "kl_qp_lower_se": lower.se,
@@ -202,10 +199,9 @@ def _trajectory_bounds(structure, decoder, denoiser, oracle, run, engine, log_p,
 
 def _fallback_bounds(decoder, run, log_p, notes) -> dict[str, float | None]:
     """No proposal: E_q[log q(x, tau) - log p(x)] <= KL(q‖p) <= E_q[-log p(x)]."""
-    inf = torch.full_like(log_p, math.inf)
-    upper = measures.mc_mean(torch.where(log_p == -math.inf, inf, -log_p))
+    upper = measures.mc_mean(-log_p)
     if decoder.log_q_is_joint:
-        lower = measures.mc_mean(torch.where(log_p == -math.inf, inf, run.log_q - log_p))
+        lower = measures.mc_mean(bounds.q_side(run.log_q, log_p))
         how = "E_q[log q(x, tau) - log p(x)] (q(x) >= q(x, tau))"
     else:
         lower = measures.Estimate(0.0, 0.0, len(log_p))
@@ -261,11 +257,17 @@ def _is_mean_field(decoder: Decoder) -> bool:
             and decoder.window == "blocks" and decoder.temperature == 1)
 
 
+def _p_samples(engine, like: torch.Tensor, seed: int) -> torch.Tensor:
+    """As many samples of p as ``like [N, n]`` has rows, from the stream ``seed + 1`` (apart from
+    the decoder's, which uses ``seed``)."""
+    empty = torch.zeros_like(like)
+    return engine.sample(empty, torch.zeros_like(like, dtype=torch.bool),
+                         generator=generator(seed + 1, engine.device))
+
+
 def _mean_field_decomposition(structure, engine, q_xs, seed, samples):
     """Eqs. 16/18 per sample: sum_m reverse TC at q-prefixes, sum_m forward TC at p-prefixes."""
-    gen = torch.Generator(device=engine.device).manual_seed(seed + 1)
-    p_xs = engine.sample(torch.zeros_like(q_xs), torch.zeros_like(q_xs, dtype=torch.bool),
-                         generator=gen)
+    p_xs = _p_samples(engine, q_xs, seed)
     rev = torch.zeros(len(q_xs), dtype=engine.dtype, device=engine.device)
     fwd = torch.zeros_like(rev)
     prefix = torch.zeros_like(q_xs, dtype=torch.bool)
