@@ -139,12 +139,18 @@ class ExactEngine:
         """
         tokens, visible = self.check(tokens, visible)
         if self.method == "messages":
-            self.check_memory(tokens.shape[0])
-            with torch.no_grad():
-                evidence = self.evidence(tokens, visible)
-                out, log_z, _, _ = self.message_tree().conditionals(evidence)
-            return self.undefined_rows(out, log_z == -math.inf, evidence, visible)
+            return self.full_pass(tokens, visible)[0]
         return self._conditionals_autograd(tokens, visible)
+
+    def full_pass(self, tokens, visible, shallow: bool = True):
+        """One collect and one distribute pass of :meth:`message_tree` (``shallow``) on checked
+        ``tokens [B, n]`` / ``visible [B, n]``: ``(conditionals [B, n, V] as
+        :meth:`conditionals`, evidence [B, n, V], up, down messages)``."""
+        self.check_memory(tokens.shape[0], shallow)
+        with torch.no_grad():
+            evidence = self.evidence(tokens, visible)
+            out, log_z, up, down = self.message_tree(shallow).conditionals(evidence)
+        return self.undefined_rows(out, log_z == -math.inf, evidence, visible), evidence, up, down
 
     def incremental(self, full_fraction: float = 0.25):
         """A :class:`~mdmprob.messages.IncrementalConditionals` on this engine: conditionals of

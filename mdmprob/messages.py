@@ -261,8 +261,7 @@ class IncrementalConditionals:
         if window is None:  # every position: the shallow full pass; nothing worth carrying
             self._code = None
             self.recomputed = 2 * len(tree.steps)
-            with torch.no_grad():
-                return self.engine.conditionals(tokens.masked_fill(~visible, 0), visible)
+            return self.engine.full_pass(tokens.masked_fill(~visible, 0), visible)[0]
         positions = window.any(0).nonzero().flatten()
         full, rows = self._answer(tokens.masked_fill(~visible, tree.vocab), positions)
         if full is not None:
@@ -299,13 +298,10 @@ class IncrementalConditionals:
         with torch.no_grad():
             fresh = self._code is None or self._code.shape != code.shape
             if fresh or len(positions) > self.full_fraction * tree.n or len(tree.roots) != 1:
-                engine.check_memory(batch, shallow=False)
-                visible = code != V
-                evidence = engine.evidence(code, visible)
-                out, log_z, up, down = tree.conditionals(evidence)
+                out, evidence, up, down = engine.full_pass(code, code != V, shallow=False)
                 self._reset(code, evidence, up, down)
                 self.recomputed = 2 * len(tree.steps)
-                return engine.undefined_rows(out, log_z == -math.inf, evidence, visible), None
+                return out, None
             self.recomputed = 0
             changed = (code != self._code).any(0).nonzero().flatten()
             if len(changed):
