@@ -98,6 +98,14 @@ def regret(points: list[SchedulePoint], nfe: float, kl: float) -> float:
     return kl - frontier_kl(points, nfe)
 
 
+def decoder_windows(decoder, denoiser, structure) -> list[list[int]]:
+    """The windows a decoder's regret is read within: its own (:meth:`windows` of the decoder on
+    ``denoiser`` and the structure's blocks), or the whole sequence for a decoder without them."""
+    if hasattr(decoder, "windows"):
+        return [list(w) for w in decoder.windows(denoiser, structure.blocks)]
+    return [list(range(structure.n_tokens))]
+
+
 def frontier_kl(points: list[SchedulePoint], nfe: float) -> float:
     """The frontier's KL(q‖p) at expected NFE ``nfe``, linear between vertices."""
     if nfe <= points[0].nfe:
@@ -302,5 +310,6 @@ def _bisect(problem, initial, a: SchedulePoint, b: SchedulePoint, hull: list) ->
         _bisect(problem, initial, c, b, hull)
 
 
-__all__ = ["MAX_STATES", "SchedulePoint", "budget_frontier", "frontier", "frontier_kl",
+__all__ = ["MAX_STATES", "SchedulePoint", "budget_frontier", "decoder_windows", "frontier",
+           "frontier_kl",
            "optimal_policy", "policy_value", "regret"]

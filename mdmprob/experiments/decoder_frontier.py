@@ -96,14 +96,12 @@ class DecoderFrontier(Experiment):
         if ev.get("kl_qp_lower") != ev.get("kl_qp_upper"):  # a KL interval (mdmprob.bounds)
             keys += ("kl_qp_lower", "kl_qp_upper", "kl_pq_upper")
         out = records_from(setting, ev, keys, mode=ev.mode)
-        # regret within the decoder's own windows (a decoder without them: anywhere)
-        anywhere = [list(range(s.n_tokens))]
-        blocks = decoder.windows(oracle, s.blocks) if hasattr(decoder, "windows") else anywhere
+        from mdmprob import schedule
+
+        blocks = schedule.decoder_windows(decoder, oracle, s)  # regret within its own windows
         exact = config.frontier and ev.mode == "exact"
         points = _frontier(setting["structure"], s, blocks) if exact else None
         if points:
-            from mdmprob import schedule
-
             out.append(record(setting, "regret", schedule.regret(points, ev["nfe"], ev["kl_qp"]),
                               mode=ev.mode))
         return out

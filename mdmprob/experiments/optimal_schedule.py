@@ -74,8 +74,7 @@ class OptimalSchedule(Experiment):
         for spec in config.decoders:
             name, params = parse_spec(spec)
             decoder = get_decoder(name, **params)
-            # regret within the decoder's own windows; a decoder without them: anywhere
-            blocks = decoder.windows(oracle, s.blocks) if hasattr(decoder, "windows") else anywhere
+            blocks = schedule.decoder_windows(decoder, oracle, s)  # regret within its windows
             if str(blocks) not in frontiers:
                 frontiers[str(blocks)] = schedule.frontier(s, blocks=blocks)
             ev = evaluate(s, decoder, oracle, mode="exact", samples=config.samples, seed=seed)
