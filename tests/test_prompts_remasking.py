@@ -27,6 +27,7 @@ from mdmprob.denoisers import Oracle, Table
 from mdmprob.errors import MdmprobError
 
 sys.path.insert(0, str(Path(__file__).parent))
+import conformance_decoders as ref  # noqa: E402
 from test_remask import assert_frequencies_match  # noqa: E402
 
 
@@ -183,3 +184,51 @@ def test_a_bad_prompt_raises_a_typed_error_naming_it(hmm, d):
         d.run(o, 2, initial=torch.tensor([7, o.mask_id, 0, 0, 0, 0]))
     with pytest.raises(MdmprobError, match=r"initial has shape \(3, 6\)"):
         d.run(o, 2, initial=torch.full((3, 6), o.mask_id))
+
+
+def remdm_cap_ref(model, prompt, steps, eta) -> dict:
+    """ReMDM ``cap`` (arXiv 2503.00307) from a prompt, on the linear schedule alpha_t = 1 - t over
+    the grid t_j = 1 - j / steps: at step j every free visible token is remasked with probability
+    sigma = min(eta, (1 - alpha_s) / alpha_t), every mask revealed with probability
+    (alpha_s - (1 - sigma) alpha_t) / (1 - alpha_t), its value drawn from the model; prompt
+    tokens never move. The law of the state, propagated exactly over the steps."""
+    n, mask = model.n, model.mask
+    free = [i for i in range(n) if prompt[i] == mask]
+    law = {tuple(prompt): 1.0}
+    for j in range(1, steps + 1):
+        a_t, a_s = (j - 1) / steps, j / steps
+        sigma = 0.0 if a_t == 0 else min(eta, (1 - a_s) / a_t)
+        reveal = (a_s - (1 - sigma) * a_t) / (1 - a_t)
+        nxt: dict = {}
+        for x, px in law.items():
+            P = model.probs(x)
+            moves = []
+            for i in free:
+                if x[i] == mask:
+                    moves.append([(mask, 1 - reveal)] + [(v, reveal * P[i][v])
+                                                         for v in range(model.V)])
+                else:
+                    moves.append([(mask, sigma), (x[i], 1 - sigma)])
+            for combo in itertools.product(*moves):
+                pr = px * math.prod(w for _, w in combo)
+                if pr == 0:
+                    continue
+                y = list(x)
+                for i, (v, _) in zip(free, combo, strict=True):
+                    y[i] = v
+                nxt[tuple(y)] = nxt.get(tuple(y), 0.0) + pr
+        law = nxt
+    return law
+
+
+def test_remdm_with_a_prompt_matches_its_published_algorithm():
+    den = Table.random(4, 2, seed=3, concentration=0.6)
+    prompt = [den.mask_id, 1, den.mask_id, den.mask_id]
+    law = remdm_cap_ref(ref.Model(den), prompt, 4, 0.6)
+    assert all(x[1] == 1 and den.mask_id not in x for x in law)  # complete, prompt kept
+    q = remdm(steps=4, eta=0.6, top_p=None).distribution(
+        den, initial=torch.tensor(prompt)).exp().reshape(-1)
+    expected = torch.zeros_like(q)
+    for x, pr in law.items():
+        expected[int("".join(map(str, x)), 2)] += pr
+    torch.testing.assert_close(q, expected, atol=1e-12, rtol=0)
