@@ -211,7 +211,7 @@ def test_fingerprint_follows_code_closure_and_tensors():
     assert cache.fingerprint(make(2, t)) != cache.fingerprint(make(3, t))
     assert cache.fingerprint(make(2, t)) != cache.fingerprint(make(2, t + 1))
     assert cache.fingerprint(make(2, t)) != cache.fingerprint(lambda: 2 * t.prod())
-    assert cache.fingerprint(torch.tensor([1.0])) != cache.fingerprint(torch.tensor([1.0],
-                                                                                    dtype=torch.float32))
+    assert cache.fingerprint(torch.tensor([1.0], dtype=torch.float64)) != cache.fingerprint(
+        torch.tensor([1.0], dtype=torch.float32))
     with pytest.raises(cache.Unhashable):
         cache.fingerprint(object())

@@ -198,10 +198,14 @@ class _GraphSelector(DeterministicSelector):
     def greedy(chosen, allowed, adj, order):
         """Add ``allowed`` candidates in ``order`` when they have no edge to a chosen one."""
         row = torch.arange(chosen.shape[0], device=chosen.device)
-        for r in range(order.shape[-1]):
+        chosen = chosen.clone()
+        # walk ``order`` only as far as its last allowed position (one pass, not n)
+        rank = torch.arange(order.shape[-1], device=order.device)
+        last = torch.where(allowed.gather(-1, order), rank, -1).amax(-1) if allowed.numel() \
+            else rank.new_full((0,), -1)
+        for r in range(int(last.max()) + 1 if last.numel() else 0):
             p = order[:, r]
             blocked = (adj[row, p] & chosen).any(-1)
-            chosen = chosen.clone()
             chosen[row, p] = chosen[row, p] | (allowed[row, p] & ~blocked)
         return chosen
 
