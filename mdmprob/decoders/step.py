@@ -71,8 +71,8 @@ class SelectionStep:
             lp_sel = _bernoulli_lp(probs, sel, cand)
         else:
             keys = self._keys(view, draws)
-            count = self.count(view, keys)
-            above, tied, r = _boundary(keys, cand, count)
+            count, ranked = self.count_ranked(view, keys)
+            above, tied, r = _boundary(keys, cand, count, ranked)
             sel, lp_sel = _pick(above, tied, r, self.random_ties, generator)
             branched = lp_sel < 0
             if self.draws_random:
@@ -138,12 +138,12 @@ class SelectionStep:
                                                   first_only(self.values_lp)))
             sub = view.take_rows(row)
             keys = self._keys(sub, draws)
-            above, tied, r = _boundary(keys, sub.candidates, self.count(sub, keys))
+            above, tied, r = _boundary(keys, sub.candidates, *self.count_ranked(sub, keys))
             parent, sel, slp = _tie_subsets(above, tied, r, self.random_ties)
             return row[parent], sel, draws[parent], lp[parent] + slp
         draws = self.values_lp.argmax(-1) if rule.score.uses_draws else None
         keys = self._keys(view, draws)
-        above, tied, r = _boundary(keys, cand, self.count(view, keys))
+        above, tied, r = _boundary(keys, cand, *self.count_ranked(view, keys))
         row, sel, lp = _tie_subsets(above, tied, r, self.random_ties)
         values_lp = self._all_value_options(forced)[row]
         parent, values, vlp = option_product(torch.where(sel[..., None], values_lp,
@@ -193,10 +193,15 @@ class SelectionStep:
     def count(self, view: Step, keys: torch.Tensor) -> torch.Tensor:
         """How many candidates the commit rule keeps, ``[B]`` (ranked in lowest-position order
         among ties)."""
+        return self.count_ranked(view, keys)[0]
+
+    def count_ranked(self, view: Step, keys: torch.Tensor):
+        """:meth:`count` and the keys sorted in decreasing order, ``[B, n]`` (for
+        :func:`_boundary`, which would sort them again)."""
         order = torch.sort(keys, dim=-1, descending=True, stable=True).indices
         ranked = keys.gather(-1, order)
         count = self.rule.commit.count(view, ranked, order)
-        return torch.minimum(count, view.n_candidates)
+        return torch.minimum(count, view.n_candidates), ranked
 
     def _draw_selection_lp(self, sel: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         """log Pr[the selection is ``sel`` | ``values`` drawn at ``sel``], ``[B]``: the draws of
@@ -305,10 +310,12 @@ def round_keys(keys: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.isfinite(keys), torch.round(keys / KEY_QUANTUM) * KEY_QUANTUM, keys)
 
 
-def _boundary(keys, cand, count):
+def _boundary(keys, cand, count, ranked=None):
     """``(above, tied, r)``: candidates whose key beats the count-th largest (all kept), those
-    equal to it, and how many of the tied ones the step keeps."""
-    ranked = torch.sort(keys, dim=-1, descending=True).values
+    equal to it, and how many of the tied ones the step keeps (``ranked``: the keys already
+    sorted in decreasing order)."""
+    if ranked is None:
+        ranked = torch.sort(keys, dim=-1, descending=True).values
     kth = ranked.gather(-1, (count - 1).clamp(min=0)[:, None])
     some = (count > 0)[:, None]
     above = cand & (keys > kth) & some
