@@ -88,12 +88,23 @@ class MessageTree:
     # ------------------------------------------------------------------ the two passes
     def log_z(self, evidence: torch.Tensor) -> torch.Tensor:
         """``log sum_x prod factors * evidence`` per row, shape ``[B]``; ``evidence [B, n, V]``."""
-        up, _ = self._collect(evidence, keep=False)
+        with torch.inference_mode():
+            up, _ = self._collect(evidence, keep=False)
         return self._log_z(up, evidence.shape[0])
 
     def conditionals(self, evidence: torch.Tensor):
         """``(log p(x_i = v | evidence) [B, n, V], log Z [B], up, down)`` by one collect and one
-        distribute pass; rows with ``log Z = -inf`` hold ``-inf`` (the caller decides)."""
+        distribute pass; rows with ``log Z = -inf`` hold ``-inf`` (the caller decides).
+
+        The passes run in inference mode (a fifth of a small call's time is autograd's view
+        and version bookkeeping otherwise); what is returned to a caller is computed outside it,
+        so it is an ordinary tensor (in-place updates and autograd work on it). The messages
+        ``up`` and ``down`` are for reading only."""
+        with torch.inference_mode():
+            out, up, down = self._passes(evidence)
+        return _normalise(out.permute(2, 0, 1)), self._log_z(up, evidence.shape[0]), up, down
+
+    def _passes(self, evidence: torch.Tensor):
         batch = evidence.shape[0]
         up, tables = self._collect(evidence, keep=True)
         down: dict = {}
@@ -101,23 +112,22 @@ class MessageTree:
         for gi in reversed(range(len(self.groups))):
             grp = self.groups[gi]
             base, kids, total = tables[gi]
-            d = None if grp.down is None else _gather(grp.down, down)
-            d = None if d is None else d.unsqueeze(1 + grp.axis)
+            d = None if grp.down is None else _gather(grp.down, down).unsqueeze(1 + grp.axis)
             if grp.tokens is not None:
-                belief = total if d is None else total + d
-                others = tuple(1 + j for j in range(len(grp.cards)) if j != grp.axis)
-                marg = _logsumexp(belief, others)
+                marg = _logsumexp(total if d is None else total + d, grp.others)
                 out.index_copy_(0, grp.tokens, marg.expand(-1, -1, batch))
+            if not grp.children:
+                continue
+            outside = base if d is None else (d if base is None else base + d)
             for k, (_, _, _, reduce) in enumerate(grp.children):
-                t = base if d is None else (d if base is None else base + d)
+                t = outside  # everything in the step but child k's own message
                 for j, kid in enumerate(kids):
                     if j != k:
                         t = kid if t is None else t + kid
                 if t is None:
                     t = evidence.new_zeros((len(grp.steps),) + grp.cards + (1,))
                 down[(gi, k)] = _logsumexp(t, tuple(1 + r for r in reduce))
-        log_z = self._log_z(up, batch)
-        return _normalise(out.permute(2, 0, 1)), log_z, up, down
+        return out, up, down
 
     def _collect(self, evidence, keep):
         ev = evidence.permute(1, 2, 0)  # [n, V, B]: the batch last, where ops vectorise
@@ -141,8 +151,8 @@ class MessageTree:
     def _inputs(self, grp, ev, up):
         size = len(grp.steps)
         base = grp.static
-        for idx, shape in grp.evidence:
-            t = ev.index_select(0, idx)
+        for rows, shape in grp.evidence:
+            t = _take(ev, rows)
             t = t.reshape((size,) + shape + (t.shape[-1],))
             base = t if base is None else base + t
         kids = []
@@ -191,12 +201,13 @@ class MessageTree:
         for sig in sigs:
             members = by_sig[sig]
             first = self.steps[members[0]]
-            grp = _Group(steps=members, cards=first.cards, axis=first.axis, batched=sig[4])
+            grp = _Group(steps=members, cards=first.cards, axis=first.axis, batched=sig[4],
+                         others=tuple(1 + j for j in range(len(first.cards)) if j != first.axis))
             if first.static is not None:
                 grp.static = torch.stack([self.steps[k].static for k in members])
             for j, (_, shape) in enumerate(first.evidence):
-                idx = torch.tensor([self.steps[k].evidence[j][0] for k in members], device=dev)
-                grp.evidence.append((idx, shape))
+                rows = _rows([self.steps[k].evidence[j][0] for k in members], self.n, dev)
+                grp.evidence.append((rows, shape))
             for j, (_, perm, shape, reduce) in enumerate(first.children):
                 pairs = [self.where[self.steps[k].children[j][0]] for k in members]
                 stacked_perm = (0,) + tuple(1 + p for p in perm) + (1 + len(perm),)
@@ -291,18 +302,21 @@ class IncrementalConditionals:
         """Bring the messages up to date with the evidence ``code`` (tokens, ``V`` where masked)
         and answer ``positions``: ``(full [B, n, V], None)`` after a full pass, else ``(None,
         rows [B, |positions|, V])``. The evidence is compared with the last call's as one
-        ``[B, n]`` comparison; only the changed columns are re-read."""
+        ``[B, n]`` comparison; only the changed columns are re-read. The carried state is
+        built and updated in inference mode (see :meth:`MessageTree.conditionals`); the
+        answer is computed outside it."""
         engine, tree = self.engine, self.tree
         V = tree.vocab
         batch = code.shape[0]
-        with torch.no_grad():
-            fresh = self._code is None or self._code.shape != code.shape
-            if fresh or len(positions) > self.full_fraction * tree.n or len(tree.roots) != 1:
-                out, evidence, up, down = engine.full_pass(code, code != V, shallow=False)
+        fresh = self._code is None or self._code.shape != code.shape
+        if fresh or len(positions) > self.full_fraction * tree.n or len(tree.roots) != 1:
+            out, evidence, up, down = engine.full_pass(code, code != V, shallow=False)
+            with torch.inference_mode():
                 self._reset(code, evidence, up, down)
-                self.recomputed = 2 * len(tree.steps)
-                return out, None
-            self.recomputed = 0
+            self.recomputed = 2 * len(tree.steps)
+            return out, None
+        self.recomputed = 0
+        with torch.inference_mode():
             changed = (code != self._code).any(0).nonzero().flatten()
             if len(changed):
                 now = code[:, changed]
@@ -310,8 +324,9 @@ class IncrementalConditionals:
                 fresh_ev = engine.evidence(now, now != V)
                 self._ev.index_copy_(0, changed, fresh_ev.permute(1, 2, 0))
                 self._invalidate([tree.token_step[i] for i in changed.tolist()])
-            if not len(positions):
-                return None, self._ev.new_zeros((batch, 0, V))
+        if not len(positions):
+            return None, torch.zeros((batch, 0, V), device=code.device, dtype=engine.dtype)
+        with torch.inference_mode():
             margs = []
             for i in positions.tolist():
                 k = tree.token_step[i]
@@ -319,10 +334,10 @@ class IncrementalConditionals:
                 others = tuple(j for j in range(len(step.cards)) if j != step.axis)
                 margs.append(_logsumexp(self._belief(k), others).expand(-1, batch))
             marg = torch.stack(margs).permute(2, 0, 1)  # [B, |positions|, V]
-            impossible = (marg == -math.inf).all(-1).any(-1)  # every belief sums to Z
-            return None, engine.undefined_rows(_normalise(marg), impossible,
-                                                self._ev[positions].permute(2, 0, 1),
-                                                code[:, positions] != V)
+            seen = self._ev[positions].permute(2, 0, 1)
+        impossible = (marg == -math.inf).all(-1).any(-1)  # every belief sums to Z
+        return None, engine.undefined_rows(_normalise(marg), impossible, seen,
+                                            code[:, positions] != V)
 
     # ------------------------------------------------------------------ cache bookkeeping
     def _reset(self, code, evidence, up, down) -> None:
@@ -459,9 +474,10 @@ class _Group:
     axis: int
     batched: bool  # some evidence below it
     static: torch.Tensor | None = None  # [G, *shape, 1]
-    evidence: list = field(default_factory=list)  # (token index [G], shape)
+    evidence: list = field(default_factory=list)  # (token rows (see _rows), shape)
     children: list = field(default_factory=list)  # (spec, stacked perm, shape, reduce)
     tokens: torch.Tensor | None = None  # [G] when the eliminated variables are tokens
+    others: tuple[int, ...] = ()  # the clique's axes but the eliminated one, in [G, *cards, B]
     down: Spec | None = None  # where the down messages come from (None: roots)
 
 
@@ -486,34 +502,51 @@ def _dfs_numbers(steps, roots) -> tuple[list[int], list[int]]:
 
 
 def _spec(pairs, sizes, device) -> Spec:
-    """How to gather rows ``pairs = [(producer key, row), ...]`` from stacked producers."""
+    """How to gather rows ``pairs = [(producer key, row), ...]`` from stacked producers:
+    ``(pieces, inverse)``, each piece ``(key, rows)`` (see :func:`_rows`), concatenated, then
+    put in order by ``inverse`` (None: already in order)."""
     keys = list(dict.fromkeys(key for key, _ in pairs))
-    if len(keys) == 1:
-        rows = [r for _, r in pairs]
-        if rows == list(range(sizes[keys[0]])):
-            return ("whole", keys[0])
-        return ("one", keys[0], torch.tensor(rows, device=device))
     pieces, order = [], []
     for key in keys:
         at = [j for j, (k, _) in enumerate(pairs) if k == key]
-        pieces.append((key, torch.tensor([pairs[j][1] for j in at], device=device)))
+        pieces.append((key, _rows([pairs[j][1] for j in at], sizes[key], device)))
         order += at
+    if order == list(range(len(order))):
+        return tuple(pieces), None
     inverse = torch.empty(len(order), dtype=torch.long)
     inverse[torch.tensor(order)] = torch.arange(len(order))
-    return ("many", pieces, inverse.to(device))
+    return tuple(pieces), inverse.to(device)
+
+
+def _rows(rows: list[int], size: int, device):
+    """Rows of a stacked tensor of ``size`` rows: None (all, in order), a slice (evenly spaced:
+    a view, no copy) or an index tensor."""
+    if rows == list(range(size)):
+        return None
+    step = rows[1] - rows[0] if len(rows) > 1 else 1
+    if step > 0 and all(b - a == step for a, b in zip(rows, rows[1:], strict=False)):
+        return slice(rows[0], rows[-1] + 1, step)
+    return torch.tensor(rows, device=device)
+
+
+def _take(t: torch.Tensor, rows) -> torch.Tensor:
+    if rows is None:
+        return t
+    return t[rows] if isinstance(rows, slice) else t.index_select(0, rows)
 
 
 def _gather(spec: Spec, store: dict) -> torch.Tensor:
-    if spec[0] == "whole":
-        return store[spec[1]]
-    if spec[0] == "one":
-        return store[spec[1]].index_select(0, spec[2])
-    parts = [store[key].index_select(0, rows) for key, rows in spec[1]]
+    pieces, inverse = spec
+    if len(pieces) == 1:
+        key, rows = pieces[0]
+        return _take(store[key], rows)
+    parts = [_take(store[key], rows) for key, rows in pieces]
     # a message may be constant (size 1) along a variable where another is not: broadcast
     # (equal ranks, each axis 1 or its full size: the largest; torch.broadcast_shapes is slow)
     shape = tuple(max(sizes) for sizes in zip(*(p.shape[1:] for p in parts), strict=True))
     parts = [p.expand(p.shape[0], *shape) for p in parts]
-    return torch.cat(parts).index_select(0, spec[2])
+    out = torch.cat(parts)
+    return out if inverse is None else out.index_select(0, inverse)
 
 
 def _align(t: torch.Tensor, perm, shape) -> torch.Tensor:
@@ -535,13 +568,20 @@ def _logsumexp(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
     tensors; on small ones, where each op's fixed cost dominates, that one op."""
     if not dims:
         return x
-    if x.numel() <= _SMALL:  # few elements: one op beats fewer passes
-        return torch.logsumexp(x, dims)
+    if x.numel() <= _SMALL:  # few elements: fewest ops; an axis of two states is one logaddexp
+        rest = []
+        for d in sorted(dims, reverse=True):  # from the last axis
+            if x.shape[d] == 2:
+                x = torch.logaddexp(x.select(d, 0), x.select(d, 1))
+                rest = [r - 1 for r in rest]  # every kept one was above d
+            else:
+                rest.append(d)
+        return torch.logsumexp(x, tuple(rest)) if rest else x
     shift = x.amax(dims, keepdim=True).nan_to_num(neginf=0.0)
     return (x - shift).exp().sum(dims).log() + shift.squeeze(dims)
 
 
 def _normalise(log_p: torch.Tensor) -> torch.Tensor:
     """Normalise over the last axis; all ``-inf`` rows stay ``-inf`` (never NaN)."""
-    norm = torch.logsumexp(log_p, -1, keepdim=True)
+    norm = _logsumexp(log_p, (log_p.dim() - 1,)).unsqueeze(-1)
     return log_p - norm.nan_to_num(nan=0.0, neginf=0.0)

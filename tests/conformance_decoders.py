@@ -4,8 +4,8 @@ Each function follows its paper's pseudo-code (and the documented behaviour of t
 research/decoders.md, decoders-2026.md) on ONE sequence with plain Python floats, and returns the
 exact output law ``{x: q(x)}`` by walking every random choice recursively:
 
-* values: drawn at every masked position of the block from softmax(log p / T) (T = 0: argmax),
-  optionally cut to the top-k values or the top-p nucleus (:func:`value_law`);
+* values: drawn at every masked position of the block from softmax(log p / T) (T = 0: argmax,
+  probabilities rounded to 12 decimals, the lowest value among equal ones), optionally cut to the top-k values or the top-p nucleus (:func:`value_law`);
 * ties: a uniformly random tie-break is a uniformly random permutation of the positions used as
   the second sort key, so the law is the average over all permutations (``ties="random"``);
   ``ties="lowest_position"`` sorts by position instead;
@@ -42,7 +42,7 @@ def value_law(p: list[float], temperature: float, top_k=None, top_p=None,
     """The law of one drawn value (see the module docstring)."""
     V = len(p)
     if temperature == 0:
-        best = max(range(V), key=lambda v: (p[v], -v))
+        best = max(range(V), key=lambda v: (round(p[v], 12), -v))
         return {best: 1.0}
     w = [pv ** (1 / temperature) if pv > 0 else 0.0 for pv in p]
     total = sum(w)

@@ -171,6 +171,51 @@ def test_incremental_recomputes_only_what_the_window_needs(device):
     assert late[4] <= early[4] + 1  # medians: no growth along the sequence
 
 
+def test_small_logsumexp_equals_torch_on_mixed_axes():
+    """The small-table reduction (pairs of states by one logaddexp, other axes by logsumexp)
+    against torch.logsumexp, on axes of 1, 2 and 3 states and slices that are all -inf."""
+    import itertools
+
+    from mdmprob.messages import _logsumexp, _normalise
+
+    gen = torch.Generator().manual_seed(0)
+    for shape in [(2, 3, 2, 1), (3, 2, 2, 4), (2, 2, 2), (5, 2, 3, 2)]:
+        x = torch.randn(shape, generator=gen, dtype=torch.float64)
+        x[x > 0.8] = -math.inf
+        for r in range(1, len(shape) + 1):
+            for dims in itertools.combinations(range(len(shape)), r):
+                got, want = _logsumexp(x, dims), torch.logsumexp(x, dims)
+                assert got.shape == want.shape, dims
+                assert not got.isnan().any()
+                assert torch.equal(got == -math.inf, want == -math.inf), dims
+                finite = want > -math.inf
+                assert torch.allclose(got[finite], want[finite], atol=1e-14), dims
+        norm = _normalise(x)
+        assert not norm.isnan().any()
+        rows = (x > -math.inf).any(-1)
+        assert torch.allclose(norm[rows].exp().sum(-1), torch.ones(()).double(), atol=1e-14)
+
+
+def test_conditionals_are_ordinary_tensors(device):
+    """The passes run in inference mode; what they return must still take in-place updates
+    and enter autograd (a training loss against the oracle's conditionals)."""
+    s = load_model("block_hmm", n_blocks=3)
+    engine = s.engine(device=device)
+    gen = torch.Generator().manual_seed(1)
+    tokens = torch.randint(0, 2, (4, s.n_tokens), generator=gen).to(engine.device)
+    visible = (torch.rand(4, s.n_tokens, generator=gen) < 0.5).to(engine.device)
+    window = torch.zeros_like(visible)
+    window[:, :4] = True
+    outs = [engine.conditionals(tokens, visible), engine.log_prob_visible(tokens, visible),
+            engine.incremental().conditionals(tokens, visible, window)]
+    for out in outs:
+        assert not out.is_inference()
+        weight = torch.ones((), device=engine.device, dtype=out.dtype, requires_grad=True)
+        (out.clamp(min=-50) * weight).sum().backward()
+        assert weight.grad is not None
+        out.add_(0.0)
+
+
 # ---------------------------------------------------------------------------- the oracle
 def test_oracle_window_rows_equal_the_full_answer_along_a_block_decode(device):
     """Emulate a block-by-block decoder: commit each block from the oracle's windowed answer;

@@ -339,11 +339,19 @@ class BernoulliSchedule(CommitRule):
         return (1.0 / left)[:, None].expand(step.candidates.shape)
 
 
+KEY_QUANTUM = 2.0 ** -32  # keys closer than this are equal: round-off never breaks a tie
+
+
+def round_keys(keys: torch.Tensor) -> torch.Tensor:
+    """Keys rounded to :data:`KEY_QUANTUM`, so that float round-off never decides a tie."""
+    return torch.where(torch.isfinite(keys), torch.round(keys / KEY_QUANTUM) * KEY_QUANTUM, keys)
+
+
 # ----------------------------------------------------------------------------- value laws
 class ValueLaw:
     """How a step draws the value of a position: ``softmax(log p_theta / T)`` (T = 0: the argmax,
-    lowest value id among equal maxima), restricted to the ``top_k`` most probable values and/or the
-    ``top_p`` nucleus, renormalised.
+    lowest value id among maxima equal up to :data:`KEY_QUANTUM`), restricted to the ``top_k``
+    most probable values and/or the ``top_p`` nucleus, renormalised.
 
     ``top_k`` keeps every value whose probability is >= the k-th largest (equal probabilities are
     kept together, so the law does not depend on value ids). ``top_p`` ranks values by tempered
@@ -376,7 +384,9 @@ class ValueLaw:
         """log-probability ``[..., V]`` of drawing each value, from ``logp [..., V]``."""
         V = logp.shape[-1]
         if self.temperature == 0:
-            hot = torch.nn.functional.one_hot(logp.argmax(-1), V).bool()
+            # the argmax of rounded log-probabilities: values equal up to round-off are tied
+            # (the lowest id wins), whichever computation produced logp
+            hot = torch.nn.functional.one_hot(round_keys(logp).argmax(-1), V).bool()
             return torch.zeros_like(logp).masked_fill(~hot, -math.inf)
         out = logp if self.temperature == 1 else torch.log_softmax(logp / self.temperature, -1)
         if self.top_k is not None and self.top_k < V:

@@ -526,7 +526,7 @@ class ReMDM(DecoderBase):
             dtype = logp.dtype
             tempered = self.values.log_probs(logp)
             values = gumbel_argmax(tempered, generator) if self.temperature > 0 else \
-                logp.argmax(-1)
+                tempered.argmax(-1)
             coin = torch.rand(num, n, generator=generator, device=device, dtype=torch.float64)
             remask = ~masked & ~prompt & (coin < sigma)
             unmask = masked & (coin < u)

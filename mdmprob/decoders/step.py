@@ -26,7 +26,7 @@ import math
 
 import torch
 
-from mdmprob.decoders.primitives import Step, Threshold
+from mdmprob.decoders.primitives import KEY_QUANTUM, Step, Threshold, round_keys
 from mdmprob.errors import BudgetError, EnumerationError
 from mdmprob.sampling import gumbel_argmax
 
@@ -35,7 +35,6 @@ TIES = {
               "independent of how positions are numbered)",
     "lowest_position": "the lowest positions first among tied keys",
 }
-KEY_QUANTUM = 2.0 ** -32  # keys closer than this are equal: round-off never breaks a tie
 EXPANSION_BUDGET = 2 ** 22  # outcomes one enumeration may hold at once
 
 
@@ -305,11 +304,6 @@ class SelectionStep:
 
 
 # ----------------------------------------------------------------------------------- kernels
-def round_keys(keys: torch.Tensor) -> torch.Tensor:
-    """Keys rounded to :data:`KEY_QUANTUM`, so that float round-off never decides a tie."""
-    return torch.where(torch.isfinite(keys), torch.round(keys / KEY_QUANTUM) * KEY_QUANTUM, keys)
-
-
 def _boundary(keys, cand, count, ranked=None):
     """``(above, tied, r)``: candidates whose key beats the count-th largest (all kept), those
     equal to it, and how many of the tied ones the step keeps (``ranked``: the keys already
