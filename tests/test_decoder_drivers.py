@@ -169,3 +169,28 @@ def test_an_impossible_number_of_sequences_is_refused_up_front(monkeypatch):
     with pytest.raises(BudgetError, match=r"num=1000000000.*decode fewer sequences"):
         llada(steps=2).run(Oracle(s), 10**9)
     assert llada(steps=2).run(Oracle(s), 8).tokens.shape == (8, 4)
+
+
+def test_a_runs_commits_read_as_dense_steps_and_replay():
+    """The run's record keeps each step's window columns; read back, every step is a bool
+    [B, n] tensor, the steps partition the masked positions, and a list of them replays."""
+    from mdmprob.decoders import llada, verified_blocks
+    from mdmprob.decoders.protocol import Commits
+
+    s = load_model("block_hmm", n_blocks=3, block_size=3)
+    o = Oracle(s)
+    for decoder in (llada(6), verified_blocks()):
+        run = decoder.run(o, 5, seed=1)
+        assert isinstance(run.committed, Commits) and len(run.committed) == run.steps
+        steps = list(run.committed)
+        assert all(c.dtype == torch.bool and c.shape == (5, s.n_tokens) for c in steps)
+        assert torch.equal(torch.stack(steps).sum(0), torch.ones(5, s.n_tokens, dtype=torch.long))
+        assert torch.equal(run.committed[-1], steps[-1])
+        assert all(torch.equal(a, b) for a, b in zip(run.committed[1:3], steps[1:3], strict=True))
+        replay = decoder.log_prob(o, run.tokens, committed=steps)
+        torch.testing.assert_close(replay, decoder.log_prob(o, run.tokens, committed=run.committed))
+        marginal = decoder.log_q_is_marginal
+        want = decoder.log_prob(o, run.tokens) if marginal else replay
+        torch.testing.assert_close(run.log_q, want, atol=1e-10, rtol=0)
+    with pytest.raises(IndexError):
+        run.committed[len(run.committed)]

@@ -23,7 +23,7 @@ import torch
 
 from mdmprob.checks import exact_state_limit
 from mdmprob.decoders.primitives import Step
-from mdmprob.decoders.protocol import DecodeResult, initial_tokens
+from mdmprob.decoders.protocol import Commits, DecodeResult, initial_tokens
 from mdmprob.decoders.step import SelectionStep, scatter_logsumexp
 from mdmprob.denoisers.base import Denoiser
 from mdmprob.errors import EnumerationError, MdmprobError
@@ -69,7 +69,7 @@ def run(decoder, denoiser, num: int, generator, windows, *, initial=None, oracle
     log_q_tokens = torch.zeros(num, n, dtype=denoiser.dtype, device=device)
     nfe = torch.zeros(num, dtype=torch.long, device=device)
     branched = torch.zeros(num, dtype=torch.bool, device=device)
-    committed: list[torch.Tensor] = []
+    committed = Commits(num, n, device)
     diagnostics: dict[str, Any] = {}
     reference_calls = _reference_calls(decoder, len(windows))
     for window in windows:
@@ -78,7 +78,7 @@ def run(decoder, denoiser, num: int, generator, windows, *, initial=None, oracle
                 decoder, denoiser, tokens, window, generator, target=target, diagnostics=diagnostics)
             nfe = nfe + calls
             log_q_tokens[:, window[0]] += lq
-            committed.append(sel)
+            committed.add(sel)
             continue
         # the steps see the window's columns only (in position order): a step costs what the
         # window costs, whatever the length of the sequence
@@ -98,7 +98,7 @@ def run(decoder, denoiser, num: int, generator, windows, *, initial=None, oracle
             tokens[:, cols] = torch.where(sel, draws, here)  # in place: O(window), not O(n)
             log_q_tokens.index_add_(1, cols, lp_tokens.to(log_q_tokens.dtype))
             branched = branched | br
-            committed.append(torch.zeros_like(tokens, dtype=torch.bool).index_copy_(1, cols, sel))
+            committed.add(sel, cols)
             step_no = step_no + active.long()
         if reference_calls is not None:  # the reference also calls on steps that commit nothing
             nfe = nfe + torch.where(window_masked > 0, (reference_calls - step_no).clamp(min=0),

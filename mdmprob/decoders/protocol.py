@@ -20,6 +20,7 @@ three drivers; remasking, ReMDM and importance resampling implement it directly.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +32,42 @@ from mdmprob.deprecation import renamed
 from mdmprob.errors import EnumerationError, MdmprobError
 
 
+class Commits(Sequence):
+    """A run's committed positions: a sequence with one BoolTensor ``[B, n]`` per step (the
+    positions committed then), each built when read. A step is stored as its window's columns
+    and its selection over them, so a record costs what the windows cost, not steps x n (a
+    4096-step decode of 4096 tokens x 64 sequences would otherwise hold 1 GiB of booleans).
+
+    Args:
+        batch, n: the shape ``[B, n]`` of a step's tensor.
+        device: where the tensors live.
+    """
+
+    def __init__(self, batch: int, n: int, device):
+        self.shape, self.device = (int(batch), int(n)), device
+        self._steps: list[tuple[torch.Tensor | None, torch.Tensor]] = []
+
+    def add(self, selected: torch.Tensor, columns: torch.Tensor | None = None) -> None:
+        """Record a step: ``selected`` bool ``[B, w]`` at ``columns`` (LongTensor ``[w]``), or
+        bool ``[B, n]`` with ``columns=None``."""
+        self._steps.append((columns, selected))
+
+    def __len__(self) -> int:
+        return len(self._steps)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        columns, selected = self._steps[i]
+        if columns is None:
+            return selected
+        out = torch.zeros(self.shape, dtype=torch.bool, device=self.device)
+        return out.index_copy_(1, columns, selected)
+
+    def __repr__(self) -> str:
+        return f"Commits({len(self)} steps of {list(self.shape)})"
+
+
 @dataclass
 class DecodeResult:
     """What a batched decoder run returns (B sequences of n tokens over V values).
@@ -39,8 +76,9 @@ class DecodeResult:
     exact log-probability of each run's trajectory (the decoder's random choices), equal to
     ``log q(tokens)`` when ``log_q_is_marginal`` (the trajectory is a function of the output),
     otherwise a trajectory density; ``nfe`` LongTensor ``[B]``, denoiser calls per sequence;
-    ``committed`` a list with one BoolTensor ``[B, n]`` per step (the positions committed then;
-    some decoders record a :class:`~mdmprob.decoders.remask.Trajectory`); ``diagnostics`` named
+    ``committed`` a sequence with one BoolTensor ``[B, n]`` per step (the positions committed
+    then: a list, the step decoders' compact :class:`Commits`, or the remasking decoders'
+    :class:`~mdmprob.decoders.remask.Trajectory`); ``diagnostics`` named
     run diagnostics (``[B]`` tensors, or lists of them per window); ``log_q_tokens`` float
     ``[B, n]``, each position's share of ``log_q`` (sums to it over n).
     """
@@ -48,7 +86,7 @@ class DecodeResult:
     tokens: torch.Tensor  # long [B, n]
     log_q: torch.Tensor  # [B]
     nfe: torch.Tensor  # long [B]: denoiser calls per sequence
-    committed: list[torch.Tensor]  # per step: bool [B, n] positions committed at that step
+    committed: Sequence[torch.Tensor]  # per step: bool [B, n] positions committed at that step
     log_q_is_marginal: bool
     #: run diagnostics by name (proposals, acceptance, ESS, remasked, ...): per window a ``[B]``
     #: tensor in a list, or one ``[B]`` tensor
@@ -225,5 +263,5 @@ def all_values(k: int, V: int, device) -> torch.Tensor:
                         device=device).reshape(V ** k, k)
 
 
-__all__ = ["DecodeResult", "DecoderBase", "all_values", "check_complete", "check_num",
+__all__ = ["Commits", "DecodeResult", "DecoderBase", "all_values", "check_complete", "check_num",
            "check_window", "initial_tokens", "make_generator", "windows_of"]
