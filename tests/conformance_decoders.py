@@ -5,7 +5,8 @@ research/decoders.md, decoders-2026.md) on ONE sequence with plain Python floats
 exact output law ``{x: q(x)}`` by walking every random choice recursively:
 
 * values: drawn at every masked position of the block from softmax(log p / T) (T = 0: argmax,
-  probabilities rounded to 12 decimals, the lowest value among equal ones), optionally cut to the top-k values or the top-p nucleus (:func:`value_law`);
+  probabilities rounded to 12 decimals, the lowest value among equal ones), optionally cut to
+  the top-k values or the top-p nucleus (:func:`value_law`);
 * ties: a uniformly random tie-break is a uniformly random permutation of the positions used as
   the second sort key, so the law is the average over all permutations (``ties="random"``);
   ``ties="lowest_position"`` sorts by position instead;

@@ -39,7 +39,8 @@ class Commits(Sequence):
     4096-step decode of 4096 tokens x 64 sequences would otherwise hold 1 GiB of booleans).
 
     Args:
-        batch, n: the shape ``[B, n]`` of a step's tensor.
+        batch: B, the rows of a step's tensor ``[B, n]``.
+        n: the positions of a step's tensor.
         device: where the tensors live.
     """
 
