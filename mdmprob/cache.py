@@ -19,6 +19,8 @@ computation uncached (a warning, not an error).
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
 import io
 import json
@@ -180,14 +182,31 @@ def cached(kind: str, parts: tuple, build, encode, decode):
     body = read(kind, key)
     if body is not None:
         try:
-            value = decode(body)
+            with gc_paused():
+                value = decode(body)
         except Exception:  # noqa: BLE001 - a body that does not decode is rebuilt
             value = None
     if value is None:
-        value = build()
+        with gc_paused():
+            value = build()
         write(kind, key, encode(value))
     remember(kind, key, value)
     return value, key
+
+
+@contextlib.contextmanager
+def gc_paused():
+    """Python's cyclic garbage collector paused while a structure, a plan or a message tree is
+    built: they are tens of thousands of small tuples and tensors, and the collector would walk
+    the whole heap every few hundred of them (most of the time of reading a plan back). Cycles
+    made meanwhile are collected when it resumes."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def remembered(kind: str, key: str):
@@ -269,5 +288,5 @@ def write(kind: str, key: str, body: dict) -> Path | None:
     return path
 
 
-__all__ = ["Unhashable", "cache_dir", "cached", "environment", "fingerprint", "forget", "read",
-           "remember", "remembered", "source_digest", "write"]
+__all__ = ["Unhashable", "cache_dir", "cached", "environment", "fingerprint", "forget", "gc_paused",
+           "read", "remember", "remembered", "source_digest", "write"]

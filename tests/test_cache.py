@@ -215,3 +215,36 @@ def test_fingerprint_follows_code_closure_and_tensors():
         torch.tensor([1.0], dtype=torch.float32))
     with pytest.raises(cache.Unhashable):
         cache.fingerprint(object())
+
+
+def test_the_collector_pause_restores_its_state_even_on_errors():
+    import gc
+
+    from mdmprob.cache import gc_paused
+
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError):
+        with gc_paused():
+            assert not gc.isenabled()
+            raise RuntimeError("a failing build")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with gc_paused():
+            pass
+        assert not gc.isenabled()  # a caller's own pause is left as it was
+    finally:
+        gc.enable()
+
+
+def test_a_plan_round_trips_through_its_disk_body():
+    from mdmprob.exact import _plan_body, _plan_from_body
+
+    engine = load_model("block_hmm", n_blocks=5, block_size=3).engine()
+    for args in [((), False, True), ((), False, False), ((), True, False), ((0, 4), False, False)]:
+        plan = engine._build_plan(*args)
+        assert _plan_from_body(_plan_body(plan)) == plan
+    body = _plan_body(plan)
+    body["steps"] = body["steps"][:-1]  # a truncated body is refused (then rebuilt)
+    with pytest.raises((ValueError, IndexError)):
+        _plan_from_body(body)
