@@ -505,10 +505,11 @@ def _spec(pairs, sizes, device) -> Spec:
     """How to gather rows ``pairs = [(producer key, row), ...]`` from stacked producers:
     ``(pieces, inverse)``, each piece ``(key, rows)`` (see :func:`_rows`), concatenated, then
     put in order by ``inverse`` (None: already in order)."""
-    keys = list(dict.fromkeys(key for key, _ in pairs))
+    by_key: dict = {}  # producer key -> indices into pairs, in order of first appearance
+    for j, (key, _) in enumerate(pairs):
+        by_key.setdefault(key, []).append(j)
     pieces, order = [], []
-    for key in keys:
-        at = [j for j, (k, _) in enumerate(pairs) if k == key]
+    for key, at in by_key.items():
         pieces.append((key, _rows([pairs[j][1] for j in at], sizes[key], device)))
         order += at
     if order == list(range(len(order))):
