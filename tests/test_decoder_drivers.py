@@ -194,3 +194,63 @@ def test_a_runs_commits_read_as_dense_steps_and_replay():
         torch.testing.assert_close(run.log_q, want, atol=1e-10, rtol=0)
     with pytest.raises(IndexError):
         run.committed[len(run.committed)]
+
+
+def test_a_run_whose_tie_branches_are_too_many_reports_trajectory_densities():
+    """sequential(entropy) on the paper's Block-HMM: the eight blocks are alike, so equal
+    entropies tie across them and log q(x) would sum over millions of branch states. The run
+    returns its samples with each trajectory's log-probability, says so, and does it fast."""
+    import warnings
+
+    from mdmprob.decoders import sequential
+
+    s = load_model("block_hmm")
+    o = Oracle(s)
+    decoder = sequential("entropy")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run = decoder.run(o, 6, seed=0)
+    assert not run.log_q_is_marginal
+    assert any("trajectory log-probability" in str(w.message) for w in caught)
+    replay = decoder.log_prob(o, run.tokens, committed=run.committed)
+    torch.testing.assert_close(run.log_q, replay, atol=1e-10, rtol=0)
+    # the same tokens under a deterministic tie-break: one branch, the run's log q is exact
+    plain = sequential("entropy", ties="lowest_position").run(o, 6, seed=0)
+    assert plain.log_q_is_marginal
+
+
+def test_marginal_log_prob_splits_a_batch_over_the_state_limit():
+    """Rows whose tie branches fit one at a time but not together are split, with the same
+    answer; a single row over the limit names the ways out."""
+    from mdmprob.decoders import sequential
+    from mdmprob.decoders.drivers import marginal_log_prob
+    from mdmprob.errors import EnumerationError
+
+    s = load_model("block_hmm", n_blocks=2, block_size=3)
+    o = Oracle(s)
+    decoder = sequential("entropy")
+    tokens = s.engine().sample(torch.zeros(16, s.n_tokens, dtype=torch.long),
+                               torch.zeros(16, s.n_tokens, dtype=torch.bool),
+                               generator=torch.Generator().manual_seed(2)).to(o.device)
+    start = torch.full_like(tokens, o.mask_id)
+    windows = decoder.windows(o, None)
+    whole = marginal_log_prob(decoder, o, tokens, start, windows)
+    one = max(  # the most live states one row needs at a level: found by shrinking the limit
+        k for k in range(1, 200)
+        if _fails(lambda k=k: marginal_log_prob(decoder, o, tokens[:1], start[:1], windows,
+                                                max_states=k), EnumerationError))
+    limit = 4 * (one + 1)
+    assert _fails(lambda: marginal_log_prob(decoder, o, tokens, start, windows, max_states=limit,
+                                            split=False), EnumerationError)  # together: over
+    split = marginal_log_prob(decoder, o, tokens, start, windows, max_states=limit)
+    torch.testing.assert_close(split, whole, atol=1e-12, rtol=0)
+    with pytest.raises(EnumerationError, match="ties='lowest_position'"):
+        marginal_log_prob(decoder, o, tokens[:1], start[:1], windows, max_states=one)
+
+
+def _fails(fn, error) -> bool:
+    try:
+        fn()
+    except error:
+        return True
+    return False

@@ -17,6 +17,7 @@ state of a level goes through the denoiser in one batched call, transitions come
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import torch
@@ -30,6 +31,12 @@ from mdmprob.errors import EnumerationError, MdmprobError
 from mdmprob.sampling import gumbel_argmax
 
 CALL_CHUNK = 2 ** 14  # states per denoiser call in exact mode
+# a run replays its tie branches for the exact log q(x) with at most this many live states per
+# sequence, and sends the denoiser at most RUN_REPLAY_WORK times the states its own steps sent
+# (or RUN_REPLAY_FLOOR, if more); past either, it reports trajectory log-probabilities (see run)
+RUN_REPLAY_STATES = 2 ** 12
+RUN_REPLAY_WORK = 8
+RUN_REPLAY_FLOOR = 2 ** 14
 
 
 def conditionals(denoiser, tokens: torch.Tensor, window: torch.Tensor | None = None) -> torch.Tensor:
@@ -104,16 +111,29 @@ def run(decoder, denoiser, num: int, generator, windows, *, initial=None, oracle
             nfe = nfe + torch.where(window_masked > 0, (reference_calls - step_no).clamp(min=0),
                                     torch.zeros_like(step_no))
     log_q = log_q_tokens.sum(-1)
-    if decoder.corrector is None and decoder.log_q_is_marginal and branched.any():
+    marginal = decoder.log_q_is_marginal
+    if decoder.corrector is None and marginal and branched.any():
         # a random tie-break was taken: log q(x) sums over the tie branches, replayed exactly
         rows = branched.nonzero().squeeze(-1)
-        exact = marginal_log_prob(decoder, denoiser, tokens[rows], start[rows], windows,
-                                  oracle=oracle, target=target)
-        first = (start[rows] == mask).long().argmax(-1)
-        log_q_tokens[rows, first] += exact - log_q[rows]
-        log_q = log_q_tokens.sum(-1)
-    return DecodeResult(tokens, log_q, nfe, committed, decoder.log_q_is_marginal, diagnostics,
-                        log_q_tokens)
+        try:  # the first sequence alone, then the rest: a blow-up costs one sequence's replay
+            exact = torch.cat([
+                marginal_log_prob(decoder, denoiser, tokens[part], start[part], windows,
+                                  oracle=oracle, target=target, split=False,
+                                  max_row_states=RUN_REPLAY_STATES,
+                                  max_work=max(RUN_REPLAY_FLOOR,
+                                               RUN_REPLAY_WORK * int(nfe[part].sum())))
+                for part in (rows[:1], rows[1:]) if len(part)])
+        except EnumerationError as e:  # too many branches: the samples stand, log q(x) does not
+            warnings.warn(
+                f"{e}. The run reports each sequence's trajectory log-probability instead "
+                "(result.log_q_is_marginal is False; evaluate() then uses its trajectory "
+                "bounds)", stacklevel=4)
+            marginal = False
+        else:
+            first = (start[rows] == mask).long().argmax(-1)
+            log_q_tokens[rows, first] += exact - log_q[rows]
+            log_q = log_q_tokens.sum(-1)
+    return DecodeResult(tokens, log_q, nfe, committed, marginal, diagnostics, log_q_tokens)
 
 
 # ----------------------------------------------------------------------------------- replay
@@ -166,15 +186,47 @@ def _forced_walk(decoder, denoiser, tokens, windows, on_step, *, committed=None,
 
 
 def marginal_log_prob(decoder, denoiser, tokens, start, windows, *, oracle=None,
-                      target=None) -> torch.Tensor:
+                      target=None, max_states: int | None = None, split: bool = True,
+                      max_row_states: int | None = None,
+                      max_work: int | None = None) -> torch.Tensor:
     """log q(x) ``[B]`` of complete ``tokens`` from the start states ``start``: the exact driver
-    with every committed value forced to ``x`` (the selections still branch where keys tie),
-    1024 sequences at a time."""
-    parts = [enumerate_states(decoder, denoiser, start[i:i + 1024], windows, oracle=oracle,
-                              target=target, forced=tokens[i:i + 1024], max_states=2**20)
-             for i in range(0, tokens.shape[0], 1024)]
-    return torch.cat(parts) if parts else torch.zeros(0, dtype=denoiser.dtype,
-                                                      device=tokens.device)
+    with every committed value forced to ``x`` (the selections still branch where keys tie), up
+    to 1024 sequences at a time. A group whose tie branches reach more than ``max_states`` live
+    states (default :func:`~mdmprob.checks.exact_state_limit`) is split: its first sequence
+    alone, then halves (``split=False``: it raises at once). A single sequence over the limit,
+    or over ``max_row_states`` live states of its own, raises
+    :class:`~mdmprob.errors.EnumerationError`; so does a replay that would send more than
+    ``max_work`` states to the denoiser."""
+    n, V = denoiser.n_tokens, denoiser.vocab
+    limit = exact_state_limit(n, V) if max_states is None else max_states
+    parts, todo = [], [(i, min(i + 1024, tokens.shape[0])) for i in range(0, tokens.shape[0],
+                                                                        1024)]
+    while todo:
+        lo, hi = todo.pop(0)
+        try:
+            parts.append((lo, enumerate_states(decoder, denoiser, start[lo:hi], windows,
+                                               oracle=oracle, target=target,
+                                               forced=tokens[lo:hi], max_states=limit,
+                                               max_row_states=max_row_states,
+                                               max_work=max_work)))
+        except EnumerationError as e:
+            if split and hi - lo > 1 and "max_states=" in str(e):
+                # its first sequence alone, then halves: a sequence over the limit by itself
+                # costs one more attempt, not one per halving
+                mid = (lo + 1 + hi) // 2
+                todo[:0] = [(lo, lo + 1)] + [(a, b) for a, b in ((lo + 1, mid), (mid, hi)) if b > a]
+                continue
+            which = f"sequence {lo}" if hi - lo == 1 else f"sequences {lo}..{hi - 1}"
+            raise EnumerationError(
+                f"{decoder.name}: log q(x) of {which} sums over its tie-break branches "
+                f"(equal keys broken at random), which reach more than max_states={limit} "
+                f"decoder states ({e}); use ties='lowest_position' (a deterministic tie-break: "
+                "one branch), the trajectory's log-probability (log_prob(..., committed=...)), "
+                "or the importance-weighted bounds (log_weights, evaluate(..., mode='mc'))"
+            ) from None
+    if not parts:
+        return torch.zeros(0, dtype=denoiser.dtype, device=tokens.device)
+    return torch.cat([t for _, t in sorted(parts, key=lambda part: part[0])])
 
 
 # ----------------------------------------------------------------------------------- forced replay
@@ -411,10 +463,14 @@ def _independent(log_w, cand, generator, given):
 
 # ----------------------------------------------------------------------------------- exact mode
 def enumerate_states(decoder, denoiser, start: torch.Tensor, windows, *, oracle=None,
-                     target=None, max_states: int | None = None, forced=None) -> torch.Tensor:
+                     target=None, max_states: int | None = None, forced=None,
+                     max_row_states: int | None = None,
+                     max_work: int | None = None) -> torch.Tensor:
     """The decoder's exact law from the start states ``start [S, n]``: with ``forced [S, n]``
     the log-probability ``[S]`` of reaching ``forced`` from each start, otherwise (one start) the
-    log-table of q over all V^n sequences, flat ``[V^n]``."""
+    log-table of q over all V^n sequences, flat ``[V^n]``. More than ``max_states`` live states
+    in all, or ``max_row_states`` from one start, or more than ``max_work`` states sent to the
+    denoiser in all, raise :class:`~mdmprob.errors.EnumerationError`."""
     n, V, mask = denoiser.n_tokens, denoiser.vocab, denoiser.mask_id
     device, dtype = denoiser.device, denoiser.dtype
     W = len(windows)
@@ -433,6 +489,7 @@ def enumerate_states(decoder, denoiser, start: torch.Tensor, windows, *, oracle=
     cache = _ConditionalsCache()
     if max_states is None:
         max_states = exact_state_limit(n, V)
+    work = 0
     while tokens.shape[0]:
         if tokens.shape[0] > max_states:
             raise EnumerationError(
@@ -441,6 +498,15 @@ def enumerate_states(decoder, denoiser, start: torch.Tensor, windows, *, oracle=
                 f"pass max_states={tokens.shape[0]} or more to distribution() if memory allows, "
                 "or use Monte Carlo mode "
                 "(evaluate(..., mode='mc'))")
+        work += tokens.shape[0]
+        if max_work is not None and work > max_work:
+            raise EnumerationError(f"exact mode sent {work} states to the denoiser, over "
+                                   f"max_work={max_work}")
+        if max_row_states is not None and tokens.shape[0] > max_row_states:
+            most = int(torch.bincount(seq, minlength=S0).max())
+            if most > max_row_states:
+                raise EnumerationError(f"exact mode reached {most} decoder states of one "
+                                       f"sequence, over max_row_states={max_row_states}")
         done = w >= W
         if done.any():
             done_tokens.append(tokens[done])
