@@ -193,6 +193,7 @@ def _trajectory_bounds(structure, decoder, denoiser, oracle, run, engine, log_p,
     except NotImplementedError:
         return _fallback_bounds(decoder, run, log_p, notes)
     lower, upper = bounds.kl_qp_bounds(own, log_p)
+    lower = _not_below_zero(lower)
     p_xs = _p_samples(engine, run.tokens, seed)
     at_p = decoder.log_weights(denoiser, p_xs, **kw)
     pq = bounds.kl_pq_upper(at_p, engine.log_prob(p_xs))
@@ -217,6 +218,7 @@ def _fallback_bounds(decoder, run, log_p, notes) -> dict[str, float | None]:
     else:
         lower = measures.Estimate(0.0, 0.0, len(log_p))
         how = "0"
+    lower = _not_below_zero(lower)
     if lower.value == math.inf:
         upper = lower
     out = {"kl_qp_lower": lower.value, "kl_qp_lower_se": lower.se,
@@ -228,6 +230,14 @@ def _fallback_bounds(decoder, run, log_p, notes) -> dict[str, float | None]:
                  "upper the cross-entropy E_q[-log p(x)] (log q(x) <= 0); kl_qp is their "
                  "midpoint; kl_pq: not available")
     return out
+
+
+def _not_below_zero(lower: measures.Estimate) -> measures.Estimate:
+    """A lower bound on a KL whose estimate is negative is replaced by 0, which is a certain
+    bound (a KL is never negative): the interval and its midpoint then stay at or above 0."""
+    if lower.value < 0:
+        return measures.Estimate(0.0, 0.0, lower.n)
+    return lower
 
 
 def _midpoint(lower, upper):

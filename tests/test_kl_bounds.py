@@ -19,6 +19,7 @@ from mdmprob.decoders import (
     mdlm,
     mean_field_blocks,
     remdm,
+    remdm_conf,
     sequential,
 )
 from mdmprob.decoders.presets import PRESETS
@@ -181,3 +182,15 @@ def test_draws_must_be_a_positive_integer():
     for bad in (0, 2.5, True):
         with pytest.raises(MdmprobError, match=f"draws={bad!r}"):
             evaluate(s, mdlm(), Oracle(s), mode="mc", samples=10, draws=bad)
+
+
+def test_a_lower_bound_below_zero_is_zero():
+    """The remasking fallback's lower bound E_q[log q(x, tau) - log p(x)] falls far below 0 on
+    the paper's Block-HMM; a KL is never negative, so the interval starts at 0 and its midpoint
+    (the reported kl_qp) is never negative."""
+    s = load_model("block_hmm")
+    o = Oracle(s)
+    for d in (remdm(), remdm_conf()):
+        mc = evaluate(s, d, o, mode="mc", samples=32, seed=0)
+        assert mc["kl_qp_lower"] == 0.0 and mc["kl_qp_lower_se"] == 0.0
+        assert mc["kl_qp"] == pytest.approx(mc["kl_qp_upper"] / 2) and mc["kl_qp"] > 0

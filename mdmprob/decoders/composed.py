@@ -108,34 +108,44 @@ class StepState:
 
 
 class ComposedStep:
-    """The step law of a :class:`ComposedDecoder` (see the module docstring)."""
+    """The step law of a :class:`ComposedDecoder` (see the module docstring). Given a window
+    view (the driver's: the window's columns only) it reads and answers on those columns, and
+    works on the whole sequence inside (selectors and kernels see every position)."""
 
     draws_random = False  # a selection never reads the values drawn at this step
 
     def __init__(self, decoder, view: Step, denoiser: Tracked):
         tokens, logp = denoiser.state_at(view)
         self.columns = view.positions  # a window view: the driver reads these columns back
-        if self.columns is not None:
-            view = _whole(view, logp)
-        self.view = view
-        self.values_lp = decoder.values.log_probs(view.logp)
-        self.state = StepState(decoder, view, tokens, self.values_lp, denoiser)
+        whole = view if self.columns is None else _whole(view, logp)
+        self.view, self.whole = view, whole
+        self.whole_values_lp = decoder.values.log_probs(whole.logp)
+        self.values_lp = self._at_columns(self.whole_values_lp)
+        self.state = StepState(decoder, whole, tokens, self.whole_values_lp, denoiser)
         self.selector, self.kernel = decoder.selector, decoder.kernel
 
-    def sample(self, generator: torch.Generator):
-        out = self._sample(generator)
+    def _at_columns(self, t: torch.Tensor) -> torch.Tensor:
+        return t if self.columns is None else t[:, self.columns]
+
+    def _spread(self, t: torch.Tensor, fill) -> torch.Tensor:
+        """A ``[B, w]`` tensor on the window's columns as ``[B, n]`` (``fill`` elsewhere)."""
         if self.columns is None:
-            return out
-        committed, values, lp_tokens, branched = out
-        cols = self.columns
-        return committed[:, cols], values[:, cols], lp_tokens[:, cols], branched
+            return t
+        out = t.new_full(self.whole.candidates.shape, fill)
+        out[:, self.columns] = t
+        return out
+
+    def sample(self, generator: torch.Generator):
+        committed, values, lp_tokens, branched = self._sample(generator)
+        return (self._at_columns(committed), self._at_columns(values),
+                self._at_columns(lp_tokens), branched)
 
     def _sample(self, generator: torch.Generator):
-        cand = self.view.candidates
+        cand = self.whole.candidates
         sel, lp_sel, branched = self.selector.sample(self.state, generator)
         committed, values, lp_val, calls = self.kernel.sample(self.state, sel, generator)
         self.state.denoiser.count(calls)
-        lp = (lp_sel + lp_val).to(self.values_lp.dtype)
+        lp = (lp_sel + lp_val).to(self.whole_values_lp.dtype)
         owner = torch.where(committed.any(-1), committed.long().argmax(-1),
                             cand.long().argmax(-1))
         first = torch.nn.functional.one_hot(owner, cand.shape[-1]).bool() & cand.any(-1)[:, None]
@@ -143,9 +153,10 @@ class ComposedStep:
         return committed, values, lp_tokens, branched
 
     def log_prob(self, committed: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        cand = self.view.candidates
-        committed = committed & cand
-        values = values.clamp(0, self.values_lp.shape[-1] - 1)
+        """log Pr[``committed`` with ``values``] (``[B, w]`` on a window view, else ``[B, n]``)."""
+        cand = self.whole.candidates
+        committed = self._spread(committed, False) & cand
+        values = self._spread(values, 0).clamp(0, self.whole_values_lp.shape[-1] - 1)
         if self.kernel.commits_selection:
             lp = self.selector.log_prob(self.state, committed) + \
                 self.kernel.log_prob(self.state, committed, committed, values)

@@ -141,8 +141,8 @@ def replay(decoder, denoiser, tokens: torch.Tensor, committed, windows, *, initi
            oracle=None, target=None) -> torch.Tensor:
     """log-probability ``[B]`` of the recorded trajectory ``committed`` (per step: bool
     ``[B, n]``) ending in ``tokens``; -inf where it is not a trajectory of the decoder."""
-    def score(step, given, active):
-        return given, step.log_prob(given, tokens)
+    def score(step, given, active, x):
+        return given, step.log_prob(given, x)
 
     return _forced_walk(decoder, denoiser, tokens, windows, score, committed=committed,
                         initial=initial, oracle=oracle, target=target)
@@ -152,11 +152,13 @@ def _forced_walk(decoder, denoiser, tokens, windows, on_step, *, committed=None,
                  oracle=None, target=None) -> torch.Tensor:
     """Walk ``decoder``'s windows from ``initial`` with every committed value forced to
     ``tokens [B, n]``; returns log q ``[B]`` of the walk. A block corrector's window is committed
-    whole (its exact log q added); each step calls ``on_step(step, given, active)``, ``step`` the
-    step law, ``given`` the recorded selection ``[B, n]`` (from ``committed``; None without) and
-    ``active [B]`` the rows with a candidate left, which returns ``(sel [B, n], log q [B])``."""
+    whole (its exact log q added); each step calls ``on_step(step, given, active, x)``, ``step``
+    the step law on the window's columns (w of them, as in :func:`run`), ``given`` the recorded
+    selection there ``[B, w]`` (from ``committed``; None without), ``active [B]`` the rows with a
+    candidate left and ``x`` the forced tokens there ``[B, w]``; it returns ``(sel [B, w],
+    log q [B])``."""
     B = tokens.shape[0]
-    n, mask, device = denoiser.n_tokens, denoiser.mask_id, tokens.device
+    mask, device = denoiser.mask_id, tokens.device
     state = initial_tokens(denoiser, initial, B)
     log_q = torch.zeros(B, dtype=denoiser.dtype, device=device)
     steps = None if committed is None else iter(committed)
@@ -167,20 +169,22 @@ def _forced_walk(decoder, denoiser, tokens, windows, on_step, *, committed=None,
             if steps is not None:
                 _next_step(steps)
             continue
-        win = _window_mask(window, n, device)
-        window_masked = ((state == mask) & win).sum(-1)
+        cols = torch.tensor(sorted(window), dtype=torch.long, device=device)
+        x = tokens[:, cols]
+        window_masked = (state[:, cols] == mask).sum(-1)
         step_no = torch.zeros(B, dtype=torch.long, device=device)
         while True:
-            cand = (state == mask) & win
+            here = state[:, cols]
+            cand = here == mask
             active = cand.any(-1)
             if not active.any():
                 break
-            view = _view(decoder, denoiser, state, cand, step_no, window_masked, len(windows),
-                         oracle)
-            given = None if steps is None else _next_step(steps).to(device) & cand
-            sel, lq = on_step(step_law(decoder, view), given, active)
+            view = _window_view(decoder, denoiser, state, cols, cand, step_no, window_masked,
+                                len(windows), oracle)
+            given = None if steps is None else _next_step(steps).to(device)[:, cols] & cand
+            sel, lq = on_step(step_law(decoder, view), given, active, x)
             log_q = log_q + lq
-            state = torch.where(sel, tokens, state)
+            state[:, cols] = torch.where(sel, x, here)
             step_no = step_no + active.long()
     return log_q
 
@@ -246,11 +250,11 @@ def forced(decoder, denoiser, tokens: torch.Tensor, windows, generator, *, commi
     Exact block correctors are deterministic given x (their window law is p(x_W | x_P))."""
     log_r = torch.zeros(tokens.shape[0], dtype=denoiser.dtype, device=tokens.device)
 
-    def propose(step, given, active):
+    def propose(step, given, active, x):
         nonlocal log_r
-        sel, lr = proposal_step(step, tokens, generator, given)
+        sel, lr = proposal_step(step, x, generator, given)
         log_r = log_r + torch.where(active, lr, torch.zeros_like(lr))
-        return sel, step.log_prob(sel, tokens)
+        return sel, step.log_prob(sel, x)
 
     log_q = _forced_walk(decoder, denoiser, tokens, windows, propose, committed=committed,
                          initial=initial, oracle=oracle, target=target)

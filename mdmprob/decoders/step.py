@@ -47,6 +47,7 @@ class SelectionStep:
         self.values_lp = rule.values.log_probs(view.logp)  # [B, n, V]
         self.random_ties = rule.score.random or rule.ties == "random"
         self.draws_random = rule.score.uses_draws and not rule.values.deterministic
+        self._value_keys: torch.Tensor | None = None
 
     def restricted(self, view: Step) -> SelectionStep:
         """The same step law at another view (e.g. rows repeated for an enumeration)."""
@@ -215,8 +216,11 @@ class SelectionStep:
 
     def value_keys(self) -> torch.Tensor:
         """The key each value would have at each position, ``[B, n, V]`` (rounded to
-        :data:`KEY_QUANTUM`), for scores that read the drawn value."""
-        return round_keys(self.rule.score.value_keys(self.view).to(self.view.logp.dtype))
+        :data:`KEY_QUANTUM`), for scores that read the drawn value; computed once per step."""
+        if self._value_keys is None:
+            keys = self.rule.score.value_keys(self.view).to(self.view.logp.dtype)
+            self._value_keys = round_keys(keys)
+        return self._value_keys
 
     def _fixed_count_lp(self, sel, values, count) -> torch.Tensor:
         """A count known before the draws: every unselected candidate's key must lose to the
@@ -236,14 +240,18 @@ class SelectionStep:
             log_a = torch.where(below, prob, zero).sum(-1).log()
             log_b = torch.where(equal, prob, zero).sum(-1).log()
             s = (sel & (sel_keys == w[:, None])).sum(-1)
-            poly = torch.full((cand.shape[0], n + 1), -math.inf, dtype=prob.dtype,
+            # poly[:, j]: log of the sum over the unselected candidates of the ways j of them tie
+            # at w (the others below it); only columns some row leaves unselected enter, and
+            # the degree stays at most the largest number of them
+            degree = int(unsel.sum(-1).max()) if unsel.numel() else 0
+            poly = torch.full((cand.shape[0], degree + 1), -math.inf, dtype=prob.dtype,
                               device=cand.device)
             poly[:, 0] = 0.0
-            for p in range(n):
+            for p in unsel.any(0).nonzero().flatten().tolist():
                 shifted = torch.cat([torch.full_like(poly[:, :1], -math.inf), poly[:, :-1]], -1)
                 new = torch.logaddexp(poly + log_a[:, p:p + 1], shifted + log_b[:, p:p + 1])
                 poly = torch.where(unsel[:, p:p + 1], new, poly)
-            j = torch.arange(n + 1, device=cand.device, dtype=prob.dtype)
+            j = torch.arange(degree + 1, device=cand.device, dtype=prob.dtype)
             s = s.to(prob.dtype)[:, None]
             log_ways = torch.lgamma(s + j + 1) - torch.lgamma(s + 1) - torch.lgamma(j + 1)
             lp = torch.logsumexp(poly - log_ways, -1)
