@@ -127,7 +127,7 @@ def run(decoder, denoiser, num: int, generator, windows, *, initial=None, oracle
             warnings.warn(
                 f"{e}. The run reports each sequence's trajectory log-probability instead "
                 "(result.log_q_is_marginal is False; evaluate() then uses its trajectory "
-                "bounds)", stacklevel=4)
+                "bounds)", stacklevel=3)
             marginal = False
         else:
             first = (start[rows] == mask).long().argmax(-1)
