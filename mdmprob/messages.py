@@ -126,7 +126,7 @@ class MessageTree:
                         t = kid if t is None else t + kid
                 if t is None:
                     t = evidence.new_zeros((len(grp.steps),) + grp.cards + (1,))
-                down[(gi, k)] = _logsumexp(t, tuple(1 + r for r in reduce))
+                down[(gi, k)] = _logsumexp(t, reduce)
         return out, up, down
 
     def _collect(self, evidence, keep):
@@ -140,7 +140,7 @@ class MessageTree:
                     tables[gi] = self._static_tables[gi]
                 continue
             base, kids, total = self._inputs(grp, ev, up)
-            up[gi] = _logsumexp(total, (1 + grp.axis,))
+            up[gi] = _logsumexp(total, grp.eliminated)
             if keep:
                 tables[gi] = (base, kids, total)
             if not grp.batched:  # evidence-free: the same for every query of this structure
@@ -202,7 +202,8 @@ class MessageTree:
             members = by_sig[sig]
             first = self.steps[members[0]]
             grp = _Group(steps=members, cards=first.cards, axis=first.axis, batched=sig[4],
-                         others=tuple(1 + j for j in range(len(first.cards)) if j != first.axis))
+                         others=tuple(1 + j for j in range(len(first.cards)) if j != first.axis),
+                         eliminated=(1 + first.axis,))
             if first.static is not None:
                 grp.static = torch.stack([self.steps[k].static for k in members])
             for j, (_, shape) in enumerate(first.evidence):
@@ -211,7 +212,8 @@ class MessageTree:
             for j, (_, perm, shape, reduce) in enumerate(first.children):
                 pairs = [self.where[self.steps[k].children[j][0]] for k in members]
                 stacked_perm = (0,) + tuple(1 + p for p in perm) + (1 + len(perm),)
-                grp.children.append((_spec(pairs, sizes, dev), stacked_perm, shape, reduce))
+                grp.children.append((_spec(pairs, sizes, dev), stacked_perm, shape,
+                                     tuple(1 + r for r in reduce)))
             if first.v < self.n:
                 grp.tokens = torch.tensor([self.steps[k].v for k in members], device=dev)
             if first.parent is not None:
@@ -475,9 +477,10 @@ class _Group:
     batched: bool  # some evidence below it
     static: torch.Tensor | None = None  # [G, *shape, 1]
     evidence: list = field(default_factory=list)  # (token rows (see _rows), shape)
-    children: list = field(default_factory=list)  # (spec, stacked perm, shape, reduce)
+    children: list = field(default_factory=list)  # (spec, stacked perm, shape, down's axes)
     tokens: torch.Tensor | None = None  # [G] when the eliminated variables are tokens
     others: tuple[int, ...] = ()  # the clique's axes but the eliminated one, in [G, *cards, B]
+    eliminated: tuple[int, ...] = ()  # the eliminated axis, in [G, *cards, B]
     down: Spec | None = None  # where the down messages come from (None: roots)
 
 
@@ -569,6 +572,8 @@ def _logsumexp(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
     tensors; on small ones, where each op's fixed cost dominates, that one op."""
     if not dims:
         return x
+    if len(dims) == 1 and x.shape[dims[0]] == 2 and x.numel() <= _SMALL:  # the common case
+        return torch.logaddexp(x.select(dims[0], 0), x.select(dims[0], 1))
     if x.numel() <= _SMALL:  # few elements: fewest ops; an axis of two states is one logaddexp
         rest = []
         for d in sorted(dims, reverse=True):  # from the last axis
