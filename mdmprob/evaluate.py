@@ -141,11 +141,11 @@ def _monte_carlo(structure, decoder, denoiser, oracle, run, samples, seed, taus,
         rev, fwd = _mean_field_decomposition(structure, engine, xs, seed, samples)
         values["kl_qp"], values["kl_qp_se"] = rev.value, rev.se
         values["kl_pq"], values["kl_pq_se"] = fwd.value, fwd.se
-    elif run.log_q_is_marginal and (log_q_p := _log_q_at_p(
+    elif run.log_q_is_marginal and (at_p := _log_q_at_p(
             structure, decoder, denoiser, oracle, engine, xs, seed, notes)) is not None:
         est = measures.mc_kl(run.log_q, log_p)
         values["kl_qp"], values["kl_qp_se"] = est.value, est.se
-        p_xs = _p_samples(engine, xs, seed)
+        p_xs, log_q_p = at_p
         est = measures.mc_kl(engine.log_prob(p_xs), log_q_p)
         values["kl_pq"], values["kl_pq_se"] = est.value, est.se
     else:
@@ -170,11 +170,13 @@ def _monte_carlo(structure, decoder, denoiser, oracle, run, samples, seed, taus,
 
 
 def _log_q_at_p(structure, decoder, denoiser, oracle, engine, xs, seed, notes):
-    """log q(x) ``[N]`` at the samples of p, or None (with a note) when summing the decoder's
-    tie-break branches there is over the exact-mode limits: the bounds are used instead."""
+    """``(samples of p [N, n], log q(x) there [N])``, or None (with a note) when summing the
+    decoder's tie-break branches there is over the exact-mode limits: the bounds are used
+    instead."""
+    p_xs = _p_samples(engine, xs, seed)
     try:
-        return decoder.log_prob(denoiser, _p_samples(engine, xs, seed), blocks=structure.blocks,
-                                oracle=oracle, target=structure)
+        return p_xs, decoder.log_prob(denoiser, p_xs, blocks=structure.blocks, oracle=oracle,
+                                      target=structure)
     except EnumerationError as e:
         notes.append(f"log q(x) at samples of p is intractable here ({e}); the KL values are "
                      "the trajectory bounds")

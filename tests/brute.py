@@ -264,3 +264,12 @@ def chi_square_p(tokens: torch.Tensor, q: torch.Tensor, vocab: int) -> tuple[flo
     stat = float(((obs[keep] - exp[keep]) ** 2 / exp[keep]).sum())
     df = max(int(keep.sum()) - 1, 1)
     return float(chi2.sf(stat, df)), stat, df
+
+
+def assert_runs_follow(decoder, denoiser, q: torch.Tensor, num: int, level: float = 1e-4):
+    """``num`` batched runs of ``decoder`` (seed 0) fit its exact law ``q`` (flat ``[V^n]``,
+    probabilities): chi-square, cells with expected count < 5 pooled, rejected at ``level``;
+    no run outside the support."""
+    run = decoder.run(denoiser, num, seed=0)
+    p, stat, df = chi_square_p(run.tokens, q, denoiser.vocab)
+    assert p > level, (stat, df)

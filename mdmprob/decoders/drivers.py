@@ -136,6 +136,10 @@ def run(decoder, denoiser, num: int, generator, windows, *, initial=None, oracle
     return DecodeResult(tokens, log_q, nfe, committed, marginal, diagnostics, log_q_tokens)
 
 
+class _OverStateLimit(EnumerationError):
+    """More live states than ``max_states`` in all (fewer sequences at once may fit)."""
+
+
 # ----------------------------------------------------------------------------------- replay
 def replay(decoder, denoiser, tokens: torch.Tensor, committed, windows, *, initial=None,
            oracle=None, target=None) -> torch.Tensor:
@@ -214,7 +218,7 @@ def marginal_log_prob(decoder, denoiser, tokens, start, windows, *, oracle=None,
                                                max_row_states=max_row_states,
                                                max_work=max_work)))
         except EnumerationError as e:
-            if split and hi - lo > 1 and "max_states=" in str(e):
+            if split and hi - lo > 1 and isinstance(e, _OverStateLimit):
                 # its first sequence alone, then halves: a sequence over the limit by itself
                 # costs one more attempt, not one per halving
                 mid = (lo + 1 + hi) // 2
@@ -496,7 +500,7 @@ def enumerate_states(decoder, denoiser, start: torch.Tensor, windows, *, oracle=
     work = 0
     while tokens.shape[0]:
         if tokens.shape[0] > max_states:
-            raise EnumerationError(
+            raise _OverStateLimit(
                 f"exact mode reached {tokens.shape[0]} decoder states, over max_states="
                 f"{max_states} (default: what MDMPROB_MEMORY_BUDGET allows for n = {n}, V = {V}); "
                 f"pass max_states={tokens.shape[0]} or more to distribution() if memory allows, "
